@@ -1,0 +1,85 @@
+"""Plain records the ledger returns. No database types leak out of the ledger package."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+RELEASE_KINDS = ("deploy", "promote", "rollback", "hotfix")
+# pending: recorded, not yet applied; running: target work under way; interrupted: its holder died.
+RELEASE_STATUSES = ("pending", "running", "succeeded", "failed", "interrupted")
+BLOCK_SCOPES = ("env", "app", "org")
+
+
+@dataclass(frozen=True)
+class Release:
+    id: int
+    app: str
+    env: str
+    number: int
+    kind: str
+    status: str
+    sha: str
+    digest: str
+    image: str  # repository@sha256:...
+    spec: dict[str, Any]  # the complete rendered spec the target applied (never secret values)
+    config_digest: str
+    actor: str
+    origin: str
+    reason: str
+    forced: bool  # ran with --force: ignored blocks/policies
+    step: str  # the last step reached
+    error: str
+    previous_number: int | None  # the live release this one replaced
+    promoted_from_id: int | None  # the source release of a promotion
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    app: str
+    env: str
+    release_id: int | None
+    at: datetime
+    step: str
+    status: str  # started | ok | failed | info
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
+
+
+@dataclass(frozen=True)
+class Lease:
+    app: str
+    env: str
+    holder: str  # unique per operation (uuid)
+    actor: str
+    operation: str  # e.g. "deploy staging abc1234"
+    release_id: int | None
+    acquired_at: datetime
+    heartbeat_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class LeaseAttempt:
+    acquired: bool
+    holder: Lease | None  # the lease now in force (ours when acquired)
+    taken_over: Lease | None  # an expired lease we replaced (its release must be marked interrupted)
+
+
+@dataclass(frozen=True)
+class Block:
+    id: int
+    scope: str  # env | app | org
+    app: str  # "" for org
+    env: str  # "" for app and org scopes
+    reason: str
+    actor: str
+    created_at: datetime
+    until: datetime | None

@@ -1,0 +1,57 @@
+"""The small interface every deploy target implements.
+
+A target renders a spec from config + artifact, runs one-off tasks with an artifact, deploys a spec
+(apply + verify), and reads what is live. Specs are plain JSON-able dicts so the ledger can store them
+and a rollback can re-apply one exactly. Specs name secrets, never hold their values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# report(step, message): progress lines the pipeline prints and appends to the ledger as events.
+Reporter = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    repository: str  # e.g. 127.0.0.1:5000/hello
+    sha: str  # full git SHA the image was built from
+    digest: str  # sha256:...
+
+    @property
+    def image(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass
+class Outcome:
+    succeeded: bool
+    reason: str = ""
+    logs: list[str] = field(default_factory=list)
+    # False when a failed deploy may have changed what serves, so the pipeline must re-apply the
+    # previous release's stored spec. The container host never switches before health passes: True.
+    previous_still_serving: bool = True
+
+
+@dataclass(frozen=True)
+class LiveState:
+    image: str  # repository@digest actually serving
+    release_label: str  # what the target was told when it applied (e.g. "staging#4")
+    detail: str = ""
+
+
+class Target(Protocol):
+    def render(self, app: Any, env: Any, artifact: Artifact) -> dict[str, Any]: ...
+
+    def preflight(self, spec: dict[str, Any]) -> None:
+        """Raise a ConveyorError when the spec cannot be applied here (engine missing, port taken)."""
+
+    def run_task(self, spec: dict[str, Any], task: dict[str, Any], report: Reporter) -> None:
+        """Run one pre-deploy task with the spec's image; raise TargetError when it fails."""
+
+    def deploy(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome: ...
+
+    def live(self, app: str, env: str) -> LiveState | None: ...
