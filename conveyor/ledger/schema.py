@@ -1,0 +1,175 @@
+"""The ledger's tables, the single source of truth every query is built from.
+
+The migrations in `migrations/versions/` create exactly these tables (a test compares the two), so a change
+here needs a new migration and a new HEAD_REVISION.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+
+# The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
+# imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
+HEAD_REVISION = "0001"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps stored as UTC and always returned timezone-aware.
+
+    PostgreSQL keeps the offset (timestamptz); SQLite has no time zone type and hands back naive values, so
+    values are written as naive UTC there and tagged as UTC on the way out. Naive input is refused: a naive
+    datetime in this code base is a bug, not a local time to guess about.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the ledger stores timezone-aware UTC times only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# sqlite_autoincrement: ids are never reused after a delete (a stale waiter's ticket must not come back as
+# someone else's ticket), matching PostgreSQL sequences.
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String, nullable=False),
+    Column("env", String, nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("sha", String, nullable=False),
+    Column("digest", String, nullable=False),
+    Column("image", Text, nullable=False),
+    Column("spec", Text, nullable=False),  # JSON text
+    Column("config_digest", String, nullable=False),
+    Column("actor", String, nullable=False),
+    Column("origin", String, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("forced", Boolean, nullable=False),
+    Column("step", String, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("previous_number", Integer, nullable=True),
+    Column("promoted_from_id", Integer, ForeignKey("releases.id"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    UniqueConstraint("app", "env", "number"),
+    sqlite_autoincrement=True,
+)
+
+# One row per app+env holding the last release number handed out. Incrementing it with an upsert takes a
+# row lock on PostgreSQL, which is what makes concurrent create_release calls gapless and collision-free.
+release_counters = Table(
+    "release_counters",
+    metadata,
+    Column("app", String, primary_key=True),
+    Column("env", String, primary_key=True),
+    Column("last_number", Integer, nullable=False),
+)
+
+# Append-only and hash-chained. prev_hash is unique: two appenders that read the same chain head could not
+# both commit, so the chain cannot fork even if the locking were ever got wrong.
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String, nullable=False),
+    Column("env", String, nullable=False),
+    Column("release_id", Integer, ForeignKey("releases.id"), nullable=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("step", String, nullable=False),
+    Column("status", String, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("data", Text, nullable=False),  # canonical JSON text
+    Column("prev_hash", String, nullable=False),
+    Column("hash", String, nullable=False),
+    UniqueConstraint("prev_hash"),
+    Index(None, "app", "env"),
+    Index(None, "release_id"),
+    sqlite_autoincrement=True,
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("app", String, primary_key=True),
+    Column("env", String, primary_key=True),
+    Column("holder", String, nullable=False),
+    Column("actor", String, nullable=False),
+    Column("operation", String, nullable=False),
+    Column("release_id", Integer, ForeignKey("releases.id"), nullable=True),
+    Column("acquired_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+# FIFO tickets of `--wait` runs queued behind a lease; the id order is the queue order.
+waiters = Table(
+    "waiters",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String, nullable=False),
+    Column("env", String, nullable=False),
+    Column("holder", String, nullable=False),
+    Column("actor", String, nullable=False),
+    Column("operation", String, nullable=False),
+    Column("enqueued_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Index(None, "app", "env"),
+    sqlite_autoincrement=True,
+)
+
+# Never deleted: lifting sets lifted_at/lifted_by so the record shows who blocked and who unblocked.
+blocks = Table(
+    "blocks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("scope", String, nullable=False),  # env | app | org
+    Column("app", String, nullable=False),  # "" for org
+    Column("env", String, nullable=False),  # "" for app and org
+    Column("reason", Text, nullable=False),
+    Column("actor", String, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("until", UTCDateTime, nullable=True),
+    Column("lifted_at", UTCDateTime, nullable=True),
+    Column("lifted_by", String, nullable=True),
+    sqlite_autoincrement=True,
+)

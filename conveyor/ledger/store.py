@@ -1,0 +1,694 @@
+"""The Ledger: every query conveyor runs against its database, on SQLite and PostgreSQL alike.
+
+Several OS processes share one ledger (two `conveyor deploy` runs racing), so every read-modify-write runs
+in one database transaction that the database itself serialises:
+
+* SQLite: writes open with BEGIN IMMEDIATE, taking the file's write lock before the first read, so the
+  read and the write that depends on it cannot interleave with another process. WAL lets readers go on
+  meanwhile, and a 30 s busy timeout makes a second writer wait instead of failing.
+* PostgreSQL: row locks (SELECT ... FOR UPDATE, upserts) where a row exists to lock, a table lock for the
+  global event chain, and an advisory lock around migrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    Row,
+    and_,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+
+from conveyor.errors import BadInput, InfrastructureMissing
+from conveyor.ledger import redact_url
+from conveyor.ledger.models import (
+    BLOCK_SCOPES,
+    RELEASE_KINDS,
+    RELEASE_STATUSES,
+    Block,
+    Event,
+    Lease,
+    LeaseAttempt,
+    Release,
+)
+from conveyor.ledger.schema import (
+    HEAD_REVISION,
+    blocks,
+    events,
+    leases,
+    release_counters,
+    releases,
+    waiters,
+)
+
+SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's write lock
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+_MIGRATION_LOCK_KEY = 0x636F6E76  # "conv": PostgreSQL advisory lock serialising concurrent migrators
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------------------- opening
+
+
+def open_store(url: str) -> Ledger:
+    """Connect, migrate if needed, and return the Ledger; an unreachable database is InfrastructureMissing."""
+    shown = redact_url(url)
+    if not url.startswith(("sqlite", "postgresql")):
+        raise BadInput(f"unsupported ledger database {shown}: use sqlite:///path or postgresql://...")
+    try:
+        engine = _make_engine(url)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise BadInput(f"not a usable ledger database URL {shown}: {exc}") from None
+    try:
+        _ensure_schema(engine)
+    except (OperationalError, InterfaceError) as exc:
+        engine.dispose()
+        detail = str(exc.orig if exc.orig is not None else exc).strip()
+        reason = detail.splitlines()[0] if detail else type(exc).__name__
+        password = engine.url.password
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise InfrastructureMissing(
+            f"cannot reach the ledger database {shown}: {reason} "
+            "(start it, or point CONVEYOR_DATABASE_URL at a reachable database)"
+        ) from None
+    except BaseException:
+        engine.dispose()
+        raise
+    return Ledger(engine, shown)
+
+
+def _make_engine(url: str) -> Engine:
+    """An engine with the per-backend settings multi-process sharing needs."""
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT})
+        _install_sqlite_hooks(engine)
+        return engine
+    return create_engine(
+        url, pool_pre_ping=True, connect_args={"connect_timeout": 10, "application_name": "conveyor"}
+    )
+
+
+def _install_sqlite_hooks(engine: Engine) -> None:
+    """Take BEGIN away from the sqlite3 driver (SQLAlchemy's documented recipe) so writes can BEGIN IMMEDIATE.
+
+    The driver otherwise opens transactions lazily at the first INSERT/UPDATE, after the reads a write
+    depends on, which lets two processes read the same "max number" or "chain head".
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("ledger_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _current_revision(conn: Connection) -> str | None:
+    """The alembic_version row, read with plain SQL so an up-to-date ledger never imports Alembic."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _ensure_schema(engine: Engine) -> None:
+    """Bring the database to HEAD_REVISION; a no-op (and no Alembic import) when it is already there.
+
+    Concurrent first runs are serialised (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL) and
+    the revision is read again under the lock, so only one process migrates.
+    """
+    with engine.connect() as conn:
+        if _current_revision(conn) == HEAD_REVISION:
+            return
+    with engine.execution_options(ledger_write=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+        current = _current_revision(conn)
+        if current == HEAD_REVISION:
+            return
+        _run_migrations(conn, current)
+
+
+def _run_migrations(conn: Connection, current: str | None) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("path_separator", "os")
+    config.attributes["connection"] = conn
+    known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    if current is not None and current not in known:
+        raise BadInput(
+            f"the ledger database is at schema revision {current!r}, which this conveyor does not know; "
+            "it was probably migrated by a newer conveyor"
+        )
+    command.upgrade(config, "head")
+
+
+# ---------------------------------------------------------------------------------------------- rows
+
+
+def _release(row: Row[Any]) -> Release:
+    return Release(
+        id=row.id,
+        app=row.app,
+        env=row.env,
+        number=row.number,
+        kind=row.kind,
+        status=row.status,
+        sha=row.sha,
+        digest=row.digest,
+        image=row.image,
+        spec=json.loads(row.spec),
+        config_digest=row.config_digest,
+        actor=row.actor,
+        origin=row.origin,
+        reason=row.reason,
+        forced=bool(row.forced),
+        step=row.step,
+        error=row.error,
+        previous_number=row.previous_number,
+        promoted_from_id=row.promoted_from_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _event(row: Row[Any]) -> Event:
+    return Event(
+        id=row.id,
+        app=row.app,
+        env=row.env,
+        release_id=row.release_id,
+        at=row.at,
+        step=row.step,
+        status=row.status,
+        message=row.message,
+        data=json.loads(row.data),
+        prev_hash=row.prev_hash,
+        hash=row.hash,
+    )
+
+
+def _lease(row: Row[Any]) -> Lease:
+    return Lease(
+        app=row.app,
+        env=row.env,
+        holder=row.holder,
+        actor=row.actor,
+        operation=row.operation,
+        release_id=row.release_id,
+        acquired_at=row.acquired_at,
+        heartbeat_at=row.heartbeat_at,
+        expires_at=row.expires_at,
+    )
+
+
+def _block(row: Row[Any]) -> Block:
+    return Block(
+        id=row.id,
+        scope=row.scope,
+        app=row.app,
+        env=row.env,
+        reason=row.reason,
+        actor=row.actor,
+        created_at=row.created_at,
+        until=row.until,
+    )
+
+
+def _canonical(value: Any) -> str:
+    """One JSON spelling per value (sorted keys, no spaces), so hashes and stored specs are reproducible."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def event_hash(
+    prev_hash: str,
+    *,
+    app: str,
+    env: str,
+    release_id: int | None,
+    at: datetime,
+    step: str,
+    status: str,
+    message: str,
+    data: dict[str, Any],
+) -> str:
+    """sha256(prev_hash + canonical JSON of the event): the link that makes the chain tamper-evident."""
+    content = _canonical([app, env, release_id, at.astimezone(UTC).isoformat(), step, status, message, data])
+    return hashlib.sha256((prev_hash + content).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- the ledger
+
+
+class Ledger:
+    """One ledger database. Each method is one short transaction; no state is kept between calls."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.url = url  # redacted: safe to print
+        self._engine = engine
+        self._writer = engine.execution_options(ledger_write=True)
+
+    def __repr__(self) -> str:
+        return f"Ledger({self.url!r})"
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A transaction that holds the write lock from its first statement (BEGIN IMMEDIATE on SQLite)."""
+        with self._writer.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self._engine.begin() as conn:
+            yield conn
+
+    @property
+    def _postgres(self) -> bool:
+        return self._engine.dialect.name == "postgresql"
+
+    def _upsert(self, table: Any) -> Any:
+        """The dialect's INSERT with ON CONFLICT support (same API on both backends)."""
+        if self._postgres:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    # ------------------------------------------------------------------------------------------ releases
+
+    def create_release(
+        self,
+        *,
+        app: str,
+        env: str,
+        kind: str,
+        sha: str,
+        digest: str,
+        image: str,
+        spec: dict[str, Any],
+        config_digest: str,
+        actor: str,
+        origin: str,
+        reason: str,
+        forced: bool,
+        previous_number: int | None,
+        promoted_from_id: int | None,
+    ) -> Release:
+        """Record a new pending release with the next gapless number for app+env."""
+        if kind not in RELEASE_KINDS:
+            raise ValueError(f"release kind {kind!r} is not one of {RELEASE_KINDS}")
+        with self._write() as conn:
+            number = self._next_number(conn, app, env)
+            row = conn.execute(
+                insert(releases)
+                .values(
+                    app=app, env=env, number=number, kind=kind, status="pending", sha=sha, digest=digest,
+                    image=image, spec=_canonical(spec), config_digest=config_digest, actor=actor,
+                    origin=origin, reason=reason, forced=forced, step="recorded", error="",
+                    previous_number=previous_number, promoted_from_id=promoted_from_id, created_at=_now(),
+                )
+                .returning(*releases.c)
+            ).one()
+        return _release(row)
+
+    def _next_number(self, conn: Connection, app: str, env: str) -> int:
+        """Increment app+env's counter in the caller's transaction; the upsert row-locks it until commit.
+
+        A rolled-back release rolls its number back with it, so numbers stay gapless.
+        """
+        stmt = self._upsert(release_counters).values(app=app, env=env, last_number=1)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[release_counters.c.app, release_counters.c.env],
+            set_={"last_number": release_counters.c.last_number + 1},
+        ).returning(release_counters.c.last_number)
+        return int(conn.execute(stmt).scalar_one())
+
+    def update_release(
+        self,
+        release_id: int,
+        *,
+        status: str | None = None,
+        step: str | None = None,
+        error: str | None = None,
+        started: bool = False,
+        finished: bool = False,
+    ) -> Release:
+        """Move a release along; started/finished stamp started_at/finished_at with the current time."""
+        values: dict[str, Any] = {}
+        if status is not None:
+            if status not in RELEASE_STATUSES:
+                raise ValueError(f"release status {status!r} is not one of {RELEASE_STATUSES}")
+            values["status"] = status
+        if step is not None:
+            values["step"] = step
+        if error is not None:
+            values["error"] = error
+        if started:
+            values["started_at"] = _now()
+        if finished:
+            values["finished_at"] = _now()
+        with self._write() as conn:
+            if values:
+                stmt = update(releases).where(releases.c.id == release_id).values(**values)
+                row = conn.execute(stmt.returning(*releases.c)).one_or_none()
+            else:
+                row = conn.execute(select(releases).where(releases.c.id == release_id)).one_or_none()
+        if row is None:
+            raise BadInput(f"no release with id {release_id} in the ledger")
+        return _release(row)
+
+    def get_release(self, app: str, env: str, number: int) -> Release | None:
+        query = select(releases).where(
+            releases.c.app == app, releases.c.env == env, releases.c.number == number
+        )
+        with self._read() as conn:
+            row = conn.execute(query).one_or_none()
+        return _release(row) if row else None
+
+    def get_release_by_id(self, release_id: int) -> Release | None:
+        with self._read() as conn:
+            row = conn.execute(select(releases).where(releases.c.id == release_id)).one_or_none()
+        return _release(row) if row else None
+
+    def live_release(self, app: str, env: str) -> Release | None:
+        """What app+env runs now: the highest-numbered succeeded release (later failures replace nothing)."""
+        query = (
+            select(releases)
+            .where(releases.c.app == app, releases.c.env == env, releases.c.status == "succeeded")
+            .order_by(releases.c.number.desc())
+            .limit(1)
+        )
+        with self._read() as conn:
+            row = conn.execute(query).one_or_none()
+        return _release(row) if row else None
+
+    def list_releases(self, app: str, env: str | None = None, limit: int = 20) -> list[Release]:
+        """Newest first: by finish time (creation time while unfinished), then id."""
+        query = select(releases).where(releases.c.app == app)
+        if env is not None:
+            query = query.where(releases.c.env == env)
+        newest = func.coalesce(releases.c.finished_at, releases.c.created_at)
+        query = query.order_by(newest.desc(), releases.c.id.desc()).limit(limit)
+        with self._read() as conn:
+            return [_release(row) for row in conn.execute(query)]
+
+    def releases_between(self, app: str, env: str, after_number: int, up_to_number: int) -> list[Release]:
+        """Releases numbered in (after_number, up_to_number], ascending: what a rollback or promote spans."""
+        query = (
+            select(releases)
+            .where(
+                releases.c.app == app,
+                releases.c.env == env,
+                releases.c.number > after_number,
+                releases.c.number <= up_to_number,
+            )
+            .order_by(releases.c.number)
+        )
+        with self._read() as conn:
+            return [_release(row) for row in conn.execute(query)]
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def append_event(
+        self,
+        *,
+        app: str,
+        env: str,
+        release_id: int | None,
+        step: str,
+        status: str,
+        message: str,
+        data: dict[str, Any] | None = None,
+    ) -> Event:
+        """Append to the global hash chain, reading the chain head under the same lock as the insert."""
+        data_text = _canonical(data or {})
+        data_value = json.loads(data_text)  # exactly what a later verify_chain will read back
+        with self._write() as conn:
+            if self._postgres:
+                # EXCLUSIVE blocks other appenders (and writers) but not plain SELECTs.
+                conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+            prev_hash = conn.execute(select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
+            prev_hash = prev_hash or ""
+            at = _now()
+            digest = event_hash(
+                prev_hash, app=app, env=env, release_id=release_id, at=at, step=step, status=status,
+                message=message, data=data_value,
+            )
+            row = conn.execute(
+                insert(events)
+                .values(
+                    app=app, env=env, release_id=release_id, at=at, step=step, status=status, message=message,
+                    data=data_text, prev_hash=prev_hash, hash=digest,
+                )
+                .returning(*events.c)
+            ).one()
+        return _event(row)
+
+    def events(
+        self,
+        *,
+        app: str | None = None,
+        env: str | None = None,
+        release_id: int | None = None,
+        step: str | None = None,
+    ) -> list[Event]:
+        query = select(events).order_by(events.c.id)
+        if app is not None:
+            query = query.where(events.c.app == app)
+        if env is not None:
+            query = query.where(events.c.env == env)
+        if release_id is not None:
+            query = query.where(events.c.release_id == release_id)
+        if step is not None:
+            query = query.where(events.c.step == step)
+        with self._read() as conn:
+            return [_event(row) for row in conn.execute(query)]
+
+    def verify_chain(self) -> list[int]:
+        """Ids of events whose own hash is wrong or whose prev_hash is not the previous event's hash.
+
+        An edited row fails its own hash; an edited row whose hash was recomputed breaks the next row's link.
+        """
+        bad: list[int] = []
+        previous = ""
+        with self._read() as conn:
+            for row in conn.execute(select(events).order_by(events.c.id).execution_options(yield_per=1000)):
+                expected = event_hash(
+                    row.prev_hash, app=row.app, env=row.env, release_id=row.release_id, at=row.at,
+                    step=row.step, status=row.status, message=row.message, data=json.loads(row.data),
+                )
+                if row.prev_hash != previous or row.hash != expected:
+                    bad.append(row.id)
+                previous = row.hash
+        return bad
+
+    # ------------------------------------------------------------------------------------------ leases
+
+    def try_acquire_lease(
+        self, *, app: str, env: str, holder: str, actor: str, operation: str, ttl: float
+    ) -> LeaseAttempt:
+        """Take app+env's lease if free or expired; otherwise report who holds it.
+
+        The existing row is locked (FOR UPDATE) before its expiry is judged, so of several processes racing
+        for an expired lease exactly one replaces it and the others then see the winner's fresh lease.
+        """
+        with self._write() as conn:
+            while True:
+                now = _now()
+                mine = dict(
+                    app=app, env=env, holder=holder, actor=actor, operation=operation, release_id=None,
+                    acquired_at=now, heartbeat_at=now, expires_at=now + timedelta(seconds=ttl),
+                )
+                stmt = self._upsert(leases).values(**mine).on_conflict_do_nothing(
+                    index_elements=[leases.c.app, leases.c.env]
+                )
+                row = conn.execute(stmt.returning(*leases.c)).one_or_none()
+                if row is not None:
+                    return LeaseAttempt(acquired=True, holder=_lease(row), taken_over=None)
+                current = conn.execute(
+                    select(leases).where(leases.c.app == app, leases.c.env == env).with_for_update()
+                ).one_or_none()
+                if current is None:
+                    continue  # released between our insert and our select: try the insert again
+                now = _now()
+                if current.expires_at >= now:
+                    return LeaseAttempt(acquired=False, holder=_lease(current), taken_over=None)
+                mine.update(acquired_at=now, heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
+                row = conn.execute(
+                    update(leases)
+                    .where(leases.c.app == app, leases.c.env == env)
+                    .values(**mine)
+                    .returning(*leases.c)
+                ).one()
+                return LeaseAttempt(acquired=True, holder=_lease(row), taken_over=_lease(current))
+
+    def heartbeat(self, *, app: str, env: str, holder: str, ttl: float) -> bool:
+        """Push our lease's expiry ttl seconds ahead; False means someone took it over (stop working)."""
+        now = _now()
+        stmt = (
+            update(leases)
+            .where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
+            .values(heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
+        )
+        with self._write() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def set_lease_release(self, *, app: str, env: str, holder: str, release_id: int) -> None:
+        """Note which release the lease's operation is applying, so a takeover can mark it interrupted."""
+        stmt = (
+            update(leases)
+            .where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
+            .values(release_id=release_id)
+        )
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def release_lease(self, *, app: str, env: str, holder: str) -> None:
+        """Give the lease up; a no-op unless `holder` still holds it (never drops someone else's lease)."""
+        stmt = delete(leases).where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def get_lease(self, app: str, env: str) -> Lease | None:
+        with self._read() as conn:
+            row = conn.execute(select(leases).where(leases.c.app == app, leases.c.env == env)).one_or_none()
+        return _lease(row) if row else None
+
+    def list_leases(self) -> list[Lease]:
+        with self._read() as conn:
+            return [_lease(row) for row in conn.execute(select(leases).order_by(leases.c.app, leases.c.env))]
+
+    # ------------------------------------------------------------------------------------------ waiters
+
+    def enqueue_waiter(self, *, app: str, env: str, holder: str, actor: str, operation: str) -> int:
+        """Join the FIFO queue for app+env's lease; the returned ticket id is the place in the queue."""
+        now = _now()
+        stmt = insert(waiters).values(
+            app=app, env=env, holder=holder, actor=actor, operation=operation,
+            enqueued_at=now, heartbeat_at=now,
+        )
+        with self._write() as conn:
+            return int(conn.execute(stmt.returning(waiters.c.id)).scalar_one())
+
+    def touch_waiter(self, ticket: int) -> bool:
+        """Heartbeat a ticket so it is not dropped as stale; False if it was already dropped (re-enqueue)."""
+        stmt = update(waiters).where(waiters.c.id == ticket).values(heartbeat_at=_now())
+        with self._write() as conn:
+            return conn.execute(stmt).rowcount == 1
+
+    def first_waiter(self, *, app: str, env: str, stale_after: float) -> int | None:
+        """The ticket heading app+env's queue, after deleting tickets whose waiter stopped heartbeating."""
+        cutoff = _now() - timedelta(seconds=stale_after)
+        mine = and_(waiters.c.app == app, waiters.c.env == env)
+        with self._write() as conn:
+            conn.execute(delete(waiters).where(mine, waiters.c.heartbeat_at < cutoff))
+            return conn.execute(select(func.min(waiters.c.id)).where(mine)).scalar()
+
+    def remove_waiter(self, ticket: int) -> None:
+        with self._write() as conn:
+            conn.execute(delete(waiters).where(waiters.c.id == ticket))
+
+    # ------------------------------------------------------------------------------------------ blocks
+
+    @staticmethod
+    def _block_target(scope: str, app: str, env: str) -> tuple[str, str]:
+        """The (app, env) a scope is keyed on: org ignores both, app ignores env."""
+        if scope not in BLOCK_SCOPES:
+            raise BadInput(f"block scope {scope!r} is not one of {', '.join(BLOCK_SCOPES)}")
+        if scope == "org":
+            return "", ""
+        if not app:
+            raise BadInput(f"a {scope}-scope block needs an app")
+        if scope == "app":
+            return app, ""
+        if not env:
+            raise BadInput("an env-scope block needs an env")
+        return app, env
+
+    def add_block(
+        self, *, scope: str, app: str, env: str, reason: str, actor: str, until: datetime | None
+    ) -> Block:
+        """Stop deploys for an env, an app, or the whole org, until lifted or until `until` passes."""
+        app, env = self._block_target(scope, app, env)
+        stmt = insert(blocks).values(
+            scope=scope, app=app, env=env, reason=reason, actor=actor, created_at=_now(), until=until
+        )
+        with self._write() as conn:
+            row = conn.execute(stmt.returning(*blocks.c)).one()
+        return _block(row)
+
+    def lift_blocks(self, *, scope: str, app: str, env: str, actor: str) -> int:
+        """Lift the active blocks of exactly this scope and target; rows are kept, stamped with who lifted."""
+        app, env = self._block_target(scope, app, env)
+        now = _now()
+        stmt = (
+            update(blocks)
+            .where(
+                blocks.c.scope == scope,
+                blocks.c.app == app,
+                blocks.c.env == env,
+                blocks.c.lifted_at.is_(None),
+                or_(blocks.c.until.is_(None), blocks.c.until > now),
+            )
+            .values(lifted_at=now, lifted_by=actor)
+        )
+        with self._write() as conn:
+            return conn.execute(stmt).rowcount
+
+    def active_blocks(self, app: str, env: str) -> list[Block]:
+        """Blocks that stop a deploy of app to env now: its env block, its app block, and org blocks."""
+        now = _now()
+        query = (
+            select(blocks)
+            .where(
+                or_(
+                    and_(blocks.c.scope == "env", blocks.c.app == app, blocks.c.env == env),
+                    and_(blocks.c.scope == "app", blocks.c.app == app),
+                    blocks.c.scope == "org",
+                ),
+                blocks.c.lifted_at.is_(None),
+                or_(blocks.c.until.is_(None), blocks.c.until > now),
+            )
+            .order_by(blocks.c.id)
+        )
+        with self._read() as conn:
+            return [_block(row) for row in conn.execute(query)]
