@@ -16,6 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import contextlib
+
 from devstack import Postgres, Registry, engine_environment  # noqa: E402
 
 
@@ -70,3 +72,93 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return f"postgresql+psycopg://postgres@127.0.0.1:{pg.port}/{name}"
+
+
+# --- the sample app, built once per session, cloned per test -------------------------------------
+
+BROKEN_HEALTH_DOCKERFILE = """FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+CMD ["/bin/busybox", "sh", "-c", "rm /www/index.html; exec /bin/busybox httpd -f -p ${PORT:-8080} -h /www"]
+"""
+CRASHING_DOCKERFILE = """FROM scratch
+COPY busybox /bin/busybox
+CMD ["/bin/busybox", "sh", "-c", "echo 'fatal: cannot connect to the database' >&2; exit 3"]
+"""
+
+
+def _render_config(repo: Path, values: dict[str, str]) -> None:
+    from string import Template
+
+    from devstack import SAMPLE_APP
+
+    template = Template((SAMPLE_APP / "conveyor.yml.in").read_text())
+    (repo / "conveyor.yml").write_text(template.substitute(values))
+
+
+@pytest.fixture(scope="session")
+def sample_origin(stack_root: Path, registry: Registry, engine_env: dict[str, str]) -> Path:
+    """The sample app's repo with tags v1, v2, broken (health check fails), crash (exits at start),
+    each already built and pushed by `conveyor build`."""
+    from devstack import commit_sample_version, git, make_sample_repo
+
+    values = {"REGISTRY": registry.host, "STAGING_PORT": "1", "PRODUCTION_PORT": "2", "PROXY_ADMIN_PORT": "3"}
+    repo = make_sample_repo(stack_root / "origin", values, version="v1")
+    git(repo, "tag", "v1")
+    commit_sample_version(repo, "v2")
+    git(repo, "tag", "v2")
+    for tag, dockerfile in (("broken", BROKEN_HEALTH_DOCKERFILE), ("crash", CRASHING_DOCKERFILE)):
+        git(repo, "checkout", "-q", "-b", tag, "v2")
+        (repo / "Dockerfile").write_text(dockerfile)
+        git(repo, "commit", "-q", "-am", f"{tag} variant")
+        git(repo, "tag", tag)
+    git(repo, "checkout", "-q", "main")
+    home = stack_root / "build-home"
+    from tests.e2e import App
+
+    builder = App(repo, home, {})
+    for tag in ("v1", "v2", "broken", "crash"):
+        builder.ok("build", tag)
+    return repo
+
+
+def _stop_proxy(admin_port: int) -> None:
+    import urllib.request
+
+    with contextlib.suppress(OSError):
+        urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{admin_port}/stop", method="POST"), timeout=5
+        )
+
+
+def _remove_containers(app_name: str) -> None:
+    import subprocess
+
+    ids = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", f"label=conveyor.app={app_name}"], capture_output=True, text=True
+    ).stdout.split()
+    if ids:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
+
+
+@pytest.fixture
+def app(tmp_path: Path, sample_origin: Path, registry: Registry) -> Iterator[object]:
+    """A fresh clone of the sample app with its own ledger, proxy and ports; cleaned up afterwards."""
+    import subprocess
+
+    from devstack import free_port
+    from tests.e2e import App
+
+    repo = tmp_path / "hello"
+    subprocess.run(["git", "clone", "-q", str(sample_origin), str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "fetch", "-q", "--tags"], check=True)
+    ports = {"staging": free_port(), "production": free_port(), "admin": free_port()}
+    _render_config(repo, {
+        "REGISTRY": registry.host, "STAGING_PORT": str(ports["staging"]),
+        "PRODUCTION_PORT": str(ports["production"]), "PROXY_ADMIN_PORT": str(ports["admin"]),
+    })
+    _remove_containers("hello")
+    the_app = App(repo, tmp_path / "home", ports)
+    yield the_app
+    _stop_proxy(ports["admin"])
+    _remove_containers("hello")

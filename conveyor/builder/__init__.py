@@ -1,0 +1,1 @@
+"""Image builders: buildah, podman or docker, whichever is present or configured."""

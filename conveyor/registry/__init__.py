@@ -1,0 +1,1 @@
+"""OCI registry adapter: look up manifests by tag or digest over the Distribution HTTP API."""

@@ -1,0 +1,18 @@
+"""Deploy targets behind one small interface (targets.base.Target)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from conveyor.errors import BadInput
+
+
+def target_for(kind: str, state_dir: Path) -> Any:
+    """The target adapter for a spec's or config's target type. Imported lazily: each pulls in its own
+    libraries only when used."""
+    if kind == "container-host":
+        from conveyor.targets.container_host import ContainerHost
+
+        return ContainerHost(state_dir / "proxy")
+    raise BadInput(f"unknown target type '{kind}'")

@@ -1,0 +1,286 @@
+"""The `conveyor` command: parse, call the pipeline, render. Heavy modules load inside each command so
+`conveyor --help` stays fast.
+
+Exit codes: 0 success, 1 operation failed, 2 bad input or usage, 3 refused by a lock, block or policy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from conveyor.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConveyorError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EPILOG = "Exit codes: 0 success, 1 operation failed, 2 bad input or usage, 3 refused by a lock, block or policy."
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class Context:
+    def __init__(self, config: Path | None) -> None:
+        self.config = config
+        self._ws: Any = None
+
+    def workspace(self) -> Any:
+        if self._ws is None:
+            from conveyor.pipeline.workspace import Workspace
+
+            self._ws = Workspace(self.config, say=_say)
+        return self._ws
+
+    def close(self) -> None:
+        if self._ws is not None:
+            self._ws.close()
+
+
+def run(fn: Callable[[], Any]) -> Any:
+    """Turn conveyor's errors into one readable message and the documented exit code."""
+    try:
+        return fn()
+    except ConveyorError as exc:
+        click.echo(f"error: {exc.message}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+
+
+def operation_options(fn: F) -> F:
+    options = [
+        click.option("--reason", default="", help="Why; recorded with the release."),
+        click.option("--force", is_flag=True,
+                     help="Override blocks and policies (needs --reason); recorded as ignoring safeties."),
+        click.option("--wait", is_flag=True, help="Queue behind a running operation instead of refusing."),
+        click.option("--dry-run", is_flag=True, help="Print every step it would take; change nothing."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return json_option(fn)
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(path_type=Path), default=None,
+              help="Path to conveyor.yml (default: the one at the root of the current git repo).")
+@click.version_option(package_name="conveyor")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None) -> None:
+    """conveyor: build once, deploy by digest, promote unchanged, roll back exactly."""
+    ctx.obj = Context(config)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _release_result(release: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    if release is None:
+        if as_json:
+            emit_json({"dry_run": True, **(extra or {})})
+        return
+    from conveyor.pipeline.views import release_view
+
+    view = release_view(release)
+    if as_json:
+        emit_json({**view, **(extra or {})})
+    else:
+        click.echo(f"{view['env']}#{view['number']} {view['kind']} {view['status']}: "
+                   f"{view['sha'][:12]} {view['digest']}")
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("ref", default="HEAD")
+@json_option
+@click.pass_obj
+def build(obj: Context, ref: str, as_json: bool) -> None:
+    """Build the image for REF's commit from a clean export, tag it with the full SHA, push it, print the
+    digest. Skips the build when the registry already has that SHA."""
+
+    def go() -> None:
+        from conveyor.pipeline.artifacts import build as build_artifact
+
+        artifact, built = build_artifact(obj.workspace(), ref)
+        if as_json:
+            emit_json({"sha": artifact.sha, "digest": artifact.digest, "image": artifact.image, "built": built})
+        else:
+            click.echo(artifact.digest)
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env")
+@click.argument("ref")
+@click.option("--hotfix", is_flag=True, help="Deploy past a promotion policy or block; needs --reason.")
+@operation_options
+@click.pass_obj
+def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: bool, wait: bool,
+           dry_run: bool, as_json: bool) -> None:
+    """Deploy REF's artifact (built earlier by `conveyor build`) to ENV."""
+
+    def go() -> None:
+        from conveyor.pipeline.operations import deploy as deploy_op
+
+        release = deploy_op(obj.workspace(), env, ref, reason=reason, hotfix=hotfix, force=force, wait=wait,
+                            dry_run=dry_run)
+        _release_result(release, as_json)
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("source", required=False, metavar="[FROM")
+@click.argument("target", required=False, metavar="TO]")
+@operation_options
+@click.pass_obj
+def promote(obj: Context, source: str | None, target: str | None, reason: str, force: bool, wait: bool,
+            dry_run: bool, as_json: bool) -> None:
+    """Ship exactly the artifact FROM runs to TO (default: the first two stages). The source release is
+    pinned once, at the start, and used to the end."""
+
+    def go() -> None:
+        from conveyor.pipeline.operations import promote as promote_op
+
+        release = promote_op(obj.workspace(), source, target, reason=reason, force=force, wait=wait,
+                             dry_run=dry_run)
+        _release_result(release, as_json)
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env")
+@click.option("--to", "to", type=int, default=None,
+              help="Release number to re-apply (default: the succeeded release before the live one).")
+@operation_options
+@click.pass_obj
+def rollback(obj: Context, env: str, to: int | None, reason: str, force: bool, wait: bool, dry_run: bool,
+             as_json: bool) -> None:
+    """Re-apply a stored release exactly (same digest, same rendered env and config) as a new release."""
+
+    def go() -> None:
+        from conveyor.pipeline.operations import rollback as rollback_op
+
+        release, not_undone = rollback_op(obj.workspace(), env, to=to, reason=reason, force=force, wait=wait,
+                                          dry_run=dry_run)
+        if not as_json:
+            for line in not_undone:
+                click.echo(f"not undone by this rollback: {line}", err=True)
+        _release_result(release, as_json, {"not_undone": not_undone})
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@json_option
+@click.pass_obj
+def status(obj: Context, as_json: bool) -> None:
+    """Per environment: the live release, who shipped it and when, and how far behind the previous stage
+    it is; locks and blocks in force; whether the target serves what the ledger says."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_status
+        from conveyor.pipeline.views import status as status_view
+
+        rows = status_view(obj.workspace())
+        if as_json:
+            emit_json(rows)
+        else:
+            click.echo(render_status(rows))
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env", required=False)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@json_option
+@click.pass_obj
+def history(obj: Context, env: str | None, limit: int, as_json: bool) -> None:
+    """Releases, newest first: number, kind, status, commit, digest, who, when, why."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_history
+        from conveyor.pipeline.views import history as history_view
+
+        rows = history_view(obj.workspace(), env, limit)
+        if as_json:
+            emit_json(rows)
+        else:
+            click.echo(render_history(rows))
+
+    run(go)
+
+
+def _scope_options(fn: F) -> F:
+    fn = click.option("--org", "scope", flag_value="org", help="Every app in the ledger (a freeze).")(fn)
+    fn = click.option("--app-wide", "scope", flag_value="app", help="Every environment of this app.")(fn)
+    return fn
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env", required=False)
+@click.option("--reason", required=True, help="Why; shown to everyone the block stops.")
+@click.option("--until", default=None, help="Expiry: an ISO time or a duration (30m, 2h, 1d).")
+@_scope_options
+@json_option
+@click.pass_obj
+def lock(obj: Context, env: str | None, reason: str, until: str | None, scope: str | None,
+         as_json: bool) -> None:
+    """Block operations on ENV (or the app, or the org) until unlocked or expired."""
+
+    def go() -> None:
+        from conveyor.pipeline.blocks import add_block
+        from conveyor.pipeline.guards import describe_block
+        from conveyor.pipeline.views import block_view
+
+        block = add_block(obj.workspace(), env, scope or "env", reason, until)
+        emit_json(block_view(block)) if as_json else click.echo(describe_block(block))
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env", required=False)
+@_scope_options
+@json_option
+@click.pass_obj
+def unlock(obj: Context, env: str | None, scope: str | None, as_json: bool) -> None:
+    """Lift the blocks on ENV (or the app, or the org)."""
+
+    def go() -> None:
+        from conveyor.pipeline.blocks import lift_block
+
+        count = lift_block(obj.workspace(), env, scope or "env")
+        emit_json({"lifted": count}) if as_json else click.echo(f"lifted {count} block(s)")
+
+    run(go)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(EXIT_FAILED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

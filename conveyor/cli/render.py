@@ -1,0 +1,55 @@
+"""Human-readable tables for status and history (the --json forms carry the same fields)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _when(iso: str | None) -> str:
+    return iso.replace("T", " ")[:19] + " UTC" if iso else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def render_status(rows: list[dict[str, Any]]) -> str:
+    out = []
+    for row in rows:
+        live = row["live"]
+        if live:
+            head = (f"{row['env']}: #{live['number']} {live['kind']} {live['sha'][:12]} {live['digest'][:19]}… "
+                    f"by {live['actor']} at {_when(live['finished_at'])}")
+        else:
+            head = f"{row['env']}: nothing deployed"
+        out.append(head)
+        behind = row["behind"]
+        if behind and behind["commits"] is not None:
+            out.append(f"  {behind['commits']} commit(s) behind {behind['stage']}")
+        if row["lease"]:
+            lease = row["lease"]
+            out.append(f"  locked: {lease['holder_actor']} is running '{lease['operation']}' "
+                       f"since {_when(lease['acquired_at'])}")
+        for block in row["blocks"]:
+            until = f" until {_when(block['until'])}" if block["until"] else ""
+            out.append(f"  blocked ({block['scope']}) by {block['actor']}{until}: {block['reason']}")
+        if row["drift"]:
+            out.append(f"  DRIFT: the target serves {row['serving'] or 'nothing'}, not the ledger's live release")
+    return "\n".join(out)
+
+
+def render_history(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no releases yet"
+    table = [
+        [
+            f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), r["status"],
+            r["sha"][:12], r["digest"][:19] + "…", r["actor"], _when(r["finished_at"] or r["created_at"]),
+            r["reason"] or r["error"],
+        ]
+        for r in rows
+    ]
+    return _table(["RELEASE", "KIND", "STATUS", "COMMIT", "DIGEST", "ACTOR", "WHEN", "REASON"], table)

@@ -1,0 +1,124 @@
+"""deploy, promote and rollback: each turns its inputs into a ReleasePlan and runs release.execute."""
+
+from __future__ import annotations
+
+from conveyor.errors import BadInput, Refused
+from conveyor.ledger.models import Release
+from conveyor.pipeline.artifacts import require_artifact
+from conveyor.pipeline.guards import check_promotion_policy
+from conveyor.pipeline.release import ReleasePlan, execute
+from conveyor.pipeline.workspace import Workspace
+from conveyor.targets.base import Artifact
+
+
+def _require_reason(reason: str, flag: str) -> None:
+    if not reason.strip():
+        raise BadInput(f"{flag} needs --reason TEXT: it is recorded with the release")
+
+
+def deploy(
+    ws: Workspace, env_name: str, ref: str, *, reason: str = "", hotfix: bool = False, force: bool = False,
+    wait: bool = False, dry_run: bool = False,
+) -> Release | None:
+    env = ws.config.environment(env_name)
+    if hotfix:
+        _require_reason(reason, "--hotfix")
+    if force:
+        _require_reason(reason, "--force")
+    kind = "hotfix" if hotfix else "deploy"
+    check_promotion_policy(env, kind=kind, source_env=None, forced=force)
+    sha = ws.repo.resolve(ref)
+    artifact = require_artifact(ws, sha)
+    spec = ws.target(env.target.type).render(ws.config, env, artifact)
+    plan = ReleasePlan(env=env, kind=kind, artifact=artifact, spec=spec, reason=reason, forced=force)
+    return execute(ws, plan, wait=wait, dry_run=dry_run)
+
+
+def default_stages(ws: Workspace) -> tuple[str, str]:
+    names = [e.name for e in ws.config.environments]
+    if len(names) < 2:
+        raise BadInput("promote needs two environments; this app has one. Name them: promote FROM TO")
+    return names[0], names[1]
+
+
+def promote(
+    ws: Workspace, source_env: str | None, target_env: str | None, *, reason: str = "", force: bool = False,
+    wait: bool = False, dry_run: bool = False,
+) -> Release | None:
+    if (source_env is None) != (target_env is None):
+        raise BadInput("promote takes both FROM and TO, or neither (then the first two stages)")
+    if source_env is None or target_env is None:
+        source_env, target_env = default_stages(ws)
+    source_cfg = ws.config.environment(source_env)
+    env = ws.config.environment(target_env)
+    if source_cfg.name == env.name:
+        raise BadInput("promote FROM and TO must be different environments")
+    if force:
+        _require_reason(reason, "--force")
+    check_promotion_policy(env, kind="promote", source_env=source_cfg.name, forced=force)
+    # Pin the source release once, here; every later step uses only this record, never "what runs now".
+    pinned = ws.ledger.live_release(ws.config.app, source_cfg.name)
+    if pinned is None:
+        raise Refused(f"{source_cfg.name} has no succeeded release to promote")
+    artifact = Artifact(pinned.image.split("@")[0], pinned.sha, pinned.digest)
+    spec = ws.target(env.target.type).render(ws.config, env, artifact)
+    plan = ReleasePlan(
+        env=env, kind="promote", artifact=artifact, spec=spec,
+        reason=reason or f"promote {source_cfg.name}#{pinned.number}", forced=force, source=pinned,
+        notes=[f"pinned source: {source_cfg.name}#{pinned.number} {pinned.sha[:12]} {pinned.digest}"],
+    )
+    return execute(ws, plan, wait=wait, dry_run=dry_run)
+
+
+def rollback_target(ws: Workspace, env_name: str, to: int | None) -> Release:
+    app = ws.config.app
+    live = ws.ledger.live_release(app, env_name)
+    if to is not None:
+        chosen = ws.ledger.get_release(app, env_name, to)
+        if chosen is None:
+            raise BadInput(f"{env_name} has no release #{to}")
+        if chosen.status != "succeeded":
+            raise BadInput(f"{env_name}#{to} {chosen.status}; only a release that succeeded can be re-applied")
+        return chosen
+    if live is None:
+        raise BadInput(f"{env_name} has no live release to roll back from")
+    earlier = [
+        r for r in ws.ledger.releases_between(app, env_name, 0, live.number - 1) if r.status == "succeeded"
+    ]
+    if not earlier:
+        raise BadInput(f"{env_name} has no succeeded release before #{live.number} to roll back to")
+    return earlier[-1]
+
+
+def tasks_not_undone(ws: Workspace, env_name: str, target: Release, live: Release | None) -> list[str]:
+    """Pre-deploy tasks that ran after the release we go back to: a rollback does not reverse them."""
+    if live is None or live.number <= target.number:
+        return []
+    lines = []
+    for release in ws.ledger.releases_between(ws.config.app, env_name, target.number, live.number):
+        for event in ws.ledger.events(release_id=release.id, step="task"):
+            if event.status == "ok":
+                lines.append(f"task '{event.data.get('task')}' ran in {env_name}#{release.number} "
+                             f"({release.sha[:12]})")
+    return lines
+
+
+def rollback(
+    ws: Workspace, env_name: str, *, to: int | None = None, reason: str = "", force: bool = False,
+    wait: bool = False, dry_run: bool = False,
+) -> tuple[Release | None, list[str]]:
+    env = ws.config.environment(env_name)
+    if force:
+        _require_reason(reason, "--force")
+    chosen = rollback_target(ws, env.name, to)
+    live = ws.ledger.live_release(ws.config.app, env.name)
+    not_undone = tasks_not_undone(ws, env.name, chosen, live)
+    artifact = Artifact(chosen.image.split("@")[0], chosen.sha, chosen.digest)
+    notes = [f"re-apply {env.name}#{chosen.number} exactly: {chosen.image} with the spec it ran with"]
+    notes += [f"not undone by this rollback: {line}" for line in not_undone]
+    plan = ReleasePlan(
+        env=env, kind="rollback", artifact=artifact, spec=chosen.spec,
+        reason=reason or f"rollback to {env.name}#{chosen.number}", forced=force, source=chosen,
+        run_tasks=False, notes=notes,
+    )
+    return execute(ws, plan, wait=wait, dry_run=dry_run), not_undone

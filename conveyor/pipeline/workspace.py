@@ -1,0 +1,87 @@
+"""Everything one command works with: the app's config and repo, the ledger, the registry, the targets.
+
+Each piece is opened on first use, so a command pays only for what it touches.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.pipeline.identity import Identity, identify
+from conveyor.settings import conveyor_home
+from conveyor.vcs.git import Repo
+
+if TYPE_CHECKING:
+    from conveyor.config.models import AppConfig
+    from conveyor.ledger.store import Ledger
+    from conveyor.registry.client import Registry
+
+Say = Callable[[str], None]
+
+
+class Workspace:
+    def __init__(self, config_path: Path | None = None, cwd: Path | None = None, say: Say = print) -> None:
+        self._config_path = config_path
+        self._cwd = cwd or Path.cwd()
+        self.say = say
+        self._targets: dict[str, Any] = {}
+
+    @cached_property
+    def repo(self) -> Repo:
+        start = self._config_path.parent if self._config_path else self._cwd
+        return Repo.discover(start)
+
+    @cached_property
+    def config_path(self) -> Path:
+        from conveyor.config.loader import CONFIG_NAME
+
+        return self._config_path or self.repo.path / CONFIG_NAME
+
+    @cached_property
+    def config(self) -> AppConfig:
+        from conveyor.config.loader import load_config
+
+        return load_config(self.config_path)
+
+    @cached_property
+    def config_digest(self) -> str:
+        from conveyor.config.loader import config_digest
+
+        return config_digest(self.config)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        from conveyor.ledger import open_ledger
+
+        return open_ledger()
+
+    @cached_property
+    def registry(self) -> Registry:
+        from conveyor.registry.client import Registry
+
+        settings = self.config.registry
+        return Registry(
+            self.config.image, insecure=settings.insecure, username_env=settings.username_env,
+            password_env=settings.password_env,
+        )
+
+    @cached_property
+    def identity(self) -> Identity:
+        return identify(os.environ, self.repo.config_value("user.name"), self.repo.config_value("user.email"))
+
+    def target(self, kind: str) -> Any:
+        if kind not in self._targets:
+            from conveyor.targets import target_for
+
+            self._targets[kind] = target_for(kind, conveyor_home())
+        return self._targets[kind]
+
+    def close(self) -> None:
+        if "ledger" in self.__dict__:
+            self.ledger.close()
+        if "registry" in self.__dict__:
+            self.registry.close()

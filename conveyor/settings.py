@@ -1,0 +1,18 @@
+"""Process-wide settings read from the environment (documented in the README's configuration section)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def conveyor_home() -> Path:
+    """Where conveyor keeps local state: the SQLite ledger and the proxy's state."""
+    home = Path(os.environ.get("CONVEYOR_HOME") or Path.home() / ".local" / "state" / "conveyor")
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def lease_ttl() -> float:
+    """Seconds a lease outlives its last heartbeat; a holder that died is taken over after this."""
+    return float(os.environ.get("CONVEYOR_LEASE_TTL", "30"))

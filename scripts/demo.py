@@ -1,0 +1,123 @@
+"""The README's demo: the sample app from commit to staging to production and back, on this machine.
+
+It starts a local OCI registry (the stand-in for the registry a team already has), points podman and
+buildah at this sandbox's engine settings (see devstack), makes a git repo of examples/hello, and then
+runs only `conveyor` commands, exactly as a person or CI would.
+
+    scripts/demo.sh          run the demo (state in .demo/)
+    scripts/demo.sh down     stop the app containers, the proxy and the registry it left running
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from devstack import Registry, commit_sample_version, engine_environment, free_port, make_sample_repo  # noqa: E402
+
+STATE = ROOT / ".demo"
+CONVEYOR = str(ROOT / ".venv" / "bin" / "conveyor")
+
+
+def port_or_free(preferred: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            return free_port()
+
+
+def conveyor(*args: str, cwd: Path) -> str:
+    print(f"\n$ conveyor {' '.join(args)}", flush=True)
+    result = subprocess.run([CONVEYOR, *args], cwd=cwd, text=True, stdout=subprocess.PIPE)
+    print(result.stdout, end="", flush=True)
+    if result.returncode != 0:
+        sys.exit(f"demo: `conveyor {' '.join(args)}` exited with {result.returncode}")
+    return result.stdout
+
+
+def fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.read().decode()
+
+
+def down() -> None:
+    settings = json.loads((STATE / "demo.json").read_text()) if (STATE / "demo.json").exists() else {}
+    os.environ.update(settings.get("engine_env", {}))
+    subprocess.run(["podman", "rm", "-f", "--filter", "label=conveyor.app=hello"], capture_output=True)
+    for name in ("registry.pid", "caddy.pid"):
+        pid_file = STATE / name
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    if settings.get("proxy_admin"):
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(
+                urllib.request.Request(f"http://{settings['proxy_admin']}/stop", method="POST"), timeout=5
+            )
+    print("demo: stopped")
+
+
+def main() -> None:
+    if sys.argv[1:] == ["down"]:
+        down()
+        return
+    if (STATE / "demo.json").exists():
+        down()
+    shutil.rmtree(STATE, ignore_errors=True)
+    STATE.mkdir()
+    registry = Registry(STATE / "registry", port=port_or_free(5000)).start()
+    (STATE / "registry.pid").write_text(str(registry.process.pid if registry.process else ""))
+    engine_env = engine_environment(STATE / "engine", [registry.host])
+    os.environ.update(engine_env)
+    os.environ["CONVEYOR_HOME"] = str(STATE / "home")
+    os.environ.pop("CONVEYOR_DATABASE_URL", None)
+    ports = {
+        "REGISTRY": registry.host,
+        "STAGING_PORT": str(port_or_free(8001)),
+        "PRODUCTION_PORT": str(port_or_free(8002)),
+        "PROXY_ADMIN_PORT": str(port_or_free(2019)),
+    }
+    (STATE / "demo.json").write_text(json.dumps(
+        {"engine_env": engine_env, "proxy_admin": f"127.0.0.1:{ports['PROXY_ADMIN_PORT']}"}
+    ))
+    app = make_sample_repo(STATE / "hello", ports, version="v1")
+    staging = f"http://127.0.0.1:{ports['STAGING_PORT']}/"
+    production = f"http://127.0.0.1:{ports['PRODUCTION_PORT']}/"
+
+    conveyor("build", cwd=app)
+    conveyor("deploy", "staging", "HEAD", "--reason", "first release", cwd=app)
+    conveyor("promote", "staging", "production", cwd=app)
+    commit_sample_version(app, "v2")
+    conveyor("build", cwd=app)
+    conveyor("deploy", "staging", "HEAD", "--reason", "v2", cwd=app)
+    conveyor("promote", cwd=app)
+    conveyor("rollback", "production", "--reason", "demo: back to v1", cwd=app)
+    conveyor("history", cwd=app)
+    conveyor("status", cwd=app)
+
+    time.sleep(0.2)
+    staging_page, production_page = fetch(staging), fetch(production)
+    print(f"\nstaging    {staging}  serves {'v2' if '>v2<' in staging_page else 'UNEXPECTED'}")
+    print(f"production {production}  serves {'v1' if '>v1<' in production_page else 'UNEXPECTED'}")
+    registry.stop()
+    if ">v2<" not in staging_page or ">v1<" not in production_page:
+        sys.exit("demo: an environment does not serve the version it should")
+    print("\ndemo: done. `scripts/demo.sh down` stops the app and the proxy.")
+
+
+if __name__ == "__main__":
+    main()
