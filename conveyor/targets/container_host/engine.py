@@ -1,0 +1,243 @@
+"""A small adapter over the podman / docker command line.
+
+Only argument lists are passed (never a shell). Engine settings specific to a machine (ulimits, runtime,
+cgroup manager, network mode, storage) are the engine's own configuration, read by the engine from its
+config files or the environment; nothing here sets them. Secret values never appear in an argument list:
+they are passed as `-e NAME` and the engine reads the value from this process's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from conveyor.errors import InfrastructureMissing, TargetError
+
+ENGINES = ("podman", "docker")
+# Short engine calls (inspect, ps, stop) should answer in well under a second; this bounds a hung engine.
+CALL_TIMEOUT = 60.0
+PULL_TIMEOUT = 900.0
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    status: str = ""  # created, running, exited, ...
+    running: bool = False
+    exit_code: int = 0
+    image: str = ""
+
+
+def summarise(stderr: str, limit: int = 400) -> str:
+    """One readable line from an engine's stderr: its last `Error:` line, else its last non-empty line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("Error:") or line.startswith("Error response")]
+    text = (errors or lines or ["no error output"])[-1]
+    text = re.sub(r"^Error( response from daemon)?:\s*", "", text)
+    text = re.sub(r"\s+", " ", text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class Engine:
+    """One container engine CLI (podman or docker)."""
+
+    def __init__(self, name: str, binary: str) -> None:
+        self.name = name
+        self.binary = binary
+
+    @classmethod
+    def detect(cls, configured: str = "auto") -> Engine:
+        """The configured engine, or for `auto` podman when installed, else a docker whose daemon answers."""
+        if configured not in ("auto", *ENGINES):
+            raise InfrastructureMissing(
+                f"unknown container engine '{configured}' (use auto, podman or docker)"
+            )
+        if configured in ("auto", "podman"):
+            podman = shutil.which("podman")
+            if podman:
+                return cls("podman", podman)
+            if configured == "podman":
+                raise InfrastructureMissing("podman is not installed (or not on PATH); install it or set "
+                                            "target.engine")
+        docker = shutil.which("docker")
+        if docker:
+            # The docker CLI alone is no engine: it is only usable when its daemon answers.
+            problem = cls._docker_daemon_problem(docker)
+            if problem is None:
+                return cls("docker", docker)
+            if configured == "docker":
+                raise InfrastructureMissing(f"docker is installed but its daemon does not answer: {problem}")
+        elif configured == "docker":
+            raise InfrastructureMissing("docker is not installed (or not on PATH); install it or set "
+                                        "target.engine")
+        raise InfrastructureMissing(
+            "no container engine found: install podman or docker, or set target.engine"
+        )
+
+    @staticmethod
+    def _docker_daemon_problem(binary: str) -> str | None:
+        try:
+            done = subprocess.run([binary, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
+                                  text=True, timeout=15)
+        except subprocess.TimeoutExpired:
+            return "docker info did not answer within 15s"
+        if done.returncode != 0 or not done.stdout.strip():
+            return summarise(done.stderr or done.stdout)
+        return None
+
+    # -- plumbing -----------------------------------------------------------------------------------
+
+    def _run(
+        self, args: Sequence[str], what: str, timeout: float = CALL_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            done = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise TargetError(f"{what}: {self.name} did not finish within {timeout:g}s") from exc
+        except OSError as exc:
+            raise InfrastructureMissing(f"{what}: cannot run {self.binary}: {exc}") from exc
+        if done.returncode != 0:
+            raise TargetError(f"{what}: {summarise(done.stderr)}")
+        return done
+
+    # -- images -------------------------------------------------------------------------------------
+
+    def image_present(self, image: str) -> bool:
+        done = subprocess.run([self.binary, "image", "inspect", "--format", "{{.Id}}", image],
+                              capture_output=True, text=True, timeout=CALL_TIMEOUT)
+        return done.returncode == 0
+
+    def pull(self, image: str) -> None:
+        try:
+            done = subprocess.run([self.binary, "pull", "-q", image], capture_output=True, text=True,
+                                  timeout=PULL_TIMEOUT)
+        except subprocess.TimeoutExpired as exc:
+            raise TargetError(f"could not pull {image}: no answer within {PULL_TIMEOUT:g}s") from exc
+        if done.returncode != 0:
+            reason = summarise(done.stderr)
+            # podman repeats the reference ("initializing source docker://IMAGE: ..."); it is already named.
+            reason = re.sub(r"^initializing source \S+?:\s+", "", reason)
+            raise TargetError(f"could not pull {image}: {reason}")
+
+    def ensure_image(self, image: str) -> bool:
+        """Pull unless present; True when pulled. A digest reference is immutable: present means done."""
+        if self.image_present(image):
+            return False
+        self.pull(image)
+        return True
+
+    # -- containers ---------------------------------------------------------------------------------
+
+    def run_args(
+        self,
+        image: str,
+        *,
+        name: str,
+        labels: Mapping[str, str],
+        env: Mapping[str, str],
+        secret_names: Sequence[str],
+        init: bool,
+        publish: int | None = None,
+        command: Sequence[str] | None = None,
+        detach: bool = True,
+    ) -> list[str]:
+        """The argument list for `run` (without the binary). Secrets go by NAME only."""
+        args = ["run", "-d" if detach else "--rm", "--name", name]
+        if init:
+            args.append("--init")
+        for key, value in labels.items():
+            args += ["--label", f"{key}={value}"]
+        if publish is not None:
+            # Needed on a bridge network; with host networking the engine ignores it (ports are the host's).
+            args += ["-p", f"127.0.0.1:{publish}:{publish}"]
+        for key, value in env.items():
+            args += ["-e", f"{key}={value}"]
+        for secret in secret_names:
+            args += ["-e", secret]
+        args.append(image)
+        args += list(command or [])
+        return args
+
+    def run_detached(
+        self,
+        image: str,
+        *,
+        name: str,
+        labels: Mapping[str, str],
+        env: Mapping[str, str],
+        secret_names: Sequence[str],
+        init: bool,
+        publish: int | None = None,
+    ) -> str:
+        """Start a container in the background; returns its id."""
+        args = self.run_args(image, name=name, labels=labels, env=env, secret_names=secret_names, init=init,
+                             publish=publish, detach=True)
+        done = self._run(args, f"could not start a container from {image}")
+        return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    def inspect(self, ref: str) -> Container | None:
+        found = self.inspect_many([ref])
+        return found[0] if found else None
+
+    def inspect_many(self, refs: Sequence[str]) -> list[Container]:
+        if not refs:
+            return []
+        done = subprocess.run([self.binary, "container", "inspect", *refs], capture_output=True, text=True,
+                              timeout=CALL_TIMEOUT)
+        # With several refs and one gone, podman and docker still print the others and exit non-zero.
+        try:
+            data = json.loads(done.stdout or "[]")
+        except json.JSONDecodeError:
+            data = []
+        if done.returncode != 0 and not data:
+            if "no such" in done.stderr.lower():
+                return []
+            raise TargetError(f"could not inspect containers: {summarise(done.stderr)}")
+        return [_container(item) for item in data or []]
+
+    def logs(self, ref: str, tail: int = 20) -> list[str]:
+        done = subprocess.run([self.binary, "logs", "--tail", str(tail), ref], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, errors="replace", timeout=CALL_TIMEOUT)
+        lines = done.stdout.splitlines()
+        return lines[-tail:] if done.returncode == 0 else []
+
+    def stop(self, ref: str, timeout: int) -> None:
+        self._run(["stop", "-t", str(timeout), ref], f"could not stop container {ref}", timeout=timeout + 30)
+
+    def remove(self, ref: str) -> None:
+        """Kill and remove at once; a container already gone is fine."""
+        done = subprocess.run([self.binary, "rm", "-f", ref], capture_output=True, text=True,
+                              timeout=CALL_TIMEOUT)
+        if done.returncode != 0 and "no such" not in done.stderr.lower():
+            raise TargetError(f"could not remove container {ref}: {summarise(done.stderr)}")
+
+    def list(self, labels: Mapping[str, str]) -> list[Container]:
+        """Every container (running or not) carrying all these labels."""
+        args = ["ps", "-a", "-q", "--no-trunc"]
+        for key, value in labels.items():
+            args += ["--filter", f"label={key}={value}"]
+        done = self._run(args, "could not list containers")
+        return self.inspect_many(done.stdout.split())
+
+
+def _container(item: dict[str, object]) -> Container:
+    config = item.get("Config") or {}
+    state = item.get("State") or {}
+    assert isinstance(config, dict) and isinstance(state, dict)
+    name = str(item.get("Name") or "").lstrip("/")  # docker prefixes names with "/"
+    image = str(item.get("ImageName") or config.get("Image") or "")
+    return Container(
+        id=str(item.get("Id") or ""),
+        name=name,
+        labels=dict(config.get("Labels") or {}),
+        status=str(state.get("Status") or ""),
+        running=bool(state.get("Running")),
+        exit_code=int(state.get("ExitCode") or 0),
+        image=image,
+    )

@@ -1,0 +1,410 @@
+"""The container-host target: an app's image (by digest) as a container on this machine, behind Caddy.
+
+A deploy starts the new container beside the old one on a free loopback port, waits until it answers
+its health check, then switches the proxy's upstream to it and retires the old container after a drain
+period. The proxy is never touched before the new container is healthy, so a failed deploy leaves the
+previous release serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import secrets as random_tokens
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from conveyor.errors import BadInput, InfrastructureMissing, TargetError
+from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter
+from conveyor.targets.container_host.engine import Container, Engine
+from conveyor.targets.container_host.proxy import CaddyProxy, listen_address
+
+if TYPE_CHECKING:  # only for annotations: importing config (pydantic) is not needed to deploy a spec
+    from conveyor.config.models import AppConfig, Environment
+
+TARGET_TYPE = "container-host"
+LOG_LINES = 20
+# Label keys on every container this target starts; `role` keeps one-off task containers apart from
+# the serving ones, so a deploy's clean-up never touches a task that is running.
+L_APP, L_ENV, L_ROLE, L_RELEASE = "conveyor.app", "conveyor.env", "conveyor.role", "conveyor.release"
+L_PORT, L_IMAGE, L_ADMIN = "conveyor.port", "conveyor.image", "conveyor.proxy-admin"
+
+
+class ContainerHost:
+    """Implements `conveyor.targets.base.Target` for one machine running podman or docker and Caddy."""
+
+    type = TARGET_TYPE
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self._engines: dict[str, Engine] = {}
+
+    # -- render ---------------------------------------------------------------------------------------
+
+    def render(self, app: AppConfig, env: Environment, artifact: Artifact) -> dict[str, Any]:
+        """Everything a deploy needs, so a rollback can re-apply this spec without reading config again."""
+        target = env.target
+        return {
+            "target": TARGET_TYPE,
+            "app": app.app,
+            "env": env.name,
+            "image": artifact.image,
+            "repository": artifact.repository,
+            "sha": artifact.sha,
+            "digest": artifact.digest,
+            "engine": target.engine,
+            "bind": target.bind,
+            "port": target.port,
+            "port_env": target.port_env,
+            "proxy_admin": target.proxy_admin,
+            "env_vars": dict(env.env),  # "env" is the environment's name
+            "secrets": list(env.secrets),  # names only: values are read from the environment at run time
+            "health": {
+                "path": env.health.path,
+                "timeout": env.health.timeout,
+                "interval": env.health.interval,
+                "expect_status": env.health.expect_status,
+            },
+            "drain_seconds": target.drain_seconds,
+            "stop_timeout": target.stop_timeout,
+            "init": target.init,
+            "tasks": [
+                {"name": task.name, "command": list(task.command), "timeout": task.timeout}
+                for task in app.tasks_for(env)
+            ],
+        }
+
+    # -- preflight ------------------------------------------------------------------------------------
+
+    def preflight(self, spec: dict[str, Any]) -> None:
+        _check_spec(spec)
+        self._require_secrets(spec)
+        self._engine(spec["engine"])
+        if shutil.which("caddy") is None:
+            raise InfrastructureMissing("caddy is not installed (or not on PATH): the container-host target "
+                                        "needs Caddy 2 as its reverse proxy (Debian package 'caddy')")
+        bind, port = spec["bind"], int(spec["port"])
+        proxy = self._proxy(spec)
+        ours = proxy.answering() and listen_address(bind, port) in proxy.listens(spec["app"], spec["env"])
+        if not ours and not _port_free(bind, port):
+            raise BadInput(f"port {port} is in use by another process; choose another target.port for "
+                           f"{spec['env']}")
+
+    # -- tasks ----------------------------------------------------------------------------------------
+
+    def run_task(self, spec: dict[str, Any], task: dict[str, Any], report: Reporter) -> None:
+        """Run `task` in a one-off container of the spec's image; stream its output; raise on failure."""
+        _check_spec(spec)
+        self._require_secrets(spec)
+        engine = self._engine(spec["engine"])
+        image, task_name, timeout = spec["image"], str(task["name"]), float(task.get("timeout", 300))
+        if engine.ensure_image(image):
+            report("pull", f"pulled {image}")
+        name = f"conveyor-{spec['app']}-{spec['env']}-task-{_slug(task_name)}-{random_tokens.token_hex(3)}"
+        labels = {L_APP: spec["app"], L_ENV: spec["env"], L_ROLE: "task", L_IMAGE: image}
+        args = engine.run_args(image, name=name, labels=labels, env=spec["env_vars"],
+                               secret_names=spec["secrets"], init=bool(spec["init"]), command=task["command"],
+                               detach=False)
+        tail: deque[str] = deque(maxlen=LOG_LINES)
+        lines: queue.Queue[str | None] = queue.Queue()
+        process = subprocess.Popen([engine.binary, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+
+        def pump() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        # A reader thread so the timeout holds even when the task prints nothing; report() is only ever
+        # called from this (the caller's) thread.
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + timeout
+        finished = False
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TargetError(f"task {task_name} timed out after {timeout:g}s", logs=list(tail))
+                try:
+                    line = lines.get(timeout=min(remaining, 0.5))
+                except queue.Empty:
+                    continue
+                if line is None:
+                    break
+                tail.append(line)
+                report("task", line)
+            try:  # output ended; the task may still run (it closed its stdout): the timeout still holds
+                code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise TargetError(f"task {task_name} timed out after {timeout:g}s", logs=list(tail)) from None
+            finished = True
+        finally:
+            if not finished:
+                # Killing the CLI would leave the container running: remove the container itself.
+                with contextlib.suppress(TargetError, subprocess.TimeoutExpired):
+                    engine.remove(name)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            reader.join(timeout=5)
+            if process.stdout is not None:
+                process.stdout.close()
+        if code != 0:
+            raise TargetError(f"task {task_name} exited with {code}", logs=list(tail))
+
+    # -- deploy ---------------------------------------------------------------------------------------
+
+    def deploy(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
+        started = time.monotonic()
+        _check_spec(spec)
+        self._require_secrets(spec)
+        engine = self._engine(spec["engine"])
+        proxy = self._proxy(spec)
+        proxy.ensure_running()
+        app, env, image = spec["app"], spec["env"], spec["image"]
+        own = {L_APP: app, L_ENV: env, L_ROLE: "service"}
+
+        # Containers left by an earlier run that crashed mid-deploy; the serving one is never touched.
+        serving_port = _port_of(proxy.upstream(app, env))
+        for leftover in engine.list(own):
+            if leftover.labels.get(L_PORT) != serving_port:
+                engine.remove(leftover.id)
+                report("cleanup", f"removed leftover container {leftover.name} ({leftover.status})")
+
+        pull_started = time.monotonic()
+        if engine.ensure_image(image):
+            report("pull", f"pulled {image} in {time.monotonic() - pull_started:.1f}s")
+        else:
+            report("pull", f"{image} already present")
+
+        port = _free_port(avoid={int(spec["port"])})
+        name = f"conveyor-{app}-{env}-{_slug(release_label)}-{random_tokens.token_hex(3)}"
+        labels = {**own, L_RELEASE: release_label, L_PORT: str(port), L_IMAGE: image,
+                  L_ADMIN: spec["proxy_admin"]}
+        environment = {**spec["env_vars"], spec["port_env"]: str(port)}
+        report("start", f"starting {name} on 127.0.0.1:{port}")
+        start_began = time.monotonic()
+        try:
+            engine.run_detached(image, name=name, labels=labels, env=environment,
+                                secret_names=spec["secrets"], init=bool(spec["init"]), publish=port)
+        except TargetError as exc:
+            logs = [*engine.logs(name, LOG_LINES), exc.message][-LOG_LINES:]
+            engine.remove(name)
+            return self._failed(report, f"container failed to start: {exc.message}", logs)
+
+        try:
+            problem = _wait_healthy(engine, name, port, spec["health"])
+        except BaseException:
+            # Interrupted (^C) or the engine failed mid-wait: the proxy was not touched, so the new
+            # container serves nothing; do not leave it behind.
+            with contextlib.suppress(Exception):
+                engine.remove(name)
+            raise
+        if problem is not None:
+            logs = engine.logs(name, LOG_LINES)
+            engine.remove(name)
+            return self._failed(report, problem, logs)
+        report("health", f"{name} healthy after {time.monotonic() - start_began:.2f}s (start + health check)")
+
+        upstream = f"127.0.0.1:{port}"
+        try:
+            proxy.switch(app, env, spec["bind"], int(spec["port"]), upstream)
+        except TargetError as exc:
+            try:
+                now: str | None = proxy.upstream(app, env)
+            except TargetError:
+                # Caddy did not answer: the switch may or may not have been applied. Keep the new
+                # container (it may be serving) and let the pipeline re-apply the previous release.
+                report("failed", f"proxy switch failed: {exc.message}; could not tell what serves now")
+                return Outcome(False, reason=f"proxy switch failed: {exc.message}",
+                               logs=engine.logs(name, LOG_LINES), previous_still_serving=False)
+            if now != upstream:
+                # Caddy rolls a refused change back as a whole, so the old upstream still serves.
+                logs = engine.logs(name, LOG_LINES)
+                engine.remove(name)
+                return self._failed(report, f"proxy switch failed: {exc.message}", logs)
+            # The change was applied after all (e.g. the answer was lost): carry on.
+        stable = listen_address(spec["bind"], int(spec["port"]))
+        report("switch", f"{stable} now proxies to {name} ({upstream})")
+        self._write_record(spec, engine, upstream, name, release_label)
+
+        if float(spec["drain_seconds"]) > 0:
+            report("drain", f"letting requests to the previous container finish for {spec['drain_seconds']}s")
+            time.sleep(float(spec["drain_seconds"]))
+        for old in engine.list(own):
+            if old.name != name:
+                self._retire(engine, old, int(spec["stop_timeout"]), report)
+        report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
+        return Outcome(True)
+
+    @staticmethod
+    def _failed(report: Reporter, reason: str, logs: list[str]) -> Outcome:
+        report("failed", f"{reason}; the previous release keeps serving")
+        return Outcome(False, reason=reason, logs=logs, previous_still_serving=True)
+
+    @staticmethod
+    def _retire(engine: Engine, container: Container, stop_timeout: int, report: Reporter) -> None:
+        # The new release already serves: a container that will not stop is a warning, not a failure.
+        try:
+            if container.running:
+                engine.stop(container.id, stop_timeout)
+            engine.remove(container.id)
+            report("retire", f"stopped and removed {container.name}")
+        except TargetError as exc:
+            report("warning", f"could not retire {container.name}: {exc.message}")
+
+    # -- live -----------------------------------------------------------------------------------------
+
+    def live(self, app: str, env: str) -> LiveState | None:
+        """The container the proxy points to for app+env (found by its port label), or None."""
+        record = self._read_record(app, env)
+        try:
+            engine = self._engine(record.get("engine", "auto"))
+        except InfrastructureMissing:
+            if record:
+                raise
+            return None  # no engine and no record of a deploy: nothing can be serving from here
+        containers = engine.list({L_APP: app, L_ENV: env, L_ROLE: "service"})
+        admin = record.get("proxy_admin") or next(
+            (c.labels[L_ADMIN] for c in containers if c.running and c.labels.get(L_ADMIN)), None
+        )
+        if not admin:
+            return None
+        proxy = CaddyProxy(admin, self.state_dir)
+        note = ""
+        if proxy.answering():
+            upstream = proxy.upstream(app, env)
+        else:
+            # Caddy is down; on its next start it resumes its autosaved config, i.e. this upstream.
+            upstream = record.get("upstream")
+            note = f"; proxy at {admin} is not running"
+        port = _port_of(upstream)
+        current = next((c for c in containers if port and c.labels.get(L_PORT) == port), None)
+        if current is None:
+            return None
+        state = "running" if current.running else f"{current.status}, exit code {current.exit_code}"
+        return LiveState(
+            image=current.labels.get(L_IMAGE) or current.image,
+            release_label=current.labels.get(L_RELEASE, ""),
+            detail=f"container {current.name} on {upstream} ({state}){note}",
+        )
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _engine(self, configured: str) -> Engine:
+        # Detection may ask docker's daemon (a second or more when it hangs): once per configured name.
+        if configured not in self._engines:
+            self._engines[configured] = Engine.detect(configured)
+        return self._engines[configured]
+
+    def _proxy(self, spec: dict[str, Any]) -> CaddyProxy:
+        return CaddyProxy(spec["proxy_admin"], self.state_dir)
+
+    @staticmethod
+    def _require_secrets(spec: dict[str, Any]) -> None:
+        missing = [name for name in spec.get("secrets", []) if name not in os.environ]
+        if missing:
+            names = ", ".join(missing)
+            raise BadInput(f"secret{'s' if len(missing) > 1 else ''} {names} not set in the environment "
+                           f"(needed by {spec['app']} in {spec['env']})")
+
+    def _record_path(self, app: str, env: str) -> Path:
+        return self.state_dir / "deployed" / f"{app}-{env}.json"
+
+    def _write_record(
+        self, spec: dict[str, Any], engine: Engine, upstream: str, name: str, label: str
+    ) -> None:
+        """What `live()` needs without a spec: which engine and which proxy serve this app+env."""
+        path = self._record_path(spec["app"], spec["env"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"engine": engine.name, "proxy_admin": spec["proxy_admin"], "bind": spec["bind"],
+                  "port": spec["port"], "upstream": upstream, "container": name, "release": label,
+                  "image": spec["image"]}
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        temporary.replace(path)  # atomic: a reader never sees half a file
+
+    def _read_record(self, app: str, env: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self._record_path(app, env).read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+
+def _wait_healthy(engine: Engine, name: str, port: int, health: dict[str, Any]) -> str | None:
+    """None once GET path answers the expected status; else why not (timeout, or the container exited)."""
+    import httpx
+
+    path, expected = str(health["path"]), int(health["expect_status"])
+    timeout, interval = float(health["timeout"]), float(health["interval"])
+    url = f"http://127.0.0.1:{port}{path}"
+    deadline = time.monotonic() + timeout
+    last = "got no answer"
+    with httpx.Client() as client:
+        while True:
+            try:
+                response = client.get(url, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+                if response.status_code == expected:
+                    return None
+                last = f"answered {response.status_code}"
+            except httpx.HTTPError as exc:
+                last = f"got no answer ({type(exc).__name__}: {exc})" if str(exc) else "got no answer"
+            container = engine.inspect(name)
+            if container is None:
+                return "container disappeared before becoming healthy"
+            if not container.running:
+                return f"container exited with code {container.exit_code} before becoming healthy"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return f"health check failed: GET {path} {last} for {timeout:g}s"
+            time.sleep(min(interval, remaining))
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    if spec.get("target") != TARGET_TYPE:
+        raise BadInput(f"not a {TARGET_TYPE} spec (target: {spec.get('target')!r})")
+
+
+def _slug(text: str) -> str:
+    """A container-name-safe form of a release label or task name ("staging#4" -> "staging-4")."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.") or "x"
+
+
+def _port_of(upstream: str | None) -> str | None:
+    return upstream.rsplit(":", 1)[1] if upstream and ":" in upstream else None
+
+
+def _free_port(avoid: set[int]) -> int:
+    for _ in range(20):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise TargetError("could not find a free local port for the new container")
+
+
+def _port_free(bind: str, port: int) -> bool:
+    """Whether a server could listen on bind:port now (SO_REUSEADDR, as servers set, ignores TIME_WAIT)."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind.strip("[]"), port))
+        except OSError:
+            return False
+    return True
