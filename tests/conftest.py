@@ -152,6 +152,8 @@ def app(tmp_path: Path, sample_origin: Path, registry: Registry) -> Iterator[obj
     repo = tmp_path / "hello"
     subprocess.run(["git", "clone", "-q", str(sample_origin), str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "fetch", "-q", "--tags"], check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "user.name", "Sample Dev"], check=True)
+    subprocess.run(["git", "-C", str(repo), "config", "user.email", "dev@example.com"], check=True)
     ports = {"staging": free_port(), "production": free_port(), "admin": free_port()}
     _render_config(repo, {
         "REGISTRY": registry.host, "STAGING_PORT": str(ports["staging"]),

@@ -24,7 +24,7 @@ def test_build_uses_a_clean_export_of_the_commit_never_uncommitted_files(app: Ap
     built = app.ok("build", "--json").json()
     assert built["built"] is True
     app.ok("deploy", "staging", "HEAD")
-    assert app.serves("staging") == "v1"  # HEAD's committed page, not the working tree's
+    assert app.serves("staging") == "v2"  # HEAD's committed page (v2), not the working tree's
 
 
 def test_deploy_promote_rollback_serve_and_record_each_release(app: App) -> None:

@@ -1,0 +1,123 @@
+"""KubeApi: a running test API server with its controllers, kubeconfig and test controls."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .controllers import Controllers
+from .kubelet import Behaviour
+from .resources import resource_for
+from .selectors import label_matcher
+from .server import ApiServer, RequestRecord
+from .store import Store
+
+T = TypeVar("T")
+BEHAVIOURS = ("healthy", "slow", "stuck", "crashloop", "image-not-found", "config-error", "unschedulable",
+              "succeeds", "fails")
+
+
+class KubeApi:
+    """A running server plus the handles a test needs to script and inspect it."""
+
+    def __init__(self, directory: Path, step: float = 0.1, history_size: int = 1000) -> None:
+        self.token = secrets.token_urlsafe(24)
+        self.store = Store(history_size)
+        self.server = ApiServer(self.store, self.token).start()
+        self.controllers = Controllers(self.store, step).start()
+        self.url = self.server.url
+        self.kubeconfig_path = directory / "kubeconfig"
+        self.kubeconfig_path.write_text(yaml.safe_dump(self.kubeconfig()))
+
+    def kubeconfig(self, context: str = "conveyor-test", namespace: str = "default") -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "users": [{"name": context, "user": {"token": self.token}}],
+            "contexts": [{"name": context, "context": {"cluster": context, "user": context,
+                                                       "namespace": namespace}}],
+            "current-context": context,
+        }
+
+    # --- scripting ---------------------------------------------------------------------------------
+
+    def behave(self, image: str, behaviour: str, **params: Any) -> None:
+        """How pods running `image` behave. `image` matches exactly, or by repository (no tag/digest).
+
+        params: ready_after (slow, seconds), run_seconds / exit_code (succeeds, fails), logs (lines each
+        run writes), message (unschedulable / config-error text).
+        """
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}; choose from {', '.join(BEHAVIOURS)}")
+        self.controllers.behaviours[image] = Behaviour(behaviour, **params)
+
+    def pause(self) -> None:
+        """Stop the controllers and kubelet (the API keeps serving), e.g. to hold a status still."""
+        self.controllers.paused.set()
+
+    def resume(self) -> None:
+        self.controllers.paused.clear()
+
+    def compact(self) -> int:
+        """Drop the watch history (like etcd compaction); returns the resourceVersion it compacted to."""
+        return self.store.compact()
+
+    # --- inspection -----------------------------------------------------------------------------------
+
+    def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:
+        """An object as stored, by kind ("Deployment") or plural ("deployments")."""
+        return self.store.get(resource_for(kind), namespace, name)
+
+    def list(self, kind: str, namespace: str | None = "default", label_selector: str | None = None
+             ) -> list[dict[str, Any]]:
+        return self.store.list(resource_for(kind), namespace, label_matcher(label_selector))[0]
+
+    def events(self, namespace: str | None = "default", involved_name: str | None = None) -> list[dict[str, Any]]:
+        events = self.list("Event", namespace)
+        if involved_name is not None:
+            events = [e for e in events if e["involvedObject"]["name"] == involved_name]
+        return sorted(events, key=lambda e: e["metadata"]["resourceVersion"])
+
+    def logs(self, pod: str, container: str | None = None, namespace: str = "default") -> list[str]:
+        if container is None:
+            found = self.get("Pod", pod, namespace)
+            container = found["spec"]["containers"][0]["name"] if found else ""
+        return [line for _, line in self.store.read_log(namespace, pod, container)]
+
+    @property
+    def resource_version(self) -> int:
+        return self.store.current_rv()
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Every request the server received, oldest first."""
+        return list(self.server.requests)
+
+    def wait_for(self, check: Callable[[], T], timeout: float = 10.0, interval: float = 0.02) -> T:
+        """Poll `check` until it returns something truthy; fail the test with the last value on timeout."""
+        deadline = time.monotonic() + timeout
+        value = check()
+        while not value:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {check} (last value {value!r})")
+            time.sleep(interval)
+            value = check()
+        return value
+
+    def api_client(self) -> Any:
+        """A `kubernetes.client.ApiClient` for this server (the client library is imported only here)."""
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(self.kubeconfig_path), client_configuration=configuration)
+        return client.ApiClient(configuration)
+
+    def close(self) -> None:
+        self.controllers.stop()
+        self.server.stop()
