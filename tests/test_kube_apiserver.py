@@ -30,7 +30,7 @@ pytest_plugins = ["tests.kube_apiserver.fixture"]
 APPLY = "application/apply-patch+yaml"
 
 
-# --- helpers ------------------------------------------------------------------------------------------
+# --- helpers ---------------------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -45,22 +45,33 @@ def dyn(api_client: client.ApiClient, tmp_path: Path) -> dynamic.DynamicClient:
     return dynamic.DynamicClient(api_client, cache_file=str(tmp_path / "discovery.json"))
 
 
-def deployment(name: str = "web", image: str = "registry.test/web:1", replicas: int = 2,
-               **spec: Any) -> dict[str, Any]:
+def deployment(
+    name: str = "web", image: str = "registry.test/web:1", replicas: int = 2, **spec: Any
+) -> dict[str, Any]:
     labels = {"app.kubernetes.io/name": name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "default", "labels": {"app.kubernetes.io/managed-by": "conveyor"}},
+        "metadata": {
+            "name": name,
+            "namespace": "default",
+            "labels": {"app.kubernetes.io/managed-by": "conveyor"},
+        },
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{
-                    "name": name, "image": image, "ports": [{"containerPort": 8080, "name": "http"}],
-                    "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
-                }]},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": name,
+                            "image": image,
+                            "ports": [{"containerPort": 8080, "name": "http"}],
+                            "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                        }
+                    ]
+                },
             },
             **spec,
         },
@@ -81,22 +92,36 @@ def rollout_verdict(dyn: dynamic.DynamicClient, name: str = "web", since: dateti
     apps = lambda kind: dyn.resources.get(api_version="apps/v1", kind=kind)  # noqa: E731
     d = apps("Deployment").get(name=name, namespace="default").to_dict()
     rs = [i.to_dict() for i in apps("ReplicaSet").get(namespace="default").items]
-    pods = [i.to_dict() for i in dyn.resources.get(api_version="v1", kind="Pod").get(namespace="default").items]
+    pods = [
+        i.to_dict() for i in dyn.resources.get(api_version="v1", kind="Pod").get(namespace="default").items
+    ]
     return deployment_verdict(d, rs, pods, since=since), d, rs, pods
 
 
-def wait_verdict(kube_api: KubeApi, dyn: dynamic.DynamicClient, since: datetime | None = None,
-                 timeout: float = 10.0):
+def wait_verdict(
+    kube_api: KubeApi, dyn: dynamic.DynamicClient, since: datetime | None = None, timeout: float = 10.0
+):
     return kube_api.wait_for(lambda: (v := rollout_verdict(dyn, since=since))[0].done and v, timeout=timeout)
 
 
-# --- discovery and auth ---------------------------------------------------------------------------------
+# --- discovery and auth ----------------------------------------------------------------------------
 
 
-def test_discovery_serves_the_dynamic_client(dyn: dynamic.DynamicClient, api_client: client.ApiClient) -> None:
+def test_discovery_serves_the_dynamic_client(
+    dyn: dynamic.DynamicClient, api_client: client.ApiClient
+) -> None:
     expected = {
-        "v1": ["Namespace", "ConfigMap", "Secret", "ServiceAccount", "Service", "Pod", "Event",
-               "PersistentVolumeClaim", "ResourceQuota"],
+        "v1": [
+            "Namespace",
+            "ConfigMap",
+            "Secret",
+            "ServiceAccount",
+            "Service",
+            "Pod",
+            "Event",
+            "PersistentVolumeClaim",
+            "ResourceQuota",
+        ],
         "apps/v1": ["Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"],
         "batch/v1": ["Job"],
         "rbac.authorization.k8s.io/v1": ["Role", "RoleBinding"],
@@ -121,8 +146,13 @@ def test_bearer_token_is_required(kube_api: KubeApi) -> None:
         urllib.request.urlopen(request, timeout=5)
     assert caught.value.code == 401
     assert json.loads(caught.value.read()) == {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": "Unauthorized", "reason": "Unauthorized", "code": 401,
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": "Unauthorized",
+        "reason": "Unauthorized",
+        "code": 401,
     }
     configuration = client.Configuration(host=kube_api.url, api_key={"BearerToken": "Bearer wrong"})
     with pytest.raises(ApiException) as exc:
@@ -130,13 +160,15 @@ def test_bearer_token_is_required(kube_api: KubeApi) -> None:
     assert exc.value.status == 401
 
 
-# --- CRUD, list, watch -------------------------------------------------------------------------------------
+# --- CRUD, list, watch -----------------------------------------------------------------------------
 
 
 def test_create_get_list_and_field_selectors(api_client: client.ApiClient, kube_api: KubeApi) -> None:
     v1 = client.CoreV1Api(api_client)
     for name, tier in (("alpha", "web"), ("beta", "worker")):
-        body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels={"tier": tier}), data={"k": "v"})
+        body = client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name, labels={"tier": tier}), data={"k": "v"}
+        )
         created = v1.create_namespaced_config_map("default", body)
         assert created.metadata.uid and created.metadata.resource_version
         assert created.metadata.creation_timestamp is not None
@@ -145,10 +177,13 @@ def test_create_get_list_and_field_selectors(api_client: client.ApiClient, kube_
     listed = v1.list_namespaced_config_map("default", label_selector="tier=web")
     assert [c.metadata.name for c in listed.items] == ["alpha"]
     assert int(listed.metadata.resource_version) == kube_api.resource_version
-    assert [c.metadata.name for c in v1.list_namespaced_config_map("default", label_selector="tier!=web").items] \
-        == ["beta"]
-    assert [c.metadata.name for c in v1.list_namespaced_config_map("default", field_selector="metadata.name=beta")
-            .items] == ["beta"]
+    assert [
+        c.metadata.name for c in v1.list_namespaced_config_map("default", label_selector="tier!=web").items
+    ] == ["beta"]
+    assert [
+        c.metadata.name
+        for c in v1.list_namespaced_config_map("default", field_selector="metadata.name=beta").items
+    ] == ["beta"]
     everywhere = v1.list_config_map_for_all_namespaces()
     assert {c.metadata.name for c in everywhere.items} == {"alpha", "beta"}
     with pytest.raises(ApiException) as exc:
@@ -162,8 +197,12 @@ def test_watch_streams_changes_from_a_resource_version(api_client: client.ApiCli
     v1.create_namespaced_config_map("default", {"metadata": {"name": "cfg"}, "data": {"a": "1"}})
     v1.patch_namespaced_config_map("cfg", "default", {"data": {"a": "2"}})
     v1.delete_namespaced_config_map("cfg", "default")
-    seen = [(e["type"], e["object"].data) for e in watch.Watch().stream(
-        v1.list_namespaced_config_map, "default", resource_version=start, timeout_seconds=1)]
+    seen = [
+        (e["type"], e["object"].data)
+        for e in watch.Watch().stream(
+            v1.list_namespaced_config_map, "default", resource_version=start, timeout_seconds=1
+        )
+    ]
     assert seen == [("ADDED", {"a": "1"}), ("MODIFIED", {"a": "2"}), ("DELETED", {"a": "2"})]
 
 
@@ -174,7 +213,9 @@ def test_watch_sees_live_changes(api_client: client.ApiClient) -> None:
     names: list[str] = []
 
     def consume() -> None:
-        for event in w.stream(v1.list_namespaced_config_map, "default", resource_version=start, timeout_seconds=5):
+        for event in w.stream(
+            v1.list_namespaced_config_map, "default", resource_version=start, timeout_seconds=5
+        ):
             names.append(event["object"].metadata.name)
             if len(names) == 2:
                 w.stop()
@@ -187,26 +228,43 @@ def test_watch_sees_live_changes(api_client: client.ApiClient) -> None:
     assert names == ["one", "two"]
 
 
-def test_watch_from_an_expired_resource_version_gets_410(api_client: client.ApiClient, kube_api: KubeApi) -> None:
+def test_watch_from_an_expired_resource_version_gets_410(
+    api_client: client.ApiClient, kube_api: KubeApi
+) -> None:
     v1 = client.CoreV1Api(api_client)
     old = v1.create_namespaced_config_map("default", {"metadata": {"name": "cfg"}}).metadata.resource_version
     v1.patch_namespaced_config_map("cfg", "default", {"data": {"a": "1"}})
     kube_api.compact()
     with pytest.raises(ApiException) as exc:
-        list(watch.Watch().stream(v1.list_namespaced_config_map, "default", resource_version=old,
-                                  timeout_seconds=1))
+        list(
+            watch.Watch().stream(
+                v1.list_namespaced_config_map, "default", resource_version=old, timeout_seconds=1
+            )
+        )
     assert exc.value.status == 410 and "Expired: too old resource version" in exc.value.reason
     # Without timeout_seconds the client retries once from the same version, then gives up with 410 too.
     with pytest.raises(ApiException) as exc:
         list(watch.Watch().stream(v1.list_namespaced_config_map, "default", resource_version=old))
     assert exc.value.status == 410
     # On the wire: HTTP 200 and one ERROR event carrying the Status.
-    response = v1.list_namespaced_config_map("default", watch=True, resource_version=old, _preload_content=False)
+    response = v1.list_namespaced_config_map(
+        "default", watch=True, resource_version=old, _preload_content=False
+    )
     events = [json.loads(line) for line in response.data.decode().splitlines()]
-    assert events == [{"type": "ERROR", "object": {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": f"too old resource version: {old} ({kube_api.resource_version + 1})",
-        "reason": "Expired", "code": 410}}]
+    assert events == [
+        {
+            "type": "ERROR",
+            "object": {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"too old resource version: {old} ({kube_api.resource_version + 1})",
+                "reason": "Expired",
+                "code": 410,
+            },
+        }
+    ]
 
 
 def test_bounded_history_expires_old_versions(tmp_path: Path) -> None:
@@ -214,12 +272,17 @@ def test_bounded_history_expires_old_versions(tmp_path: Path) -> None:
     try:
         config.load_kube_config(config_file=str(api.kubeconfig_path))
         v1 = client.CoreV1Api(client.ApiClient())
-        first = v1.create_namespaced_config_map("default", {"metadata": {"name": "c0"}}).metadata.resource_version
+        first = v1.create_namespaced_config_map(
+            "default", {"metadata": {"name": "c0"}}
+        ).metadata.resource_version
         for i in range(1, 8):
             v1.create_namespaced_config_map("default", {"metadata": {"name": f"c{i}"}})
         with pytest.raises(ApiException) as exc:
-            list(watch.Watch().stream(v1.list_namespaced_config_map, "default", resource_version=first,
-                                      timeout_seconds=1))
+            list(
+                watch.Watch().stream(
+                    v1.list_namespaced_config_map, "default", resource_version=first, timeout_seconds=1
+                )
+            )
         assert exc.value.status == 410
     finally:
         api.close()
@@ -241,11 +304,12 @@ def test_list_pages_and_an_expired_continue_token(api_client: client.ApiClient, 
     assert exc.value.status == 410 and status_body(exc.value)["reason"] == "Expired"
 
 
-# --- server-side apply ---------------------------------------------------------------------------------------
+# --- server-side apply -----------------------------------------------------------------------------
 
 
-def test_apply_creates_then_bumps_generation_only_on_spec_change(dyn: dynamic.DynamicClient,
-                                                                 kube_api: KubeApi) -> None:
+def test_apply_creates_then_bumps_generation_only_on_spec_change(
+    dyn: dynamic.DynamicClient, kube_api: KubeApi
+) -> None:
     kube_api.pause()  # keep the controllers' status writes out of the resourceVersion comparisons
     created = apply(dyn, deployment())
     assert created.metadata.generation == 1
@@ -259,8 +323,11 @@ def test_apply_creates_then_bumps_generation_only_on_spec_change(dyn: dynamic.Dy
     assert labelled.metadata.generation == 1 and labelled.metadata.resourceVersion != rv
     changed = apply(dyn, deployment(image="registry.test/web:2"))
     assert changed.metadata.generation == 2
-    entry = next(m for m in kube_api.get("Deployment", "web")["metadata"]["managedFields"]
-                 if m["manager"] == "conveyor")
+    entry = next(
+        m
+        for m in kube_api.get("Deployment", "web")["metadata"]["managedFields"]
+        if m["manager"] == "conveyor"
+    )
     assert entry["operation"] == "Apply" and entry["apiVersion"] == "apps/v1"
     assert set(entry["fieldsV1"]["f:spec"]) == {"f:replicas", "f:selector", "f:template"}
     patch_calls = [r for r in kube_api.requests if r.method == "PATCH"]
@@ -271,7 +338,9 @@ def test_apply_creates_then_bumps_generation_only_on_spec_change(dyn: dynamic.Dy
     assert stored["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
 
 
-def test_apply_removes_fields_the_manager_stopped_applying(dyn: dynamic.DynamicClient, kube_api: KubeApi) -> None:
+def test_apply_removes_fields_the_manager_stopped_applying(
+    dyn: dynamic.DynamicClient, kube_api: KubeApi
+) -> None:
     kube_api.pause()
     body = deployment()
     body["metadata"]["labels"]["team"] = "shop"
@@ -284,9 +353,17 @@ def test_conflicting_apply_gets_409_and_force_wins(dyn: dynamic.DynamicClient, k
     kube_api.pause()
     apply(dyn, deployment(replicas=2), manager="conveyor")
     # Another manager applying the SAME value shares ownership without conflict.
-    apply(dyn, {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
-                "spec": {"replicas": 2}}, manager="hpa")
-    scale = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 5}}
+    apply(
+        dyn,
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}},
+        manager="hpa",
+    )
+    scale = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 5},
+    }
     with pytest.raises(ApiException) as exc:
         apply(dyn, scale, manager="kubectl")
     body = status_body(exc.value)
@@ -306,15 +383,19 @@ def test_conflicting_apply_gets_409_and_force_wins(dyn: dynamic.DynamicClient, k
 def test_apply_through_the_typed_api_and_call_api(api_client: client.ApiClient, kube_api: KubeApi) -> None:
     kube_api.pause()
     apps = client.AppsV1Api(api_client)
-    created = apps.patch_namespaced_deployment("web", "default", deployment(), field_manager="conveyor",
-                                               _content_type=APPLY)
+    created = apps.patch_namespaced_deployment(
+        "web", "default", deployment(), field_manager="conveyor", _content_type=APPLY
+    )
     assert created.metadata.generation == 1
     # The raw route: param_serialize + call_api (kubernetes >= 35 split the old call_api in two).
     method, url, headers, body, post = api_client.param_serialize(
-        "PATCH", "/apis/apps/v1/namespaces/default/deployments/web",
+        "PATCH",
+        "/apis/apps/v1/namespaces/default/deployments/web",
         query_params=[("fieldManager", "conveyor"), ("force", "true")],
         header_params={"Content-Type": APPLY, "Accept": "application/json"},
-        body=deployment(image="registry.test/web:9"), auth_settings=["BearerToken"])
+        body=deployment(image="registry.test/web:9"),
+        auth_settings=["BearerToken"],
+    )
     response = api_client.call_api(method, url, headers, body, post)
     response.read()
     assert response.status == 200
@@ -324,8 +405,9 @@ def test_apply_through_the_typed_api_and_call_api(api_client: client.ApiClient, 
     assert exc.value.status == 422 and "fieldManager: Required value" in status_body(exc.value)["message"]
 
 
-def test_dry_run_stores_nothing(dyn: dynamic.DynamicClient, api_client: client.ApiClient,
-                                kube_api: KubeApi) -> None:
+def test_dry_run_stores_nothing(
+    dyn: dynamic.DynamicClient, api_client: client.ApiClient, kube_api: KubeApi
+) -> None:
     kube_api.pause()
     before = kube_api.resource_version
     preview = apply(dyn, deployment(), dry_run="All")
@@ -342,7 +424,7 @@ def test_dry_run_stores_nothing(dyn: dynamic.DynamicClient, api_client: client.A
     assert now["metadata"]["resourceVersion"] == stored.metadata.resourceVersion
 
 
-# --- errors -------------------------------------------------------------------------------------------------
+# --- errors ----------------------------------------------------------------------------------------
 
 
 def test_status_bodies_for_404_409_422(api_client: client.ApiClient, dyn: dynamic.DynamicClient) -> None:
@@ -353,9 +435,14 @@ def test_status_bodies_for_404_409_422(api_client: client.ApiClient, dyn: dynami
         apps.read_namespaced_deployment("nope", "default")
     assert exc.value.status == 404
     assert status_body(exc.value) == {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": 'deployments.apps "nope" not found', "reason": "NotFound",
-        "details": {"name": "nope", "group": "apps", "kind": "deployments"}, "code": 404,
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'deployments.apps "nope" not found',
+        "reason": "NotFound",
+        "details": {"name": "nope", "group": "apps", "kind": "deployments"},
+        "code": 404,
     }
     with pytest.raises(ApiException) as exc:
         client.CoreV1Api(api_client).read_namespaced_pod("nope", "default")
@@ -381,7 +468,9 @@ def test_status_bodies_for_404_409_422(api_client: client.ApiClient, dyn: dynami
     body = status_body(exc.value)
     assert exc.value.status == 422 and body["reason"] == "Invalid"
     assert body["details"]["kind"] == "Deployment" and body["details"]["group"] == "apps"
-    assert body["message"].startswith('Deployment.apps "bare" is invalid: spec.template.spec.containers: Required')
+    assert body["message"].startswith(
+        'Deployment.apps "bare" is invalid: spec.template.spec.containers: Required'
+    )
 
     mismatch = deployment(name="mismatch")
     mismatch["spec"]["template"]["metadata"]["labels"] = {"app": "other"}
@@ -394,8 +483,13 @@ def test_status_bodies_for_404_409_422(api_client: client.ApiClient, dyn: dynami
     with pytest.raises(ApiException) as exc:
         deployments.create(body=no_image, namespace="default")
     causes = status_body(exc.value)["details"]["causes"]
-    assert causes == [{"reason": "FieldValueRequired", "message": "Required value",
-                       "field": "spec.template.spec.containers[0].image"}]
+    assert causes == [
+        {
+            "reason": "FieldValueRequired",
+            "message": "Required value",
+            "field": "spec.template.spec.containers[0].image",
+        }
+    ]
 
     nameless = deployment()
     del nameless["metadata"]["name"]
@@ -414,9 +508,20 @@ def test_merge_patch_status_subresource_and_delete(api_client: client.ApiClient,
     assert patched.metadata.generation == 2
     status = apps.patch_namespaced_deployment_status("web", "default", {"status": {"observedGeneration": 2}})
     assert status.status.observed_generation == 2 and status.metadata.generation == 2
+    current = apps.read_namespaced_deployment_status("web", "default")
+    current.status.observed_generation = 1
+    replaced = apps.replace_namespaced_deployment_status("web", "default", current)
+    assert replaced.status.observed_generation == 1 and replaced.metadata.generation == 2
+    merged = apps.patch_namespaced_deployment(
+        "web",
+        "default",
+        {"metadata": {"labels": {"tier": "web"}}},
+        _content_type="application/merge-patch+json",
+    )
+    assert merged.metadata.labels["tier"] == "web" and merged.metadata.generation == 2
     # Writes to the main resource ignore status.
     ignored = apps.patch_namespaced_deployment("web", "default", {"status": {"observedGeneration": 9}})
-    assert ignored.status.observed_generation == 2
+    assert ignored.status.observed_generation == 1
     gone = apps.delete_namespaced_deployment("web", "default")  # typed as "object": a dict
     assert gone["kind"] == "Status" and gone["status"] == "Success"
     assert gone["details"]["name"] == "web" and gone["details"]["kind"] == "deployments"
@@ -425,7 +530,7 @@ def test_merge_patch_status_subresource_and_delete(api_client: client.ApiClient,
     assert exc.value.status == 404
 
 
-# --- the scripted cluster -------------------------------------------------------------------------------------
+# --- the scripted cluster --------------------------------------------------------------------------
 
 
 def test_healthy_rollout_and_update_succeed(dyn: dynamic.DynamicClient, kube_api: KubeApi) -> None:
@@ -437,7 +542,23 @@ def test_healthy_rollout_and_update_succeed(dyn: dynamic.DynamicClient, kube_api
     assert progressing["reason"] == "NewReplicaSetAvailable"
 
     since = datetime.now(UTC)
-    apply(dyn, deployment(image="registry.test/web:2"))
+    applied = apply(dyn, deployment(image="registry.test/web:2"))
+    # Follow the rollout the way a deploy tool does: watch the Deployment from the apply's version.
+    apps = client.AppsV1Api(dyn.client)
+    seen = []
+    stream = watch.Watch().stream(
+        apps.list_namespaced_deployment,
+        "default",
+        field_selector="metadata.name=web",
+        resource_version=applied.metadata.resourceVersion,
+        timeout_seconds=10,
+    )
+    for event in stream:
+        status = event["raw_object"]["status"]
+        seen.append((status.get("observedGeneration"), status.get("updatedReplicas"), status.get("replicas")))
+        if seen[-1] == (2, 2, 2):
+            break
+    assert seen[-1] == (2, 2, 2) and len(seen) > 1
     verdict, d, rs, pods = wait_verdict(kube_api, dyn, since=since)
     assert verdict.state == SUCCEEDED, verdict.reason
     assert d["metadata"]["generation"] == 2 and d["status"]["observedGeneration"] == 2
@@ -449,13 +570,21 @@ def test_healthy_rollout_and_update_succeed(dyn: dynamic.DynamicClient, kube_api
     assert new_rs["metadata"]["labels"]["pod-template-hash"] in new_rs["metadata"]["name"]
     assert all(p["spec"]["containers"][0]["image"] == "registry.test/web:2" for p in pods)
     reasons = {e["reason"] for e in kube_api.events()}
-    assert {"ScalingReplicaSet", "SuccessfulCreate", "Scheduled", "Pulling", "Pulled", "Created",
-            "Started", "SuccessfulDelete"} <= reasons
+    assert {
+        "ScalingReplicaSet",
+        "SuccessfulCreate",
+        "Scheduled",
+        "Pulling",
+        "Pulled",
+        "Created",
+        "Started",
+        "SuccessfulDelete",
+    } <= reasons
 
 
-def test_crashloop_rollout_is_doomed_and_old_pods_keep_serving(dyn: dynamic.DynamicClient,
-                                                               api_client: client.ApiClient,
-                                                               kube_api: KubeApi) -> None:
+def test_crashloop_rollout_is_doomed_and_old_pods_keep_serving(
+    dyn: dynamic.DynamicClient, api_client: client.ApiClient, kube_api: KubeApi
+) -> None:
     kube_api.behave("registry.test/web:bad", "crashloop")
     apply(dyn, deployment(image="registry.test/web:1"))
     assert wait_verdict(kube_api, dyn)[0].state == SUCCEEDED
@@ -466,26 +595,36 @@ def test_crashloop_rollout_is_doomed_and_old_pods_keep_serving(dyn: dynamic.Dyna
     assert "CrashLoopBackOff" in verdict.reason
     doomed = verdict.doomed_pods[0]
     # maxUnavailable 25% of 2 rounds down to 0: both old pods are still there and ready.
-    old_ready = [p for p in pods if p["spec"]["containers"][0]["image"] == "registry.test/web:1"
-                 and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])]
+    old_ready = [
+        p
+        for p in pods
+        if p["spec"]["containers"][0]["image"] == "registry.test/web:1"
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"])
+    ]
     assert len(old_ready) == 2
     log = client.CoreV1Api(api_client).read_namespaced_pod_log(doomed, "default", tail_lines=2)
-    assert log.splitlines() == ["error: could not connect to database at db:5432: connection refused",
-                                "exiting with status 1"]
+    assert log.splitlines() == [
+        "error: could not connect to database at db:5432: connection refused",
+        "exiting with status 1",
+    ]
     notable = [e for e in kube_api.events(involved_name=doomed) if not is_routine_event(e)]
     assert notable and notable[0]["reason"] == "BackOff" and notable[0]["type"] == "Warning"
     cs = next(p for p in pods if p["metadata"]["name"] == doomed)["status"]["containerStatuses"][0]
     assert cs["restartCount"] >= 1 and cs["lastState"]["terminated"]["exitCode"] == 1
 
 
-def test_image_not_found_is_doomed(dyn: dynamic.DynamicClient, api_client: client.ApiClient,
-                                   kube_api: KubeApi) -> None:
+def test_image_not_found_is_doomed(
+    dyn: dynamic.DynamicClient, api_client: client.ApiClient, kube_api: KubeApi
+) -> None:
     kube_api.behave("registry.test/web:missing", "image-not-found")
     apply(dyn, deployment(image="registry.test/web:missing", replicas=1))
     verdict = wait_verdict(kube_api, dyn)[0]
     assert verdict.state == FAILED and "not found" in verdict.reason
-    events = client.CoreV1Api(api_client).list_namespaced_event(
-        "default", field_selector=f"involvedObject.name={verdict.doomed_pods[0]}").items
+    events = (
+        client.CoreV1Api(api_client)
+        .list_namespaced_event("default", field_selector=f"involvedObject.name={verdict.doomed_pods[0]}")
+        .items
+    )
     assert {"Failed", "Pulling"} <= {e.reason for e in events}
     with pytest.raises(ApiException) as exc:  # no logs from a container that never started
         client.CoreV1Api(api_client).read_namespaced_pod_log(verdict.doomed_pods[0], "default")
@@ -497,6 +636,21 @@ def test_config_error_is_doomed(dyn: dynamic.DynamicClient, kube_api: KubeApi) -
     apply(dyn, deployment(image="registry.test/web:7", replicas=1))
     verdict = wait_verdict(kube_api, dyn)[0]
     assert verdict.state == FAILED and 'configmap "app-config" not found' in verdict.reason
+
+
+def test_crash_looping_init_container_is_doomed(dyn: dynamic.DynamicClient, kube_api: KubeApi) -> None:
+    kube_api.behave("registry.test/wait-for-db:1", "crashloop")
+    body = deployment(replicas=1)
+    body["spec"]["template"]["spec"]["initContainers"] = [
+        {"name": "wait-for-db", "image": "registry.test/wait-for-db:1"}
+    ]
+    apply(dyn, body)
+    verdict, d, rs, pods = wait_verdict(kube_api, dyn)
+    assert verdict.state == FAILED
+    assert 'init container "wait-for-db" is in CrashLoopBackOff' in verdict.reason
+    main = pods[0]["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+    assert main == "PodInitializing"
+    assert kube_api.logs(pods[0]["metadata"]["name"], "wait-for-db")[0] == "wait-for-db: starting"
 
 
 def test_stuck_rollout_hits_the_progress_deadline(dyn: dynamic.DynamicClient, kube_api: KubeApi) -> None:
@@ -512,33 +666,47 @@ def test_stuck_rollout_hits_the_progress_deadline(dyn: dynamic.DynamicClient, ku
 def test_unschedulable_pods_explain_the_timeout(dyn: dynamic.DynamicClient, kube_api: KubeApi) -> None:
     kube_api.behave("registry.test/web:huge", "unschedulable")
     apply(dyn, deployment(image="registry.test/web:huge", replicas=1))
-    kube_api.wait_for(lambda: kube_api.events(involved_name=None) and any(
-        e["reason"] == "FailedScheduling" for e in kube_api.events()))
+    kube_api.wait_for(lambda: any(e["reason"] == "FailedScheduling" for e in kube_api.events()))
     verdict, d, rs, pods = rollout_verdict(dyn)
     assert verdict.state == "progressing"
-    assert "cannot be scheduled (Unschedulable): 0/3 nodes are available: 3 Insufficient cpu." in timeout_reason(
-        "Deployment", d, pods)
+    assert (
+        "cannot be scheduled (Unschedulable): 0/3 nodes are available: 3 Insufficient cpu."
+        in timeout_reason("Deployment", d, pods)
+    )
 
 
 def test_slow_pods_become_ready_later(dyn: dynamic.DynamicClient, kube_api: KubeApi) -> None:
     kube_api.behave("registry.test/web:slow", "slow", ready_after=0.8)
     apply(dyn, deployment(image="registry.test/web:slow", replicas=1))
-    kube_api.wait_for(lambda: rollout_verdict(dyn)[3] and rollout_verdict(dyn)[3][0]["status"].get("phase")
-                      == "Running")
+    kube_api.wait_for(
+        lambda: rollout_verdict(dyn)[3] and rollout_verdict(dyn)[3][0]["status"].get("phase") == "Running"
+    )
     assert rollout_verdict(dyn)[0].state == "progressing"
     assert wait_verdict(kube_api, dyn)[0].state == SUCCEEDED
 
 
 def test_migration_job_and_bare_task_pod(api_client: client.ApiClient, kube_api: KubeApi) -> None:
-    kube_api.behave("registry.test/web:2", "succeeds", logs=["== 20240514 AddIndex: migrated"], run_seconds=0.3)
+    kube_api.behave(
+        "registry.test/web:2", "succeeds", logs=["== 20240514 AddIndex: migrated"], run_seconds=0.3
+    )
     kube_api.behave("registry.test/web:broken", "fails", exit_code=3)
     batch, v1 = client.BatchV1Api(api_client), client.CoreV1Api(api_client)
 
     def job(name: str, image: str) -> dict[str, Any]:
-        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-                "spec": {"backoffLimit": 0, "template": {"spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{"name": "task", "image": image, "command": ["bin/migrate"]}]}}}}
+        return {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name},
+            "spec": {
+                "backoffLimit": 0,
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "task", "image": image, "command": ["bin/migrate"]}],
+                    }
+                },
+            },
+        }
 
     batch.create_namespaced_job("default", job("migrate-ok", "registry.test/web:2"))
     batch.create_namespaced_job("default", job("migrate-bad", "registry.test/web:broken"))
@@ -551,25 +719,38 @@ def test_migration_job_and_bare_task_pod(api_client: client.ApiClient, kube_api:
 
     ok, ok_pods = kube_api.wait_for(lambda: judged("migrate-ok"))
     assert ok.state == SUCCEEDED
-    assert v1.read_namespaced_pod_log(ok_pods[0]["metadata"]["name"], "default") == \
-        "== 20240514 AddIndex: migrated\n"
+    assert (
+        v1.read_namespaced_pod_log(ok_pods[0]["metadata"]["name"], "default")
+        == "== 20240514 AddIndex: migrated\n"
+    )
     bad, bad_pods = kube_api.wait_for(lambda: judged("migrate-bad"))
     assert bad.state == FAILED and "BackoffLimitExceeded" in bad.reason
     term = bad_pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
     assert term["exitCode"] == 3 and term["reason"] == "Error"
 
     # A bare pod, its log followed as a stream until the container exits.
-    v1.create_namespaced_pod("default", {"metadata": {"name": "task"}, "spec": {
-        "restartPolicy": "Never", "containers": [{"name": "task", "image": "registry.test/web:2"}]}})
+    v1.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "task"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [{"name": "task", "image": "registry.test/web:2"}],
+            },
+        },
+    )
     kube_api.wait_for(lambda: kube_api.logs("task"))
     lines = list(watch.Watch().stream(v1.read_namespaced_pod_log, "task", "default", follow=True))
     assert lines == ["== 20240514 AddIndex: migrated"]
-    final = kube_api.wait_for(lambda: (p := kube_api.get("Pod", "task"))["status"]["phase"] == "Succeeded" and p)
+    final = kube_api.wait_for(
+        lambda: (p := kube_api.get("Pod", "task"))["status"]["phase"] == "Succeeded" and p
+    )
     assert pod_verdict(final).state == SUCCEEDED
 
 
-def test_deleting_a_deployment_cascades(dyn: dynamic.DynamicClient, api_client: client.ApiClient,
-                                        kube_api: KubeApi) -> None:
+def test_deleting_a_deployment_cascades(
+    dyn: dynamic.DynamicClient, api_client: client.ApiClient, kube_api: KubeApi
+) -> None:
     apply(dyn, deployment())
     assert wait_verdict(kube_api, dyn)[0].state == SUCCEEDED
     client.AppsV1Api(api_client).delete_namespaced_deployment("web", "default")

@@ -29,8 +29,12 @@ def go_map(labels: dict[str, Any]) -> str:
 def _default_probe(probe: dict[str, Any] | None) -> None:
     if not probe:
         return
-    for key, value in (("failureThreshold", 3), ("periodSeconds", 10), ("successThreshold", 1),
-                       ("timeoutSeconds", 1)):
+    for key, value in (
+        ("failureThreshold", 3),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("timeoutSeconds", 1),
+    ):
         probe.setdefault(key, value)
     if "httpGet" in probe:
         probe["httpGet"].setdefault("scheme", "HTTP")
@@ -99,12 +103,23 @@ def default(res: Resource, obj: dict[str, Any], creating: bool) -> None:
         spec.setdefault("priority", 0)
         spec.setdefault("preemptionPolicy", "PreemptLowerPriority")
         if creating:  # the DefaultTolerationSeconds admission plugin
-            spec.setdefault("tolerations", [
-                {"effect": "NoExecute", "key": "node.kubernetes.io/not-ready", "operator": "Exists",
-                 "tolerationSeconds": 300},
-                {"effect": "NoExecute", "key": "node.kubernetes.io/unreachable", "operator": "Exists",
-                 "tolerationSeconds": 300},
-            ])
+            spec.setdefault(
+                "tolerations",
+                [
+                    {
+                        "effect": "NoExecute",
+                        "key": "node.kubernetes.io/not-ready",
+                        "operator": "Exists",
+                        "tolerationSeconds": 300,
+                    },
+                    {
+                        "effect": "NoExecute",
+                        "key": "node.kubernetes.io/unreachable",
+                        "operator": "Exists",
+                        "tolerationSeconds": 300,
+                    },
+                ],
+            )
         obj.setdefault("status", {"phase": "Pending", "qosClass": "BestEffort"})
     elif kind in _WORKLOADS and isinstance(spec, dict):
         if kind != "DaemonSet":
@@ -112,29 +127,44 @@ def default(res: Resource, obj: dict[str, Any], creating: bool) -> None:
         spec.setdefault("revisionHistoryLimit", 10)
         if kind == "Deployment":
             spec.setdefault("progressDeadlineSeconds", 600)
-            spec.setdefault("strategy", {"type": "RollingUpdate",
-                                         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+            spec.setdefault(
+                "strategy",
+                {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}},
+            )
         elif kind == "StatefulSet":
             spec.setdefault("podManagementPolicy", "OrderedReady")
             spec.setdefault("updateStrategy", {"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
-            spec.setdefault("persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain",
-                                                                      "whenScaled": "Retain"})
+            spec.setdefault(
+                "persistentVolumeClaimRetentionPolicy", {"whenDeleted": "Retain", "whenScaled": "Retain"}
+            )
         elif kind == "DaemonSet":
-            spec.setdefault("updateStrategy", {"type": "RollingUpdate",
-                                               "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}})
+            spec.setdefault(
+                "updateStrategy",
+                {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            )
         _default_template(spec.get("template"))
         obj.setdefault("status", {})
     elif kind == "Job" and isinstance(spec, dict):
-        for key, value in (("backoffLimit", 6), ("completions", 1), ("parallelism", 1),
-                           ("completionMode", "NonIndexed"), ("suspend", False),
-                           ("podReplacementPolicy", "TerminatingOrFailed"), ("manualSelector", False)):
+        for key, value in (
+            ("backoffLimit", 6),
+            ("completions", 1),
+            ("parallelism", 1),
+            ("completionMode", "NonIndexed"),
+            ("suspend", False),
+            ("podReplacementPolicy", "TerminatingOrFailed"),
+            ("manualSelector", False),
+        ):
             spec.setdefault(key, value)
         _default_template(spec.get("template"), restart="Never")
         uid = meta.get("uid")
         if uid and not spec.get("manualSelector"):
             name = meta.get("name", "")
-            labels = {"batch.kubernetes.io/controller-uid": uid, "batch.kubernetes.io/job-name": name,
-                      "controller-uid": uid, "job-name": name}
+            labels = {
+                "batch.kubernetes.io/controller-uid": uid,
+                "batch.kubernetes.io/job-name": name,
+                "controller-uid": uid,
+                "job-name": name,
+            }
             spec.setdefault("selector", {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}})
             template = spec.get("template")
             if isinstance(template, dict):
@@ -165,13 +195,20 @@ def validate(res: Resource, obj: dict[str, Any], old: dict[str, Any] | None = No
     name = meta.get("name") or ""
     causes: list[tuple[str, str, str]] = []
     if not name:
-        causes.append(("FieldValueRequired", "metadata.name", "Required value: name or generateName is required"))
+        causes.append(
+            ("FieldValueRequired", "metadata.name", "Required value: name or generateName is required")
+        )
     elif not _NAME_RE.match(name) or len(name) > 253:
-        causes.append(("FieldValueInvalid", "metadata.name",
-                       f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
-                       "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
-                       "character (e.g. 'example.com', regex used for validation is "
-                       "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"))
+        causes.append(
+            (
+                "FieldValueInvalid",
+                "metadata.name",
+                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
+                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric "
+                "character (e.g. 'example.com', regex used for validation is "
+                "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+            )
+        )
     spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
     if res.kind == "Pod":
         causes += _containers(spec, "spec")
@@ -187,20 +224,36 @@ def validate(res: Resource, obj: dict[str, Any], old: dict[str, Any] | None = No
             labels = (template.get("metadata") or {}).get("labels") or {}
             wanted = (selector or {}).get("matchLabels") or {}
             if selector and any(labels.get(k) != v for k, v in wanted.items()):
-                causes.append(("FieldValueInvalid", "spec.template.metadata.labels",
-                               f"Invalid value: {go_map(labels)}: `selector` does not match template `labels`"))
+                causes.append(
+                    (
+                        "FieldValueInvalid",
+                        "spec.template.metadata.labels",
+                        f"Invalid value: {go_map(labels)}: `selector` does not match template `labels`",
+                    )
+                )
             restart = template["spec"].get("restartPolicy")
             if res.kind == "Job" and restart not in ("Never", "OnFailure"):
-                causes.append(("FieldValueRequired", "spec.template.spec.restartPolicy",
-                               'Required value: valid values: "OnFailure", "Never"'))
+                causes.append(
+                    (
+                        "FieldValueRequired",
+                        "spec.template.spec.restartPolicy",
+                        'Required value: valid values: "OnFailure", "Never"',
+                    )
+                )
             if res.kind != "Job" and restart not in (None, "Always"):
-                causes.append(("FieldValueNotSupported", "spec.template.spec.restartPolicy",
-                               f'Unsupported value: "{restart}": supported values: "Always"'))
+                causes.append(
+                    (
+                        "FieldValueNotSupported",
+                        "spec.template.spec.restartPolicy",
+                        f'Unsupported value: "{restart}": supported values: "Always"',
+                    )
+                )
         if old is not None and res.kind != "Job":
             old_selector = (old.get("spec") or {}).get("selector")
             if old_selector is not None and selector != old_selector:
-                causes.append(("FieldValueInvalid", "spec.selector",
-                               f"Invalid value: {selector}: field is immutable"))
+                causes.append(
+                    ("FieldValueInvalid", "spec.selector", f"Invalid value: {selector}: field is immutable")
+                )
     if causes:
         raise invalid(res, name, causes)
 
@@ -208,8 +261,14 @@ def validate(res: Resource, obj: dict[str, Any], old: dict[str, Any] | None = No
 def check_name_matches(res: Resource, obj: dict[str, Any], name: str | None, namespace: str | None) -> None:
     meta = obj.get("metadata") or {}
     if name is not None and meta.get("name") and meta["name"] != name:
-        raise ApiError(400, "BadRequest",
-                       f"the name of the object ({meta['name']}) does not match the name on the URL ({name})")
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"the name of the object ({meta['name']}) does not match the name on the URL ({name})",
+        )
     if res.namespaced and namespace and meta.get("namespace") and meta["namespace"] != namespace:
-        raise ApiError(400, "BadRequest",
-                       "the namespace of the provided object does not match the namespace sent on the request")
+        raise ApiError(
+            400,
+            "BadRequest",
+            "the namespace of the provided object does not match the namespace sent on the request",
+        )

@@ -18,8 +18,17 @@ from .server import ApiServer, RequestRecord
 from .store import Store
 
 T = TypeVar("T")
-BEHAVIOURS = ("healthy", "slow", "stuck", "crashloop", "image-not-found", "config-error", "unschedulable",
-              "succeeds", "fails")
+BEHAVIOURS = (
+    "healthy",
+    "slow",
+    "stuck",
+    "crashloop",
+    "image-not-found",
+    "config-error",
+    "unschedulable",
+    "succeeds",
+    "fails",
+)
 
 
 class KubeApi:
@@ -40,8 +49,9 @@ class KubeApi:
             "kind": "Config",
             "clusters": [{"name": context, "cluster": {"server": self.url}}],
             "users": [{"name": context, "user": {"token": self.token}}],
-            "contexts": [{"name": context, "context": {"cluster": context, "user": context,
-                                                       "namespace": namespace}}],
+            "contexts": [
+                {"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}
+            ],
             "current-context": context,
         }
 
@@ -74,15 +84,18 @@ class KubeApi:
         """An object as stored, by kind ("Deployment") or plural ("deployments")."""
         return self.store.get(resource_for(kind), namespace, name)
 
-    def list(self, kind: str, namespace: str | None = "default", label_selector: str | None = None
-             ) -> list[dict[str, Any]]:
+    def list(
+        self, kind: str, namespace: str | None = "default", label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         return self.store.list(resource_for(kind), namespace, label_matcher(label_selector))[0]
 
-    def events(self, namespace: str | None = "default", involved_name: str | None = None) -> list[dict[str, Any]]:
+    def events(
+        self, namespace: str | None = "default", involved_name: str | None = None
+    ) -> list[dict[str, Any]]:
         events = self.list("Event", namespace)
         if involved_name is not None:
             events = [e for e in events if e["involvedObject"]["name"] == involved_name]
-        return sorted(events, key=lambda e: e["metadata"]["resourceVersion"])
+        return sorted(events, key=lambda e: int(e["metadata"]["resourceVersion"]))
 
     def logs(self, pod: str, container: str | None = None, namespace: str = "default") -> list[str]:
         if container is None:

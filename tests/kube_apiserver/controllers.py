@@ -42,13 +42,21 @@ def _owned_by(obj: dict[str, Any], uid: str) -> bool:
 
 
 def _owner_ref(owner: dict[str, Any], kind: str, api_version: str) -> dict[str, Any]:
-    return {"apiVersion": api_version, "kind": kind, "name": owner["metadata"]["name"],
-            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _is_ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in (pod.get("status") or {}).get("conditions") or []
+    )
 
 
 def _scaled(value: Any, desired: int, round_up: bool) -> int:
@@ -121,13 +129,15 @@ class Controllers:
 
     def sync_deployment(self, d: dict[str, Any]) -> None:
         meta, spec = d["metadata"], d["spec"]
-        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        ns, uid = meta["namespace"], meta["uid"]
         desired = int(spec.get("replicas", 1))
         template = spec["template"]
         owned = [rs for rs in self.store.list(REPLICASETS, ns)[0] if _owned_by(rs, uid)]
         wanted_hash = template_hash(template)
-        new_rs = next((rs for rs in owned if rs["metadata"].get("labels", {}).get("pod-template-hash")
-                       == wanted_hash), None)
+        new_rs = next(
+            (rs for rs in owned if rs["metadata"].get("labels", {}).get("pod-template-hash") == wanted_hash),
+            None,
+        )
         max_revision = max((_revision(rs) for rs in owned), default=0)
         created_new = False
         if new_rs is None:
@@ -149,7 +159,9 @@ class Controllers:
         if strategy.get("type") == "Recreate":
             for rs in old:
                 self._scale(d, rs, 0)
-            if not any(_owned_by(p, rs["metadata"]["uid"]) for p in self.store.list(PODS, ns)[0] for rs in old):
+            if not any(
+                _owned_by(p, rs["metadata"]["uid"]) for p in self.store.list(PODS, ns)[0] for rs in old
+            ):
                 self._scale(d, new_rs, desired)
         else:
             self._roll(d, new_rs, old, desired, surge, unavailable)
@@ -163,8 +175,11 @@ class Controllers:
         labels = dict((template.get("metadata") or {}).get("labels") or {}, **{"pod-template-hash": pod_hash})
         template.setdefault("metadata", {})["labels"] = labels
         desired = int(spec.get("replicas", 1))
-        surge = _scaled(((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", "25%"),
-                        desired, round_up=True)
+        surge = _scaled(
+            ((spec.get("strategy") or {}).get("rollingUpdate") or {}).get("maxSurge", "25%"),
+            desired,
+            round_up=True,
+        )
         selector = copy.deepcopy(spec["selector"])
         selector.setdefault("matchLabels", {})["pod-template-hash"] = pod_hash
         body = {
@@ -174,38 +189,66 @@ class Controllers:
                 "name": f"{meta['name']}-{pod_hash}",
                 "namespace": meta["namespace"],
                 "labels": labels,
-                "annotations": {"deployment.kubernetes.io/desired-replicas": str(desired),
-                                "deployment.kubernetes.io/max-replicas": str(desired + surge),
-                                REVISION: str(revision)},
+                "annotations": {
+                    "deployment.kubernetes.io/desired-replicas": str(desired),
+                    "deployment.kubernetes.io/max-replicas": str(desired + surge),
+                    REVISION: str(revision),
+                },
                 "ownerReferences": [_owner_ref(d, "Deployment", "apps/v1")],
             },
-            "spec": {"replicas": 0, "minReadySeconds": spec.get("minReadySeconds", 0), "selector": selector,
-                     "template": template},
+            "spec": {
+                "replicas": 0,
+                "minReadySeconds": spec.get("minReadySeconds", 0),
+                "selector": selector,
+                "template": template,
+            },
         }
         return self.store.create(REPLICASETS, meta["namespace"], body, MANAGER)
 
     def _annotate(self, res: Any, obj: dict[str, Any], values: dict[str, str]) -> dict[str, Any] | None:
         meta = obj["metadata"]
-        return self.store.mutate(res, meta.get("namespace", ""), meta["name"],
-                                 lambda o: o["metadata"].setdefault("annotations", {}).update(values), MANAGER)
+        return self.store.mutate(
+            res,
+            meta.get("namespace", ""),
+            meta["name"],
+            lambda o: o["metadata"].setdefault("annotations", {}).update(values),
+            MANAGER,
+        )
 
     def _scale(self, d: dict[str, Any], rs: dict[str, Any], replicas: int) -> None:
         current = int(rs["spec"].get("replicas", 0))
         if current == replicas:
             return
         rs_meta = rs["metadata"]
-        self.store.mutate(REPLICASETS, rs_meta["namespace"], rs_meta["name"],
-                          lambda o: o["spec"].__setitem__("replicas", replicas), MANAGER)
+        self.store.mutate(
+            REPLICASETS,
+            rs_meta["namespace"],
+            rs_meta["name"],
+            lambda o: o["spec"].__setitem__("replicas", replicas),
+            MANAGER,
+        )
         rs["spec"]["replicas"] = replicas
         direction = "up" if replicas > current else "down"
-        self.recorder.emit(d, "Normal", "ScalingReplicaSet",
-                           f"Scaled {direction} replica set {rs_meta['name']} to {replicas} from {current}",
-                           "deployment-controller")
+        self.recorder.emit(
+            d,
+            "Normal",
+            "ScalingReplicaSet",
+            f"Scaled {direction} replica set {rs_meta['name']} to {replicas} from {current}",
+            "deployment-controller",
+        )
 
-    def _roll(self, d: dict[str, Any], new_rs: dict[str, Any], old: list[dict[str, Any]], desired: int,
-              surge: int, unavailable: int) -> None:
+    def _roll(
+        self,
+        d: dict[str, Any],
+        new_rs: dict[str, Any],
+        old: list[dict[str, Any]],
+        desired: int,
+        surge: int,
+        unavailable: int,
+    ) -> None:
         """Upstream's rolloutRolling: scale the new ReplicaSet up within maxSurge, then the old ones down
         within maxUnavailable, cleaning up unhealthy old replicas first."""
+
         def spec_replicas(rs: dict[str, Any]) -> int:
             return int(rs["spec"].get("replicas", 0))
 
@@ -242,12 +285,17 @@ class Controllers:
                 self._scale(d, rs, spec_replicas(rs) - down)
                 budget -= down
 
-    def _deployment_status(self, d: dict[str, Any], new_rs: dict[str, Any], created_new: bool, desired: int,
-                           unavailable: int) -> None:
+    def _deployment_status(
+        self, d: dict[str, Any], new_rs: dict[str, Any], created_new: bool, desired: int, unavailable: int
+    ) -> None:
         meta, spec = d["metadata"], d["spec"]
-        owned = [rs for rs in self.store.list(REPLICASETS, meta["namespace"])[0] if _owned_by(rs, meta["uid"])]
-        new_status = next((rs.get("status") or {} for rs in owned
-                           if rs["metadata"]["name"] == new_rs["metadata"]["name"]), {})
+        owned = [
+            rs for rs in self.store.list(REPLICASETS, meta["namespace"])[0] if _owned_by(rs, meta["uid"])
+        ]
+        new_status = next(
+            (rs.get("status") or {} for rs in owned if rs["metadata"]["name"] == new_rs["metadata"]["name"]),
+            {},
+        )
 
         def total(key: str) -> int:
             return sum(int((rs.get("status") or {}).get(key, 0)) for rs in owned)
@@ -271,42 +319,78 @@ class Controllers:
                 "type": kind,
                 "status": status,
                 "lastUpdateTime": now if (touch or not same) else before["lastUpdateTime"],
-                "lastTransitionTime": before["lastTransitionTime"] if before and before["status"] == status else now,
+                "lastTransitionTime": before["lastTransitionTime"]
+                if before and before["status"] == status
+                else now,
                 "reason": reason,
                 "message": message,
             }
 
         if counts["availableReplicas"] >= desired - unavailable:
-            set_cond("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", False)
+            set_cond(
+                "Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.", False
+            )
         else:
-            set_cond("Available", "False", "MinimumReplicasUnavailable",
-                     "Deployment does not have minimum availability.", False)
-        complete = (counts["updatedReplicas"] == desired and counts["replicas"] == desired
-                    and counts["availableReplicas"] == desired)
+            set_cond(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.",
+                False,
+            )
+        complete = (
+            counts["updatedReplicas"] == desired
+            and counts["replicas"] == desired
+            and counts["availableReplicas"] == desired
+        )
         moved = any(int(old_status.get(k, 0)) != v for k, v in counts.items())
         new_rollout = int(old_status.get("observedGeneration", 0)) < int(meta.get("generation", 1))
         progressing = conditions.get("Progressing")
         if complete:
-            set_cond("Progressing", "True", "NewReplicaSetAvailable",
-                     f'ReplicaSet "{rs_name}" has successfully progressed.', False)
+            set_cond(
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                f'ReplicaSet "{rs_name}" has successfully progressed.',
+                False,
+            )
         elif created_new:
-            set_cond("Progressing", "True", "NewReplicaSetCreated", f'Created new replica set "{rs_name}"', True)
+            set_cond(
+                "Progressing", "True", "NewReplicaSetCreated", f'Created new replica set "{rs_name}"', True
+            )
         elif moved or new_rollout or progressing is None:
-            set_cond("Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.', True)
+            set_cond(
+                "Progressing", "True", "ReplicaSetUpdated", f'ReplicaSet "{rs_name}" is progressing.', True
+            )
         elif progressing["status"] == "True" and progressing["reason"] != "NewReplicaSetAvailable":
             since = datetime.fromisoformat(progressing["lastUpdateTime"].replace("Z", "+00:00"))
             if (datetime.now(UTC) - since).total_seconds() > int(spec.get("progressDeadlineSeconds", 600)):
-                set_cond("Progressing", "False", "ProgressDeadlineExceeded",
-                         f'ReplicaSet "{rs_name}" has timed out progressing.', True)
-        status = dict(counts, observedGeneration=meta.get("generation", 1),
-                      conditions=[conditions[k] for k in ("Available", "Progressing") if k in conditions])
+                set_cond(
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    f'ReplicaSet "{rs_name}" has timed out progressing.',
+                    True,
+                )
+        status = dict(
+            counts,
+            observedGeneration=meta.get("generation", 1),
+            conditions=[conditions[k] for k in ("Available", "Progressing") if k in conditions],
+        )
         if old_status.get("collisionCount"):
             status["collisionCount"] = old_status["collisionCount"]
-        status = _omit_zero(status, "replicas", "updatedReplicas", "readyReplicas", "availableReplicas",
-                            "unavailableReplicas")
+        status = _omit_zero(
+            status, "replicas", "updatedReplicas", "readyReplicas", "availableReplicas", "unavailableReplicas"
+        )
         if status != old_status:
-            self.store.mutate(DEPLOYMENTS, meta["namespace"], meta["name"],
-                              lambda o: o.__setitem__("status", status), MANAGER, "status")
+            self.store.mutate(
+                DEPLOYMENTS,
+                meta["namespace"],
+                meta["name"],
+                lambda o: o.__setitem__("status", status),
+                MANAGER,
+                "status",
+            )
 
     # --- ReplicaSet -------------------------------------------------------------------------------------
 
@@ -315,38 +399,61 @@ class Controllers:
 
         meta, spec = rs["metadata"], rs["spec"]
         ns = meta["namespace"]
-        pods = [p for p in self.store.list(PODS, ns)[0]
-                if _owned_by(p, meta["uid"]) and not p["metadata"].get("deletionTimestamp")]
+        pods = [
+            p
+            for p in self.store.list(PODS, ns)[0]
+            if _owned_by(p, meta["uid"]) and not p["metadata"].get("deletionTimestamp")
+        ]
         diff = int(spec.get("replicas", 1)) - len(pods)
         template = spec["template"]
         for _ in range(max(diff, 0)):
             body = {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": f"{meta['name']}-{random_suffix()}", "generateName": f"{meta['name']}-",
-                             "namespace": ns, "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-                             "ownerReferences": [_owner_ref(rs, "ReplicaSet", "apps/v1")]},
+                "metadata": {
+                    "name": f"{meta['name']}-{random_suffix()}",
+                    "generateName": f"{meta['name']}-",
+                    "namespace": ns,
+                    "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                    "ownerReferences": [_owner_ref(rs, "ReplicaSet", "apps/v1")],
+                },
                 "spec": copy.deepcopy(template["spec"]),
             }
             created = self.store.create(PODS, ns, body, MANAGER)
             pods.append(created)
-            self.recorder.emit(rs, "Normal", "SuccessfulCreate", f"Created pod: {created['metadata']['name']}",
-                               "replicaset-controller")
+            self.recorder.emit(
+                rs,
+                "Normal",
+                "SuccessfulCreate",
+                f"Created pod: {created['metadata']['name']}",
+                "replicaset-controller",
+            )
         if diff < 0:
             # Like upstream: delete not-ready pods first, then the newest.
-            victims = sorted(pods, key=lambda p: (_is_ready(p), _neg_time(p)))[: -diff]
+            victims = sorted(pods, key=lambda p: (_is_ready(p), _neg_time(p)))[:-diff]
             for pod in victims:
                 self.store.delete(PODS, ns, pod["metadata"]["name"])
                 pods.remove(pod)
-                self.recorder.emit(rs, "Normal", "SuccessfulDelete", f"Deleted pod: {pod['metadata']['name']}",
-                                   "replicaset-controller")
+                self.recorder.emit(
+                    rs,
+                    "Normal",
+                    "SuccessfulDelete",
+                    f"Deleted pod: {pod['metadata']['name']}",
+                    "replicaset-controller",
+                )
         ready = sum(1 for p in pods if _is_ready(p))
-        status = {"replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
-                  "availableReplicas": ready, "observedGeneration": meta.get("generation", 1)}
+        status = {
+            "replicas": len(pods),
+            "fullyLabeledReplicas": len(pods),
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "observedGeneration": meta.get("generation", 1),
+        }
         status = _omit_zero(status, "fullyLabeledReplicas", "readyReplicas", "availableReplicas")
         if status != rs.get("status"):
-            self.store.mutate(REPLICASETS, ns, meta["name"], lambda o: o.__setitem__("status", status), MANAGER,
-                              "status")
+            self.store.mutate(
+                REPLICASETS, ns, meta["name"], lambda o: o.__setitem__("status", status), MANAGER, "status"
+            )
 
     # --- Job -----------------------------------------------------------------------------------------------
 
@@ -356,8 +463,10 @@ class Controllers:
         meta, spec = job["metadata"], job["spec"]
         ns = meta["namespace"]
         old_status = job.get("status") or {}
-        if any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in old_status.get("conditions") or []):
+        if any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in old_status.get("conditions") or []
+        ):
             return
         pods = [p for p in self.store.list(PODS, ns)[0] if _owned_by(p, meta["uid"])]
         phases = [(p.get("status") or {}).get("phase") for p in pods]
@@ -371,15 +480,24 @@ class Controllers:
             body = {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": f"{meta['name']}-{random_suffix()}", "generateName": f"{meta['name']}-",
-                             "namespace": ns, "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-                             "ownerReferences": [_owner_ref(job, "Job", "batch/v1")]},
+                "metadata": {
+                    "name": f"{meta['name']}-{random_suffix()}",
+                    "generateName": f"{meta['name']}-",
+                    "namespace": ns,
+                    "labels": dict((template.get("metadata") or {}).get("labels") or {}),
+                    "ownerReferences": [_owner_ref(job, "Job", "batch/v1")],
+                },
                 "spec": copy.deepcopy(template["spec"]),
             }
             created = self.store.create(PODS, ns, body, MANAGER)
             active.append(created)
-            self.recorder.emit(job, "Normal", "SuccessfulCreate", f"Created pod: {created['metadata']['name']}",
-                               "job-controller")
+            self.recorder.emit(
+                job,
+                "Normal",
+                "SuccessfulCreate",
+                f"Created pod: {created['metadata']['name']}",
+                "job-controller",
+            )
         now = now_ts()
         status: dict[str, Any] = {
             "startTime": old_status.get("startTime", now),
@@ -393,21 +511,43 @@ class Controllers:
         status = _omit_zero(status, "active", "succeeded", "failed")
 
         def conds(reason: str, message: str, kinds: tuple[str, str]) -> list[dict[str, Any]]:
-            return [{"type": k, "status": "True", "reason": reason, "message": message, "lastProbeTime": now,
-                     "lastTransitionTime": now} for k in kinds]
+            return [
+                {
+                    "type": k,
+                    "status": "True",
+                    "reason": reason,
+                    "message": message,
+                    "lastProbeTime": now,
+                    "lastTransitionTime": now,
+                }
+                for k in kinds
+            ]
 
         if succeeded >= completions:
-            status["conditions"] = conds("CompletionsReached", "Reached expected number of succeeded pods",
-                                         ("SuccessCriteriaMet", "Complete"))
+            status["conditions"] = conds(
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                ("SuccessCriteriaMet", "Complete"),
+            )
             status["completionTime"] = now
             self.recorder.emit(job, "Normal", "Completed", "Job completed", "job-controller")
         elif failed > backoff_limit:
-            status["conditions"] = conds("BackoffLimitExceeded", "Job has reached the specified backoff limit",
-                                         ("FailureTarget", "Failed"))
-            self.recorder.emit(job, "Warning", "BackoffLimitExceeded", "Job has reached the specified backoff limit",
-                               "job-controller")
+            status["conditions"] = conds(
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+                ("FailureTarget", "Failed"),
+            )
+            self.recorder.emit(
+                job,
+                "Warning",
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+                "job-controller",
+            )
         if status != old_status:
-            self.store.mutate(JOBS, ns, meta["name"], lambda o: o.__setitem__("status", status), MANAGER, "status")
+            self.store.mutate(
+                JOBS, ns, meta["name"], lambda o: o.__setitem__("status", status), MANAGER, "status"
+            )
 
 
 def _neg_time(pod: dict[str, Any]) -> float:

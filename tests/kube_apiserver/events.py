@@ -18,8 +18,16 @@ class Recorder:
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str, str, str], tuple[str, str]] = {}
 
-    def emit(self, obj: dict[str, Any], etype: str, reason: str, message: str, component: str,
-             host: str | None = None, field_path: str | None = None) -> None:
+    def emit(
+        self,
+        obj: dict[str, Any],
+        etype: str,
+        reason: str,
+        message: str,
+        component: str,
+        host: str | None = None,
+        field_path: str | None = None,
+    ) -> None:
         meta = obj["metadata"]
         ns = meta.get("namespace") or "default"
         key = (meta["uid"], reason, message, field_path or "")
@@ -29,8 +37,11 @@ class Recorder:
             if known is not None:
                 # The same thing happened again: the real recorder bumps count and lastTimestamp.
                 bumped = self.store.mutate(
-                    EVENTS, known[0], known[1],
-                    lambda e: e.update(count=e.get("count", 1) + 1, lastTimestamp=stamp), component,
+                    EVENTS,
+                    known[0],
+                    known[1],
+                    lambda e: e.update(count=e.get("count", 1) + 1, lastTimestamp=stamp),
+                    component,
                 )
                 if bumped is not None:
                     return

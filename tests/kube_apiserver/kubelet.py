@@ -72,8 +72,9 @@ class _View:
 
 
 class Kubelet:
-    def __init__(self, store: Store, recorder: Recorder, behaviour_for: Callable[[str, bool], Behaviour],
-                 step: float) -> None:
+    def __init__(
+        self, store: Store, recorder: Recorder, behaviour_for: Callable[[str, bool], Behaviour], step: float
+    ) -> None:
         self.store = store
         self.recorder = recorder
         self.behaviour_for = behaviour_for
@@ -112,19 +113,39 @@ class Kubelet:
         blocked = next((b for b in behaviours.values() if b.name == "unschedulable"), None)
         if blocked is not None:
             message = blocked.message or UNSCHEDULABLE
-            status = {"phase": "Pending", "qosClass": _qos(containers), "conditions": [
-                _cond("PodScheduled", "False", self._ts(rt, 0), "Unschedulable", message)]}
+            status = {
+                "phase": "Pending",
+                "qosClass": _qos(containers),
+                "conditions": [_cond("PodScheduled", "False", self._ts(rt, 0), "Unschedulable", message)],
+            }
             self._write_status(pod, status)
-            self._emit(rt, pod, f"unschedulable:{int(t // 20)}", "Warning", "FailedScheduling", message,
-                       "default-scheduler")
+            self._emit(
+                rt,
+                pod,
+                f"unschedulable:{int(t // 20)}",
+                "Warning",
+                "FailedScheduling",
+                message,
+                "default-scheduler",
+            )
             return
         if t < 1:
             return  # waiting for the scheduler
         if not spec.get("nodeName"):
-            self.store.mutate(PODS, ns, name, lambda p: p["spec"].__setitem__("nodeName", NODE), "kube-scheduler")
-            self._emit(rt, pod, "scheduled", "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {NODE}",
-                       "default-scheduler")
+            self.store.mutate(
+                PODS, ns, name, lambda p: p["spec"].__setitem__("nodeName", NODE), "kube-scheduler"
+            )
+            self._emit(
+                rt,
+                pod,
+                "scheduled",
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {ns}/{name} to {NODE}",
+                "default-scheduler",
+            )
 
+        init_behaviours: dict[str, Behaviour] = {}
         # Init containers run to completion first (a crash-looping image loops here instead).
         init_views = []
         main_start = 1.0
@@ -132,8 +153,10 @@ class Kubelet:
             b = self.behaviour_for(c.get("image", ""), True)
             if b.name in ("succeeds", "healthy", "slow", "stuck"):
                 b = Behaviour("succeeds", logs=b.logs)
-            view = _timeline(b, t - main_start, c, name, ns, meta["uid"], self.step, True,
-                             self._clock(rt, main_start))
+            init_behaviours[c["name"]] = b
+            view = _timeline(
+                b, t - main_start, c, name, ns, meta["uid"], self.step, True, self._clock(rt, main_start)
+            )
             init_views.append((c, view))
             if view.exit_code != 0:
                 break
@@ -143,25 +166,50 @@ class Kubelet:
         views = []
         for c in containers:
             if init_done:
-                view = _timeline(behaviours[c["name"]], t - main_start, c, name, ns, meta["uid"], self.step, task,
-                                 self._clock(rt, main_start))
+                view = _timeline(
+                    behaviours[c["name"]],
+                    t - main_start,
+                    c,
+                    name,
+                    ns,
+                    meta["uid"],
+                    self.step,
+                    task,
+                    self._clock(rt, main_start),
+                )
             else:
                 view = _View({"waiting": {"reason": "PodInitializing"}})
             views.append((c, view))
 
         for c, view in init_views + views:
             for key, etype, reason, message in view.events:
-                self._emit(rt, pod, f"{c['name']}:{key}", etype, reason, message, "kubelet",
-                           f"spec.{'initContainers' if c in inits else 'containers'}{{{c['name']}}}")
+                self._emit(
+                    rt,
+                    pod,
+                    f"{c['name']}:{key}",
+                    etype,
+                    reason,
+                    message,
+                    "kubelet",
+                    f"spec.{'initContainers' if c in inits else 'containers'}{{{c['name']}}}",
+                )
             logged = rt.logged_runs.get(c["name"], 0)
             if view.runs > logged:
-                lines = _log_lines(behaviours.get(c["name"]) or Behaviour("succeeds"), c, view.runs - logged)
+                chosen = init_behaviours[c["name"]] if c in inits else behaviours[c["name"]]
+                lines = _log_lines(chosen, c, view.runs - logged)
                 self.store.append_log(ns, name, c["name"], lines)
                 rt.logged_runs[c["name"]] = view.runs
         self._write_status(pod, self._pod_status(rt, pod, init_views, views, init_done, main_start))
 
-    def _pod_status(self, rt: _Runtime, pod: dict[str, Any], init_views: list[Any], views: list[Any],
-                    init_done: bool, main_start: float) -> dict[str, Any]:
+    def _pod_status(
+        self,
+        rt: _Runtime,
+        pod: dict[str, Any],
+        init_views: list[Any],
+        views: list[Any],
+        init_done: bool,
+        main_start: float,
+    ) -> dict[str, Any]:
         containers = pod["spec"].get("containers") or []
         statuses = [_container_status(c, v, pod["metadata"]["uid"]) for c, v in views]
         finished = [v.exit_code for _, v in views]
@@ -175,20 +223,34 @@ class Kubelet:
         ready_at = max((v.ready_at or 0) for _, v in views) if ready else 1
         names = " ".join(c["name"] for c, v in views if not v.ready)
         done = phase in ("Succeeded", "Failed")
-        unready = ("PodCompleted", None) if done else ("ContainersNotReady", f"containers with unready status: [{names}]")
+        unready = (
+            ("PodCompleted", None)
+            if done
+            else ("ContainersNotReady", f"containers with unready status: [{names}]")
+        )
         incomplete = " ".join(c["name"] for c, v in init_views if v.exit_code != 0)
         conditions = [
             _cond("PodReadyToStartContainers", "False" if done else "True", self._ts(rt, 1)),
-            _cond("Initialized", "True", self._ts(rt, 1)) if init_done else _cond(
-                "Initialized", "False", self._ts(rt, 1), "ContainersNotInitialized",
-                f"containers with incomplete status: [{incomplete}]"),
-            _cond("Ready", "True", self._ts(rt, ready_at)) if ready else _cond("Ready", "False", self._ts(rt, 1),
-                                                                               *unready),
-            _cond("ContainersReady", "True", self._ts(rt, ready_at)) if ready else _cond(
-                "ContainersReady", "False", self._ts(rt, 1), *unready),
+            _cond("Initialized", "True", self._ts(rt, 1))
+            if init_done
+            else _cond(
+                "Initialized",
+                "False",
+                self._ts(rt, 1),
+                "ContainersNotInitialized",
+                f"containers with incomplete status: [{incomplete}]",
+            ),
+            _cond("Ready", "True", self._ts(rt, ready_at))
+            if ready
+            else _cond("Ready", "False", self._ts(rt, 1), *unready),
+            _cond("ContainersReady", "True", self._ts(rt, ready_at))
+            if ready
+            else _cond("ContainersReady", "False", self._ts(rt, 1), *unready),
             _cond("PodScheduled", "True", self._ts(rt, 1)),
         ]
-        ip = "10.244.1." + str(int(hashlib.sha256(pod["metadata"]["uid"].encode()).hexdigest(), 16) % 240 + 10)
+        ip = "10.244.1." + str(
+            int(hashlib.sha256(pod["metadata"]["uid"].encode()).hexdigest(), 16) % 240 + 10
+        )
         status: dict[str, Any] = {
             "conditions": conditions,
             "containerStatuses": statuses,
@@ -211,11 +273,26 @@ class Kubelet:
         if pod.get("status") == status:
             return
         meta = pod["metadata"]
-        self.store.mutate(PODS, meta.get("namespace", "default"), meta["name"],
-                          lambda p: p.__setitem__("status", status), "kubelet", "status")
+        self.store.mutate(
+            PODS,
+            meta.get("namespace", "default"),
+            meta["name"],
+            lambda p: p.__setitem__("status", status),
+            "kubelet",
+            "status",
+        )
 
-    def _emit(self, rt: _Runtime, pod: dict[str, Any], key: str, etype: str, reason: str, message: str,
-              component: str, field_path: str | None = None) -> None:
+    def _emit(
+        self,
+        rt: _Runtime,
+        pod: dict[str, Any],
+        key: str,
+        etype: str,
+        reason: str,
+        message: str,
+        component: str,
+        field_path: str | None = None,
+    ) -> None:
         if key in rt.emitted:
             return
         rt.emitted.add(key)
@@ -223,7 +300,9 @@ class Kubelet:
         self.recorder.emit(pod, etype, reason, message, component, host=host, field_path=field_path)
 
 
-def _cond(kind: str, status: str, at: str, reason: str | None = None, message: str | None = None) -> dict[str, Any]:
+def _cond(
+    kind: str, status: str, at: str, reason: str | None = None, message: str | None = None
+) -> dict[str, Any]:
     cond: dict[str, Any] = {"lastProbeTime": None, "lastTransitionTime": at, "status": status, "type": kind}
     if reason:
         cond["reason"] = reason
@@ -233,8 +312,10 @@ def _cond(kind: str, status: str, at: str, reason: str | None = None, message: s
 
 
 def _qos(containers: list[dict[str, Any]]) -> str:
-    if any((c.get("resources") or {}).get("requests") or (c.get("resources") or {}).get("limits")
-           for c in containers):
+    if any(
+        (c.get("resources") or {}).get("requests") or (c.get("resources") or {}).get("limits")
+        for c in containers
+    ):
         return "Burstable"
     return "BestEffort"
 
@@ -267,8 +348,17 @@ def _container_status(c: dict[str, Any], view: _View, pod_uid: str) -> dict[str,
     return cs
 
 
-def _timeline(b: Behaviour, t: float, c: dict[str, Any], pod: str, ns: str, uid: str, step: float,
-              task: bool, at: Callable[[float], str]) -> _View:
+def _timeline(
+    b: Behaviour,
+    t: float,
+    c: dict[str, Any],
+    pod: str,
+    ns: str,
+    uid: str,
+    step: float,
+    task: bool,
+    at: Callable[[float], str],
+) -> _View:
     """Container `c` at `t` steps after its turn to start; `at(k)` is the timestamp of step k.
 
     Pull during [0, 1); the first run starts at 1. A crash-looping container's run r starts at 2r-1 and
@@ -283,26 +373,41 @@ def _timeline(b: Behaviour, t: float, c: dict[str, Any], pod: str, ns: str, uid:
 
     if b.name == "image-not-found":
         ref = image.split("@")[0]
-        error = (f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": failed to '
-                 f'resolve reference "{image}": {ref}: not found')
-        events += [("pull-failed", "Warning", "Failed", f'Failed to pull image "{image}": {error}'),
-                   ("err-pull", "Warning", "Failed", "Error: ErrImagePull")]
+        error = (
+            f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": failed to '
+            f'resolve reference "{image}": {ref}: not found'
+        )
+        events += [
+            ("pull-failed", "Warning", "Failed", f'Failed to pull image "{image}": {error}'),
+            ("err-pull", "Warning", "Failed", "Error: ErrImagePull"),
+        ]
         if t < 2:
             return _View({"waiting": {"reason": "ErrImagePull", "message": error}}, events=events)
-        events += [("backoff", "Normal", "BackOff", f'Back-off pulling image "{image}"'),
-                   ("err-backoff", "Warning", "Failed", "Error: ImagePullBackOff")]
+        events += [
+            ("backoff", "Normal", "BackOff", f'Back-off pulling image "{image}"'),
+            ("err-backoff", "Warning", "Failed", "Error: ImagePullBackOff"),
+        ]
         message = f'Back-off pulling image "{image}": ErrImagePull: {error}'
         return _View({"waiting": {"reason": "ImagePullBackOff", "message": message}}, events=events)
 
-    events.append(("pulled", "Normal", "Pulled", f'Successfully pulled image "{image}" in 412ms (412ms '
-                   "including waiting). Image size: 4868131 bytes."))
+    events.append(
+        (
+            "pulled",
+            "Normal",
+            "Pulled",
+            f'Successfully pulled image "{image}" in 412ms (412ms '
+            "including waiting). Image size: 4868131 bytes.",
+        )
+    )
     if b.name == "config-error":
         message = b.message or 'configmap "app-config" not found'
         events.append(("config", "Warning", "Failed", f"Error: {message}"))
         return _View({"waiting": {"reason": "CreateContainerConfigError", "message": message}}, events=events)
 
-    events += [("created:1", "Normal", "Created", f"Created container {name}"),
-               ("started:1", "Normal", "Started", f"Started container {name}")]
+    events += [
+        ("created:1", "Normal", "Created", f"Created container {name}"),
+        ("started:1", "Normal", "Started", f"Started container {name}"),
+    ]
     first_run = {"running": {"startedAt": at(1)}}
 
     if b.name in ("succeeds", "fails") or (task and b.name not in ("crashloop", "stuck")):
@@ -310,36 +415,68 @@ def _timeline(b: Behaviour, t: float, c: dict[str, Any], pod: str, ns: str, uid:
         end = 1 + max(1.0, b.run_seconds / step)
         if t < end:
             return _View(first_run, started=True, runs=1, events=events)
-        terminated = {"terminated": {"containerID": _container_id(uid, name, 1), "exitCode": code,
-                                     "finishedAt": at(end), "reason": "Completed" if code == 0 else "Error",
-                                     "startedAt": at(1)}}
+        terminated = {
+            "terminated": {
+                "containerID": _container_id(uid, name, 1),
+                "exitCode": code,
+                "finishedAt": at(end),
+                "reason": "Completed" if code == 0 else "Error",
+                "startedAt": at(1),
+            }
+        }
         return _View(terminated, runs=1, exit_code=code, events=events)
 
     if b.name == "crashloop":
         if t < 2:
             return _View(first_run, started=True, runs=1, events=events)
         crashes = int(t // 2)
-        last = {"terminated": {"containerID": _container_id(uid, name, crashes), "exitCode": 1,
-                               "finishedAt": at(2 * crashes), "reason": "Error", "startedAt": at(2 * crashes - 1)}}
+        last = {
+            "terminated": {
+                "containerID": _container_id(uid, name, crashes),
+                "exitCode": 1,
+                "finishedAt": at(2 * crashes),
+                "reason": "Error",
+                "startedAt": at(2 * crashes - 1),
+            }
+        }
         for n in range(2, crashes + 2 if t - 2 * crashes >= 1 else crashes + 1):
-            events += [(f"created:{n}", "Normal", "Created", f"Created container {name}"),
-                       (f"started:{n}", "Normal", "Started", f"Started container {name}")]
-        events.append((f"backoff:{crashes}", "Warning", "BackOff",
-                       f"Back-off restarting failed container {name} in pod {pod}_{ns}({uid})"))
+            events += [
+                (f"created:{n}", "Normal", "Created", f"Created container {name}"),
+                (f"started:{n}", "Normal", "Started", f"Started container {name}"),
+            ]
+        events.append(
+            (
+                f"backoff:{crashes}",
+                "Warning",
+                "BackOff",
+                f"Back-off restarting failed container {name} in pod {pod}_{ns}({uid})",
+            )
+        )
         if t - 2 * crashes < 1:
             backoff = min(10 * 2 ** (crashes - 1), 300)
             message = f"back-off {backoff}s restarting failed container={name} pod={pod}_{ns}({uid})"
-            return _View({"waiting": {"reason": "CrashLoopBackOff", "message": message}}, last, restarts=crashes,
-                         runs=crashes, events=events)
+            return _View(
+                {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
+                last,
+                restarts=crashes,
+                runs=crashes,
+                events=events,
+            )
         rerun = {"running": {"startedAt": at(2 * crashes + 1)}}
         return _View(rerun, last, restarts=crashes, started=True, runs=crashes + 1, events=events)
 
     if b.name == "stuck":
         probe = (c.get("readinessProbe") or {}).get("httpGet") or {}
         port, path = probe.get("port", 8080), probe.get("path", "/")
-        events.append((f"unhealthy:{int(t // 10)}", "Warning", "Unhealthy",
-                       f'Readiness probe failed: Get "http://10.244.1.10:{port}{path}": dial tcp '
-                       f"10.244.1.10:{port}: connect: connection refused"))
+        events.append(
+            (
+                f"unhealthy:{int(t // 10)}",
+                "Warning",
+                "Unhealthy",
+                f'Readiness probe failed: Get "http://10.244.1.10:{port}{path}": dial tcp '
+                f"10.244.1.10:{port}: connect: connection refused",
+            )
+        )
         return _View(first_run, started=True, runs=1, events=events)
 
     ready_at = 2.0 if b.name != "slow" else 1 + max(b.ready_after / step, 1.0)
@@ -351,8 +488,11 @@ def _log_lines(b: Behaviour, c: dict[str, Any], runs: int) -> list[str]:
     if b.logs is not None:
         lines = list(b.logs)
     elif b.name == "crashloop":
-        lines = [f"{c['name']}: starting", "error: could not connect to database at db:5432: connection refused",
-                 "exiting with status 1"]
+        lines = [
+            f"{c['name']}: starting",
+            "error: could not connect to database at db:5432: connection refused",
+            "exiting with status 1",
+        ]
     elif b.name in ("succeeds", "fails") or b.name == "healthy" and c.get("command"):
         lines = [f"running {' '.join(c.get('command') or [c['name']])}"]
         lines.append("done" if b.name != "fails" else f"error: task failed with exit code {b.exit_code}")

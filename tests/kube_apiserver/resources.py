@@ -81,8 +81,13 @@ class Resource:
             verbs = ["get"] if sub == "log" else ["get", "patch", "update"]
             kind = "Pod" if sub == "log" else self.kind
             out.append(
-                {"name": f"{self.plural}/{sub}", "singularName": "", "namespaced": self.namespaced,
-                 "kind": kind, "verbs": verbs}
+                {
+                    "name": f"{self.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": self.namespaced,
+                    "kind": kind,
+                    "verbs": verbs,
+                }
             )
         return out
 
@@ -94,28 +99,84 @@ RESOURCES: list[Resource] = [
     Resource("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     Resource("", "v1", "secrets", "Secret"),
     Resource("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
-    Resource("", "v1", "services", "Service", short_names=("svc",), subresources=("status",), categories=("all",)),
-    Resource("", "v1", "pods", "Pod", short_names=("po",), subresources=("log", "status"),
-             categories=("all",)),
+    Resource(
+        "", "v1", "services", "Service", short_names=("svc",), subresources=("status",), categories=("all",)
+    ),
+    Resource(
+        "", "v1", "pods", "Pod", short_names=("po",), subresources=("log", "status"), categories=("all",)
+    ),
     Resource("", "v1", "events", "Event", short_names=("ev",)),
-    Resource("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short_names=("pvc",),
-             subresources=("status",)),
+    Resource(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        short_names=("pvc",),
+        subresources=("status",),
+    ),
     Resource("", "v1", "resourcequotas", "ResourceQuota", short_names=("quota",), subresources=("status",)),
-    Resource("apps", "v1", "deployments", "Deployment", short_names=("deploy",), subresources=("status",),
-             has_generation=True, categories=("all",)),
-    Resource("apps", "v1", "replicasets", "ReplicaSet", short_names=("rs",), subresources=("status",),
-             has_generation=True, categories=("all",)),
-    Resource("apps", "v1", "statefulsets", "StatefulSet", short_names=("sts",), subresources=("status",),
-             has_generation=True, categories=("all",)),
-    Resource("apps", "v1", "daemonsets", "DaemonSet", short_names=("ds",), subresources=("status",),
-             has_generation=True, categories=("all",)),
-    Resource("batch", "v1", "jobs", "Job", subresources=("status",), has_generation=True, categories=("all",)),
+    Resource(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        short_names=("deploy",),
+        subresources=("status",),
+        has_generation=True,
+        categories=("all",),
+    ),
+    Resource(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        short_names=("rs",),
+        subresources=("status",),
+        has_generation=True,
+        categories=("all",),
+    ),
+    Resource(
+        "apps",
+        "v1",
+        "statefulsets",
+        "StatefulSet",
+        short_names=("sts",),
+        subresources=("status",),
+        has_generation=True,
+        categories=("all",),
+    ),
+    Resource(
+        "apps",
+        "v1",
+        "daemonsets",
+        "DaemonSet",
+        short_names=("ds",),
+        subresources=("status",),
+        has_generation=True,
+        categories=("all",),
+    ),
+    Resource(
+        "batch", "v1", "jobs", "Job", subresources=("status",), has_generation=True, categories=("all",)
+    ),
     Resource("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
-    Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",),
-             has_generation=True),
-    Resource("networking.k8s.io", "v1", "ingresses", "Ingress", short_names=("ing",), subresources=("status",),
-             has_generation=True),
+    Resource(
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "NetworkPolicy",
+        short_names=("netpol",),
+        has_generation=True,
+    ),
+    Resource(
+        "networking.k8s.io",
+        "v1",
+        "ingresses",
+        "Ingress",
+        short_names=("ing",),
+        subresources=("status",),
+        has_generation=True,
+    ),
 ]
 
 BY_PATH: dict[tuple[str, str, str], Resource] = {(r.group, r.version, r.plural): r for r in RESOURCES}
@@ -160,4 +221,9 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
     resources: list[dict[str, Any]] = []
     for r in members:
         resources.extend(r.discovery())
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources,
+    }

@@ -70,11 +70,28 @@ def label_matcher(selector: str | None) -> Matcher:
 
 # Field labels each kind supports (the real server answers 400 for any other).
 _FIELDS: dict[str, tuple[str, ...]] = {
-    "Event": ("involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-              "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
-              "reason", "reportingComponent", "source", "type"),
-    "Pod": ("spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName",
-            "status.phase", "status.podIP", "status.nominatedNodeName"),
+    "Event": (
+        "involvedObject.kind",
+        "involvedObject.namespace",
+        "involvedObject.name",
+        "involvedObject.uid",
+        "involvedObject.apiVersion",
+        "involvedObject.resourceVersion",
+        "involvedObject.fieldPath",
+        "reason",
+        "reportingComponent",
+        "source",
+        "type",
+    ),
+    "Pod": (
+        "spec.nodeName",
+        "spec.restartPolicy",
+        "spec.schedulerName",
+        "spec.serviceAccountName",
+        "status.phase",
+        "status.podIP",
+        "status.nominatedNodeName",
+    ),
     "Secret": ("type",),
     "Namespace": ("status.phase",),
     "ReplicaSet": ("status.replicas",),
@@ -102,7 +119,7 @@ def field_matcher(res: Resource, selector: str | None) -> Matcher:
             raise bad_request(f"invalid selector: '{selector}'; can't understand '{part}'")
         path, op, value = m.groups()
         if path not in allowed:
-            raise bad_request(f'field label not supported: {path}')
+            raise bad_request(f"field label not supported: {path}")
         checks.append((path, op == "!=", value))
 
     def match(obj: dict[str, Any]) -> bool:

@@ -56,8 +56,12 @@ class ApiServer:
         self.httpd.daemon_threads = True
         self.httpd.api = self  # type: ignore[attr-defined]
         # A short poll interval so shutdown() returns quickly (the default 0.5 s would add up per test).
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="kube-apiserver", daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="kube-apiserver",
+            daemon=True,
+        )
 
     @property
     def url(self) -> str:
@@ -170,8 +174,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- routing -----------------------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, query: dict[str, str], raw: bytes, ctype: str,
-               rec: RequestRecord) -> None:
+    def _route(
+        self, method: str, path: str, query: dict[str, str], raw: bytes, ctype: str, rec: RequestRecord
+    ) -> None:
         parts = [p for p in path.split("/") if p]
         discovery = self._discovery(parts)
         if discovery is not None:
@@ -181,7 +186,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, discovery)
         if len(parts) < 3 or parts[0] not in ("api", "apis"):
             raise no_route()
-        group, version, rest = ("", parts[1], parts[2:]) if parts[0] == "api" else (parts[1], parts[2], parts[3:])
+        group, version, rest = (
+            ("", parts[1], parts[2:]) if parts[0] == "api" else (parts[1], parts[2], parts[3:])
+        )
         namespace: str | None = None
         if len(rest) >= 3 and rest[0] == "namespaces":
             candidate = BY_PATH.get((group, version, rest[2]))
@@ -195,8 +202,13 @@ class _Handler(BaseHTTPRequestHandler):
         if sub and sub not in res.subresources:
             raise no_route()
         ns = namespace or ""
-        handler = {"GET": self._get, "POST": self._post, "PUT": self._put, "PATCH": self._patch,
-                   "DELETE": self._delete}[method]
+        handler = {
+            "GET": self._get,
+            "POST": self._post,
+            "PUT": self._put,
+            "PATCH": self._patch,
+            "DELETE": self._delete,
+        }[method]
         handler(res, ns if res.namespaced else "", namespace, name, sub, query, raw, ctype, rec)
 
     def _discovery(self, parts: list[str]) -> dict[str, Any] | None:
@@ -217,8 +229,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- verbs ------------------------------------------------------------------------------------------
 
-    def _get(self, res: Resource, ns: str, namespace: str | None, name: str | None, sub: str,
-             query: dict[str, str], raw: bytes, ctype: str, rec: RequestRecord) -> None:
+    def _get(
+        self,
+        res: Resource,
+        ns: str,
+        namespace: str | None,
+        name: str | None,
+        sub: str,
+        query: dict[str, str],
+        raw: bytes,
+        ctype: str,
+        rec: RequestRecord,
+    ) -> None:
         store = self.api.store
         if name is None:
             labels = label_matcher(query.get("labelSelector"))
@@ -227,8 +249,9 @@ class _Handler(BaseHTTPRequestHandler):
                 rec.status = 200
                 return self._watch(res, namespace, query, labels, fields)
             limit = int(query["limit"]) if query.get("limit") else None
-            items, rv, token, remaining = store.list_page(res, namespace, labels, fields, limit,
-                                                          query.get("continue"))
+            items, rv, token, remaining = store.list_page(
+                res, namespace, labels, fields, limit, query.get("continue")
+            )
             meta: dict[str, Any] = {"resourceVersion": str(rv)}
             if token:
                 meta["continue"] = token
@@ -237,16 +260,28 @@ class _Handler(BaseHTTPRequestHandler):
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
             rec.status = 200
-            return self._send_json(200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                                         "metadata": meta, "items": items})
+            return self._send_json(
+                200,
+                {"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta, "items": items},
+            )
         if sub == "log":
             return self._logs(ns, name, query, rec)
         obj = store.require(res, ns, name)
         rec.status = 200
         self._send_json(200, {"kind": res.kind, "apiVersion": res.api_version, **obj})
 
-    def _post(self, res: Resource, ns: str, namespace: str | None, name: str | None, sub: str,
-              query: dict[str, str], raw: bytes, ctype: str, rec: RequestRecord) -> None:
+    def _post(
+        self,
+        res: Resource,
+        ns: str,
+        namespace: str | None,
+        name: str | None,
+        sub: str,
+        query: dict[str, str],
+        raw: bytes,
+        ctype: str,
+        rec: RequestRecord,
+    ) -> None:
         if name is not None:
             raise method_not_allowed("POST")
         body = _decode(raw, ctype)
@@ -254,8 +289,18 @@ class _Handler(BaseHTTPRequestHandler):
         rec.status = 201
         self._send_json(201, obj)
 
-    def _put(self, res: Resource, ns: str, namespace: str | None, name: str | None, sub: str,
-             query: dict[str, str], raw: bytes, ctype: str, rec: RequestRecord) -> None:
+    def _put(
+        self,
+        res: Resource,
+        ns: str,
+        namespace: str | None,
+        name: str | None,
+        sub: str,
+        query: dict[str, str],
+        raw: bytes,
+        ctype: str,
+        rec: RequestRecord,
+    ) -> None:
         if name is None or sub == "log":
             raise method_not_allowed("PUT")
         body = _decode(raw, ctype)
@@ -263,20 +308,41 @@ class _Handler(BaseHTTPRequestHandler):
         rec.status = 200
         self._send_json(200, obj)
 
-    def _patch(self, res: Resource, ns: str, namespace: str | None, name: str | None, sub: str,
-               query: dict[str, str], raw: bytes, ctype: str, rec: RequestRecord) -> None:
+    def _patch(
+        self,
+        res: Resource,
+        ns: str,
+        namespace: str | None,
+        name: str | None,
+        sub: str,
+        query: dict[str, str],
+        raw: bytes,
+        ctype: str,
+        rec: RequestRecord,
+    ) -> None:
         if name is None or sub == "log":
             raise method_not_allowed("PATCH")
         store = self.api.store
         if ctype == APPLY:
             manager = query.get("fieldManager")
             if not manager:
-                raise ApiError(422, "Invalid", 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required '
-                               "value: is required for apply patch",
-                               {"group": "meta.k8s.io", "kind": "PatchOptions",
-                                "causes": [{"reason": "FieldValueRequired",
-                                            "message": "Required value: is required for apply patch",
-                                            "field": "fieldManager"}]})
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required '
+                    "value: is required for apply patch",
+                    {
+                        "group": "meta.k8s.io",
+                        "kind": "PatchOptions",
+                        "causes": [
+                            {
+                                "reason": "FieldValueRequired",
+                                "message": "Required value: is required for apply patch",
+                                "field": "fieldManager",
+                            }
+                        ],
+                    },
+                )
             body = _decode(raw, ctype)
             existed = store.get(res, ns, name) is not None
             obj = store.apply(res, ns, name, body, manager, _flag(query, "force"), sub, _dry_run(query))
@@ -290,8 +356,18 @@ class _Handler(BaseHTTPRequestHandler):
         rec.status = code
         self._send_json(code, obj)
 
-    def _delete(self, res: Resource, ns: str, namespace: str | None, name: str | None, sub: str,
-                query: dict[str, str], raw: bytes, ctype: str, rec: RequestRecord) -> None:
+    def _delete(
+        self,
+        res: Resource,
+        ns: str,
+        namespace: str | None,
+        name: str | None,
+        sub: str,
+        query: dict[str, str],
+        raw: bytes,
+        ctype: str,
+        rec: RequestRecord,
+    ) -> None:
         store = self.api.store
         options = _decode(raw, "application/json") if raw.strip() else {}
         propagation = query.get("propagationPolicy") or options.get("propagationPolicy") or "Background"
@@ -300,12 +376,22 @@ class _Handler(BaseHTTPRequestHandler):
             labels = label_matcher(query.get("labelSelector"))
             fields = field_matcher(res, query.get("fieldSelector"))
             items, _ = store.list(res, namespace, labels, fields)
-            gone = [store.delete(res, i["metadata"].get("namespace", ""), i["metadata"]["name"], propagation,
-                                 dry_run) for i in items]
+            gone = [
+                store.delete(
+                    res, i["metadata"].get("namespace", ""), i["metadata"]["name"], propagation, dry_run
+                )
+                for i in items
+            ]
             rec.status = 200
-            return self._send_json(200, {"kind": f"{res.kind}List", "apiVersion": res.api_version,
-                                         "metadata": {"resourceVersion": str(store.current_rv())},
-                                         "items": gone})
+            return self._send_json(
+                200,
+                {
+                    "kind": f"{res.kind}List",
+                    "apiVersion": res.api_version,
+                    "metadata": {"resourceVersion": str(store.current_rv())},
+                    "items": gone,
+                },
+            )
         if sub:
             raise method_not_allowed("DELETE")
         gone = store.delete(res, ns, name, propagation, dry_run)
@@ -316,13 +402,16 @@ class _Handler(BaseHTTPRequestHandler):
         if res.group:
             details["group"] = res.group
         details.update({"kind": res.plural, "uid": gone["metadata"]["uid"]})
-        self._send_json(200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                              "details": details})
+        self._send_json(
+            200,
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details},
+        )
 
     # --- streams -------------------------------------------------------------------------------------------
 
-    def _watch(self, res: Resource, namespace: str | None, query: dict[str, str], labels: Any,
-               fields: Any) -> None:
+    def _watch(
+        self, res: Resource, namespace: str | None, query: dict[str, str], labels: Any, fields: Any
+    ) -> None:
         timeout = float(query.get("timeoutSeconds") or 1800)
         events = self.api.store.watch(res, namespace, query.get("resourceVersion"), labels, fields, timeout)
         self._start_chunks("application/json")
@@ -343,9 +432,11 @@ class _Handler(BaseHTTPRequestHandler):
         container = query.get("container")
         if not container:
             if len(containers) != 1:
-                raise bad_request(f"a container name must be specified for pod {name}, choose one of: "
-                                  f"[{' '.join(containers)}]" + (f" or one of the init containers: "
-                                                                   f"[{' '.join(init)}]" if init else ""))
+                raise bad_request(
+                    f"a container name must be specified for pod {name}, choose one of: "
+                    f"[{' '.join(containers)}]"
+                    + (f" or one of the init containers: [{' '.join(init)}]" if init else "")
+                )
             container = containers[0]
         if container not in containers + init:
             raise bad_request(f"container {container} is not valid for pod {name}")

@@ -64,7 +64,11 @@ def stale_write(res: Resource, name: str) -> ApiError:
 def apply_conflict(res: Resource, name: str, conflicts: list[tuple[str, str]]) -> ApiError:
     """conflicts: (manager, field path like `.spec.replicas`)."""
     causes = [
-        {"reason": "FieldManagerConflict", "message": f'conflict with "{m}" using {res.api_version}', "field": f}
+        {
+            "reason": "FieldManagerConflict",
+            "message": f'conflict with "{m}" using {res.api_version}',
+            "field": f,
+        }
         for m, f in conflicts
     ]
     n = len(conflicts)
@@ -109,11 +113,19 @@ def namespace_missing(ns: str) -> ApiError:
 
 
 def unsupported_media(content_type: str) -> ApiError:
-    return ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted '
-                    f'media types include: application/json-patch+json, application/merge-patch+json, '
-                    f'application/apply-patch+yaml (got "{content_type}")')
+    return ApiError(
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted "
+        f"media types include: application/json-patch+json, application/merge-patch+json, "
+        f'application/apply-patch+yaml (got "{content_type}")',
+    )
 
 
 def method_not_allowed(method: str) -> ApiError:
-    return ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource "
-                    f"({method})", {})
+    return ApiError(
+        405,
+        "MethodNotAllowed",
+        f"the server does not allow this method on the requested resource ({method})",
+        {},
+    )

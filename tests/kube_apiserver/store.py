@@ -27,11 +27,28 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import admission
-from .fields import Path, field_paths, from_fields_v1, get_path, same_value, set_path, del_path, dotted
-from .fields import to_fields_v1
+from .fields import (
+    Path,
+    del_path,
+    dotted,
+    field_paths,
+    from_fields_v1,
+    get_path,
+    same_value,
+    set_path,
+    to_fields_v1,
+)
 from .resources import BY_KIND, Resource, resource_for
 from .selectors import Matcher
-from .status import ApiError, already_exists, apply_conflict, expired, namespace_missing, not_found, stale_write
+from .status import (
+    ApiError,
+    already_exists,
+    apply_conflict,
+    expired,
+    namespace_missing,
+    not_found,
+    stale_write,
+)
 
 Obj = dict[str, Any]
 OwnerKey = tuple[str, str, str]  # (manager, operation "Apply"|"Update", subresource "" | "status")
@@ -102,7 +119,12 @@ class Store:
             return items, self.rv
 
     def list_page(
-        self, res: Resource, namespace: str | None, labels: Matcher, fields: Matcher, limit: int | None,
+        self,
+        res: Resource,
+        namespace: str | None,
+        labels: Matcher,
+        fields: Matcher,
+        limit: int | None,
         token: str | None,
     ) -> tuple[list[Obj], int, str | None, int | None]:
         """LIST with limit/continue. A continue token older than the history is 410 Expired, as on a real
@@ -158,7 +180,13 @@ class Store:
             return self._write(res, None, obj, {(manager, "Update", ""): owned}, dry_run)
 
     def replace(
-        self, res: Resource, namespace: str, name: str, body: Obj, manager: str, subresource: str = "",
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        body: Obj,
+        manager: str,
+        subresource: str = "",
         dry_run: bool = False,
     ) -> Obj:
         with self.cond:
@@ -170,7 +198,13 @@ class Store:
             return self._update(res, old, new, manager, subresource, dry_run)
 
     def merge_patch(
-        self, res: Resource, namespace: str, name: str, patch: Obj, manager: str, subresource: str = "",
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        patch: Obj,
+        manager: str,
+        subresource: str = "",
         dry_run: bool = False,
     ) -> Obj:
         from .fields import merge_patch
@@ -184,8 +218,15 @@ class Store:
             return self._update(res, old, new, manager, subresource, dry_run)
 
     def apply(
-        self, res: Resource, namespace: str, name: str, body: Obj, manager: str, force: bool,
-        subresource: str = "", dry_run: bool = False,
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        body: Obj,
+        manager: str,
+        force: bool,
+        subresource: str = "",
+        dry_run: bool = False,
     ) -> Obj:
         """Server-side apply: create if missing, else merge the applied fields under `manager`'s ownership."""
         with self.cond:
@@ -212,7 +253,7 @@ class Store:
             for path in applied:
                 set_path(candidate, path, get_path(body, path))
             for key in ("ownerReferences", "finalizers"):
-                if key in body["metadata"]:
+                if key in body["metadata"] and subresource != "status":  # /status writes touch status only
                     candidate["metadata"][key] = copy.deepcopy(body["metadata"][key])
             for path in previous - applied:  # no longer applied and nobody else holds it: remove
                 if not any(path in paths for k, paths in owners.items() if k != mine):
@@ -232,8 +273,9 @@ class Store:
             owners[mine] = applied
             return self._write(res, old, candidate, owners, dry_run, changed_by=mine)
 
-    def _create_applied(self, res: Resource, namespace: str, obj: Obj, owners: dict[OwnerKey, set[Path]],
-                        dry_run: bool) -> Obj:
+    def _create_applied(
+        self, res: Resource, namespace: str, obj: Obj, owners: dict[OwnerKey, set[Path]], dry_run: bool
+    ) -> Obj:
         if res.namespaced and self.objects.get("v1/namespaces", {}).get(("", namespace)) is None:
             raise namespace_missing(namespace)
         return self._write(res, None, obj, owners, dry_run)
@@ -265,7 +307,13 @@ class Store:
                     if not any(r.get("uid") == uid for r in refs):
                         continue
                     if propagation == "Orphan":
-                        self.mutate(other, ns, other_name, lambda o, u=uid: _drop_owner(o, u), "kube-controller-manager")
+                        self.mutate(
+                            other,
+                            ns,
+                            other_name,
+                            lambda o, u=uid: _drop_owner(o, u),
+                            "kube-controller-manager",
+                        )
                     elif (ns, other_name) in self.objects.get(other_key, {}):
                         self.delete(other, ns, other_name, propagation)
             return gone
@@ -273,8 +321,13 @@ class Store:
     # --- writes: for the scripted controllers -------------------------------------------------------
 
     def mutate(
-        self, res: Resource, namespace: str, name: str, change: Callable[[Obj], None],
-        manager: str = "kube-controller-manager", subresource: str = "",
+        self,
+        res: Resource,
+        namespace: str,
+        name: str,
+        change: Callable[[Obj], None],
+        manager: str = "kube-controller-manager",
+        subresource: str = "",
     ) -> Obj | None:
         """Read-modify-write under the lock (so controllers never lose a race with the API)."""
         with self.cond:
@@ -300,8 +353,13 @@ class Store:
     # --- watch -----------------------------------------------------------------------------------------
 
     def watch(
-        self, res: Resource, namespace: str | None, resource_version: str | None, labels: Matcher,
-        fields: Matcher, timeout: float,
+        self,
+        res: Resource,
+        namespace: str | None,
+        resource_version: str | None,
+        labels: Matcher,
+        fields: Matcher,
+        timeout: float,
     ) -> Iterator[dict[str, Any]]:
         """Yield watch events ({"type", "object"}) until `timeout` seconds pass or the store closes.
 
@@ -327,8 +385,13 @@ class Store:
                     expired_event = self._expired_event(cursor)
                     batch = None
                 else:
-                    batch = [e for e in self.history if e.rv > cursor and e.key == res.key
-                             and (namespace is None or e.namespace == namespace)]
+                    batch = [
+                        e
+                        for e in self.history
+                        if e.rv > cursor
+                        and e.key == res.key
+                        and (namespace is None or e.namespace == namespace)
+                    ]
                     if self.history:
                         cursor = max(cursor, self.history[-1].rv)
                     remaining = deadline - time.monotonic()
@@ -379,14 +442,17 @@ class Store:
         if wanted and wanted != old["metadata"]["resourceVersion"]:
             raise stale_write(res, old["metadata"]["name"])
 
-    def _update(self, res: Resource, old: Obj, new: Obj, manager: str, subresource: str, dry_run: bool) -> Obj:
+    def _update(
+        self, res: Resource, old: Obj, new: Obj, manager: str, subresource: str, dry_run: bool
+    ) -> Obj:
         """PUT / merge-patch / controller write: Update operations never conflict, they take ownership
         of the fields they changed away from whoever held them."""
         new = _scoped(res, old, new, subresource)
         admission.default(res, new, creating=False)
         owners = _owners(old)
         changed = {
-            p for p in field_paths(old) | field_paths(new)
+            p
+            for p in field_paths(old) | field_paths(new)
             if _in_scope(res, p, subresource) and not same_value(old, new, p)
         }
         mine: OwnerKey = (manager, "Update", subresource)
@@ -397,7 +463,12 @@ class Store:
         return self._write(res, old, new, owners, dry_run, changed_by=mine if changed else None)
 
     def _write(
-        self, res: Resource, old: Obj | None, new: Obj, owners: dict[OwnerKey, set[Path]], dry_run: bool,
+        self,
+        res: Resource,
+        old: Obj | None,
+        new: Obj,
+        owners: dict[OwnerKey, set[Path]],
+        dry_run: bool,
         changed_by: OwnerKey | None = None,
     ) -> Obj:
         creating = old is None
@@ -468,8 +539,16 @@ class Store:
             bucket.pop(key, None)
         else:
             bucket[key] = copy.deepcopy(obj)
-        self.history.append(WatchEvent(self.rv, res.key, ns, event_type, copy.deepcopy(obj),
-                                       copy.deepcopy(old) if old is not None else None))
+        self.history.append(
+            WatchEvent(
+                self.rv,
+                res.key,
+                ns,
+                event_type,
+                copy.deepcopy(obj),
+                copy.deepcopy(old) if old is not None else None,
+            )
+        )
         while len(self.history) > self.history_size:
             self.compacted_rv = self.history.popleft().rv
         self.cond.notify_all()
@@ -487,11 +566,16 @@ def _check_type(res: Resource, obj: Obj, required: bool = False) -> None:
     if required and (not api_version or not kind):
         raise ApiError(400, "BadRequest", "apiVersion and kind must be set in an apply patch")
     if api_version and api_version != res.api_version:
-        raise ApiError(400, "BadRequest", f"the API version in the data ({api_version}) does not match the "
-                       f"expected API version ({res.api_version})")
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"the API version in the data ({api_version}) does not match the "
+            f"expected API version ({res.api_version})",
+        )
     if kind and kind != res.kind:
-        raise ApiError(400, "BadRequest", f"the kind in the data ({kind}) does not match the expected kind "
-                       f"({res.kind})")
+        raise ApiError(
+            400, "BadRequest", f"the kind in the data ({kind}) does not match the expected kind ({res.kind})"
+        )
     obj.setdefault("metadata", {})
 
 
@@ -558,4 +642,3 @@ def _translate(event: WatchEvent, labels: Matcher, fields: Matcher) -> str | Non
     if was_matching:
         return "DELETED"
     return None
-
