@@ -28,6 +28,20 @@ class BuildSettings(Strict):
     args: dict[str, str] = Field(default_factory=dict)
 
 
+class ReleaseRefs(Strict):
+    """The git refs conveyor pushes after every succeeded release, through the outbox."""
+
+    remote: str = Field("origin", min_length=1, description="The app's git remote to push to.")
+    env_tag: bool = Field(True, description="Move tag ENV to the release's commit.")
+    timestamp_tag: bool = Field(True, description="Add tag ENV--YYYY-MM-DD--HH-MM-SS (UTC finish time).")
+    env_branch: bool = Field(True, description="Move branch ENV to the release's commit.")
+    prefix: str = Field("", pattern=r"^[A-Za-z0-9._/-]*$", description="Prefix for every ref name, e.g. deploy/.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.env_tag or self.timestamp_tag or self.env_branch
+
+
 class Task(Strict):
     name: Annotated[str, Field(pattern=NAME)]
     command: list[str] = Field(min_length=1)
@@ -83,6 +97,10 @@ class AppConfig(Strict):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     build: BuildSettings = Field(default_factory=BuildSettings)
     tasks: list[Task] = Field(default_factory=list)
+    release_refs: ReleaseRefs = Field(default_factory=ReleaseRefs)
+    migrations: list[str] = Field(
+        default_factory=list, description="Paths whose changes `conveyor diff` flags as migrations."
+    )
     environments: list[Environment] = Field(min_length=1)
 
     @field_validator("image")

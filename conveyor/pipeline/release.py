@@ -152,13 +152,33 @@ def _run_steps(
         return recorder.finish("succeeded", "")
     for line in outcome.logs:
         recorder.event("logs", "info", line)
-    recorder.finish("failed", outcome.reason)
+    serving = "the previous version is still serving"
+    if not outcome.previous_still_serving:
+        serving = _roll_back_automatically(ws, release, recorder, target)
+    recorder.finish("failed", f"{outcome.reason}; {serving}")
     tail = "\n".join(f"    {line}" for line in outcome.logs[-20:])
-    serving = "the previous version is still serving" if outcome.previous_still_serving else ""
     raise OperationFailed(
-        f"{plan.env.name}#{release.number} failed: {outcome.reason}"
-        + (f"; {serving}" if serving else "") + (f"\n  last log lines:\n{tail}" if tail else "")
+        f"{plan.env.name}#{release.number} failed: {outcome.reason}; {serving}"
+        + (f"\n  last log lines:\n{tail}" if tail else "")
     )
+
+
+def _roll_back_automatically(ws: Workspace, release: Release, recorder: _Recorder, target: Any) -> str:
+    """The target may have changed what serves: re-apply the previous release's stored spec, verified the
+    same way, and record how that went. Returns what now serves, for the failure message."""
+    if release.previous_number is None:
+        return "there was no previous release to roll back to"
+    previous = ws.ledger.get_release(release.app, release.env, release.previous_number)
+    if previous is None:
+        return "the previous release is missing from the ledger"
+    label = f"{release.env}#{previous.number}"
+    recorder.event("auto-rollback", "started", f"re-applying {label}'s stored spec ({previous.image})")
+    outcome = target.deploy(previous.spec, label, recorder.report)
+    if outcome.succeeded:
+        recorder.event("auto-rollback", "ok", f"{label} re-applied and verified")
+        return f"automatically rolled back to {label}, which serves again"
+    recorder.event("auto-rollback", "failed", f"re-applying {label} failed: {outcome.reason}")
+    return f"the automatic rollback to {label} ALSO failed: {outcome.reason}"
 
 
 def _check_lease(lease: LeaseKeeper) -> None:
