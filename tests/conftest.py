@@ -154,6 +154,11 @@ def app(tmp_path: Path, sample_origin: Path, registry: Registry) -> Iterator[obj
     subprocess.run(["git", "-C", str(repo), "fetch", "-q", "--tags"], check=True)
     subprocess.run(["git", "-C", str(repo), "config", "user.name", "Sample Dev"], check=True)
     subprocess.run(["git", "-C", str(repo), "config", "user.email", "dev@example.com"], check=True)
+    # Each test's own real remote, so the refs conveyor pushes never leak between tests.
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
+    subprocess.run(["git", "-C", str(repo), "remote", "set-url", "origin", str(remote)], check=True)
+    subprocess.run(["git", "-C", str(repo), "push", "-q", "origin", "main", "--tags"], check=True)
     ports = {"staging": free_port(), "production": free_port(), "admin": free_port()}
     _render_config(repo, {
         "REGISTRY": registry.host, "STAGING_PORT": str(ports["staging"]),

@@ -71,7 +71,7 @@ class App:
         return self.ok("history", *([env] if env else []), "--json").json()
 
     def status(self) -> dict[str, dict[str, Any]]:
-        return {row["env"]: row for row in self.ok("status", "--json").json()}
+        return {row["env"]: row for row in self.ok("status", "--json").json()["environments"]}
 
     def git(self, *args: str) -> str:
         return subprocess.run(

@@ -144,17 +144,20 @@ def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: b
 @cli.command(epilog=EPILOG)
 @click.argument("source", required=False, metavar="[FROM")
 @click.argument("target", required=False, metavar="TO]")
+@click.option("--only", "only", default=None, metavar="REF",
+              help="Promote exactly what FROM successfully ran for REF (the commit, a release-branch merge of "
+                   "it, or a squash with the same tree); refuse anything else.")
 @operation_options
 @click.pass_obj
-def promote(obj: Context, source: str | None, target: str | None, reason: str, force: bool, wait: bool,
-            dry_run: bool, as_json: bool) -> None:
+def promote(obj: Context, source: str | None, target: str | None, only: str | None, reason: str, force: bool,
+            wait: bool, dry_run: bool, as_json: bool) -> None:
     """Ship exactly the artifact FROM runs to TO (default: the first two stages). The source release is
     pinned once, at the start, and used to the end."""
 
     def go() -> None:
         from conveyor.pipeline.operations import promote as promote_op
 
-        release = promote_op(obj.workspace(), source, target, reason=reason, force=force, wait=wait,
+        release = promote_op(obj.workspace(), source, target, only=only, reason=reason, force=force, wait=wait,
                              dry_run=dry_run)
         _release_result(release, as_json)
 
@@ -193,13 +196,15 @@ def status(obj: Context, as_json: bool) -> None:
 
     def go() -> None:
         from conveyor.cli.render import render_status
+        from conveyor.pipeline.views import outbox_view
         from conveyor.pipeline.views import status as status_view
 
-        rows = status_view(obj.workspace())
+        ws = obj.workspace()
+        data = {"environments": status_view(ws), "outbox": outbox_view(ws)}
         if as_json:
-            emit_json(rows)
+            emit_json(data)
         else:
-            click.echo(render_status(rows))
+            click.echo(render_status(data))
 
     run(go)
 
@@ -221,6 +226,68 @@ def history(obj: Context, env: str | None, limit: int, as_json: bool) -> None:
             emit_json(rows)
         else:
             click.echo(render_history(rows))
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("source", required=False, metavar="[FROM")
+@click.argument("target", required=False, metavar="TO]")
+@json_option
+@click.pass_obj
+def diff(obj: Context, source: str | None, target: str | None, as_json: bool) -> None:
+    """The commits TO lacks that FROM runs (default: the first two stages), from the two live releases in
+    the ledger; flags commits that touch the configured migration paths."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_diff
+        from conveyor.pipeline.diff import diff as diff_view
+
+        data = diff_view(obj.workspace(), source, target)
+        if as_json:
+            emit_json(data)
+        else:
+            click.echo(render_diff(data))
+
+    run(go)
+
+
+@cli.group(epilog=EPILOG, invoke_without_command=True)
+@json_option
+@click.pass_context
+def outbox(ctx: click.Context, as_json: bool) -> None:
+    """What is still owed to the outside world (git tags and branches), and why it is not delivered yet."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Context = ctx.obj
+
+    def go() -> None:
+        from conveyor.cli.render import render_outbox
+        from conveyor.pipeline.views import outbox_view
+
+        items = outbox_view(obj.workspace())
+        emit_json(items) if as_json else click.echo(render_outbox(items))
+
+    run(go)
+
+
+@outbox.command("flush", epilog=EPILOG)
+@json_option
+@click.pass_obj
+def outbox_flush(obj: Context, as_json: bool) -> None:
+    """Deliver every undelivered item now, in order, whatever its backoff says. Exit 1 if any remain."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_outbox
+        from conveyor.pipeline.outbox import deliver
+        from conveyor.pipeline.views import outbox_view
+
+        ws = obj.workspace()
+        deliver(ws, force=True)
+        items = outbox_view(ws)
+        emit_json(items) if as_json else click.echo(render_outbox(items))
+        if items:
+            sys.exit(EXIT_FAILED)
 
     run(go)
 

@@ -16,9 +16,9 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_status(rows: list[dict[str, Any]]) -> str:
+def render_status(data: dict[str, Any]) -> str:
     out = []
-    for row in rows:
+    for row in data["environments"]:
         live = row["live"]
         if live:
             head = (f"{row['env']}: #{live['number']} {live['kind']} {live['sha'][:12]} {live['digest'][:19]}… "
@@ -38,7 +38,35 @@ def render_status(rows: list[dict[str, Any]]) -> str:
             out.append(f"  blocked ({block['scope']}) by {block['actor']}{until}: {block['reason']}")
         if row["drift"]:
             out.append(f"  DRIFT: the target serves {row['serving'] or 'nothing'}, not the ledger's live release")
+    if data["outbox"]:
+        out.append(render_outbox(data["outbox"]))
     return "\n".join(out)
+
+
+def render_outbox(items: list[dict[str, Any]]) -> str:
+    if not items:
+        return "outbox: everything delivered"
+    lines = [f"outbox: {len(items)} undelivered"]
+    for item in items:
+        why = f": {item['last_error']}" if item["last_error"] else " (not attempted yet)"
+        lines.append(f"  #{item['id']} {item['what']} — {item['attempts']} attempt(s){why}")
+    return "\n".join(lines)
+
+
+def render_diff(data: dict[str, Any]) -> str:
+    if data["from_sha"] is None:
+        return f"{data['from']} has no live release"
+    commits = data["commits"]
+    head = f"{len(commits)} commit(s) in {data['from']} ({data['from_sha'][:12]}) that {data['to']} " + (
+        f"({data['to_sha'][:12]}) lacks" if data["to_sha"] else "(nothing deployed) lacks"
+    )
+    lines = [head]
+    for c in commits:
+        flag = "  [migration]" if c["migration"] else ""
+        lines.append(f"{c['sha'][:12]}  {c['date'][:10]}  {c['author']}: {c['subject']}{flag}")
+    if data["compare_url"]:
+        lines.append(data["compare_url"])
+    return "\n".join(lines)
 
 
 def render_history(rows: list[dict[str, Any]]) -> str:

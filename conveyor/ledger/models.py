@@ -83,3 +83,20 @@ class Block:
     actor: str
     created_at: datetime
     until: datetime | None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A side effect owed to the outside world (e.g. git refs to push), delivered eventually, in order."""
+
+    id: int
+    app: str
+    env: str
+    release_id: int | None
+    kind: str  # git-refs
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str
+    delivered_at: datetime | None

@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
 # imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
-HEAD_REVISION = "0001"
+HEAD_REVISION = "0002"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -171,5 +171,25 @@ blocks = Table(
     Column("until", UTCDateTime, nullable=True),
     Column("lifted_at", UTCDateTime, nullable=True),
     Column("lifted_by", String, nullable=True),
+    sqlite_autoincrement=True,
+)
+
+# Side effects that must happen eventually (git tags and branch moves, later announcements), written in the
+# same transaction that records a release as succeeded. Delivered in id order per app; never deleted.
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String, nullable=False),
+    Column("env", String, nullable=False),
+    Column("release_id", Integer, ForeignKey("releases.id"), nullable=True),
+    Column("kind", String, nullable=False),
+    Column("payload", Text, nullable=False),  # canonical JSON text
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("last_error", Text, nullable=False),
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Index(None, "app", "delivered_at"),
     sqlite_autoincrement=True,
 )

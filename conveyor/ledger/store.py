@@ -48,6 +48,7 @@ from conveyor.ledger.models import (
     Event,
     Lease,
     LeaseAttempt,
+    OutboxItem,
     Release,
 )
 from conveyor.ledger.schema import (
@@ -55,6 +56,7 @@ from conveyor.ledger.schema import (
     blocks,
     events,
     leases,
+    outbox,
     release_counters,
     releases,
     waiters,
@@ -249,6 +251,22 @@ def _block(row: Row[Any]) -> Block:
     )
 
 
+def _outbox_item(row: Row[Any]) -> OutboxItem:
+    return OutboxItem(
+        id=row.id,
+        app=row.app,
+        env=row.env,
+        release_id=row.release_id,
+        kind=row.kind,
+        payload=json.loads(row.payload),
+        created_at=row.created_at,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
+        delivered_at=row.delivered_at,
+    )
+
+
 def _canonical(value: Any) -> str:
     """One JSON spelling per value (sorted keys, no spaces), so hashes and stored specs are reproducible."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -371,8 +389,13 @@ class Ledger:
         error: str | None = None,
         started: bool = False,
         finished: bool = False,
+        outbox_items: list[tuple[str, dict[str, Any]]] | None = None,
+        finished_at: datetime | None = None,
     ) -> Release:
-        """Move a release along; started/finished stamp started_at/finished_at with the current time."""
+        """Move a release along; started/finished stamp started_at/finished_at with the current time.
+
+        outbox_items (kind, payload) are queued in the same transaction: a release recorded as succeeded
+        always has its side effects owed, even if the process dies right after."""
         values: dict[str, Any] = {}
         if status is not None:
             if status not in RELEASE_STATUSES:
@@ -385,13 +408,21 @@ class Ledger:
         if started:
             values["started_at"] = _now()
         if finished:
-            values["finished_at"] = _now()
+            values["finished_at"] = finished_at or _now()
         with self._write() as conn:
             if values:
                 stmt = update(releases).where(releases.c.id == release_id).values(**values)
                 row = conn.execute(stmt.returning(*releases.c)).one_or_none()
             else:
                 row = conn.execute(select(releases).where(releases.c.id == release_id)).one_or_none()
+            if row is not None and outbox_items:
+                now = _now()
+                conn.execute(insert(outbox), [
+                    {"app": row.app, "env": row.env, "release_id": row.id, "kind": kind,
+                     "payload": _canonical(payload), "created_at": now, "attempts": 0, "next_attempt_at": now,
+                     "last_error": "", "delivered_at": None}
+                    for kind, payload in outbox_items
+                ])
         if row is None:
             raise BadInput(f"no release with id {release_id} in the ledger")
         return _release(row)
@@ -692,3 +723,35 @@ class Ledger:
         )
         with self._read() as conn:
             return [_block(row) for row in conn.execute(query)]
+
+    # ------------------------------------------------------------------------------------------ outbox
+
+    def undelivered(self, app: str | None = None) -> list[OutboxItem]:
+        """Items still owed, oldest first (the delivery order)."""
+        query = select(outbox).where(outbox.c.delivered_at.is_(None))
+        if app is not None:
+            query = query.where(outbox.c.app == app)
+        with self._read() as conn:
+            return [_outbox_item(row) for row in conn.execute(query.order_by(outbox.c.id))]
+
+    def outbox_items(self, *, app: str, env: str, since: datetime) -> list[OutboxItem]:
+        """Items for app+env created at or after `since`, delivered or not (to keep ref names distinct)."""
+        query = select(outbox).where(outbox.c.app == app, outbox.c.env == env, outbox.c.created_at >= since)
+        with self._read() as conn:
+            return [_outbox_item(row) for row in conn.execute(query.order_by(outbox.c.id))]
+
+    def mark_delivered(self, item_id: int) -> None:
+        stmt = update(outbox).where(outbox.c.id == item_id).values(
+            delivered_at=_now(), attempts=outbox.c.attempts + 1, last_error=""
+        )
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def mark_attempt_failed(self, item_id: int, *, error: str, retry_at: datetime) -> OutboxItem:
+        stmt = (
+            update(outbox).where(outbox.c.id == item_id)
+            .values(attempts=outbox.c.attempts + 1, last_error=error, next_attempt_at=retry_at)
+            .returning(*outbox.c)
+        )
+        with self._write() as conn:
+            return _outbox_item(conn.execute(stmt).one())

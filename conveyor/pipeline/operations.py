@@ -42,8 +42,8 @@ def default_stages(ws: Workspace) -> tuple[str, str]:
 
 
 def promote(
-    ws: Workspace, source_env: str | None, target_env: str | None, *, reason: str = "", force: bool = False,
-    wait: bool = False, dry_run: bool = False,
+    ws: Workspace, source_env: str | None, target_env: str | None, *, only: str | None = None, reason: str = "",
+    force: bool = False, wait: bool = False, dry_run: bool = False,
 ) -> Release | None:
     if (source_env is None) != (target_env is None):
         raise BadInput("promote takes both FROM and TO, or neither (then the first two stages)")
@@ -57,15 +57,24 @@ def promote(
         _require_reason(reason, "--force")
     check_promotion_policy(env, kind="promote", source_env=source_cfg.name, forced=force)
     # Pin the source release once, here; every later step uses only this record, never "what runs now".
-    pinned = ws.ledger.live_release(ws.config.app, source_cfg.name)
-    if pinned is None:
-        raise Refused(f"{source_cfg.name} has no succeeded release to promote")
+    notes = []
+    if only is not None:
+        from conveyor.pipeline.only import resolve_only
+
+        match = resolve_only(ws, source_cfg.name, only)
+        pinned = match.release
+        notes.append(f"--only: {match.how}")
+    else:
+        live = ws.ledger.live_release(ws.config.app, source_cfg.name)
+        if live is None:
+            raise Refused(f"{source_cfg.name} has no succeeded release to promote")
+        pinned = live
     artifact = Artifact(pinned.image.split("@")[0], pinned.sha, pinned.digest)
     spec = ws.target(env.target.type).render(ws.config, env, artifact)
     plan = ReleasePlan(
         env=env, kind="promote", artifact=artifact, spec=spec,
         reason=reason or f"promote {source_cfg.name}#{pinned.number}", forced=force, source=pinned,
-        notes=[f"pinned source: {source_cfg.name}#{pinned.number} {pinned.sha[:12]} {pinned.digest}"],
+        notes=[*notes, f"pinned source: {source_cfg.name}#{pinned.number} {pinned.sha[:12]} {pinned.digest}"],
     )
     return execute(ws, plan, wait=wait, dry_run=dry_run)
 

@@ -93,6 +93,19 @@ def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> R
     target = ws.target(plan.spec["target"])
     target.preflight(plan.spec)
     operation = f"{plan.kind} {plan.env.name} {plan.artifact.sha[:12]}"
+    try:
+        return _execute_under_lease(ws, plan, operation, target, ignored_blocks, wait=wait)
+    finally:
+        from conveyor.pipeline.outbox import deliver
+
+        deliver(ws)  # this release's refs, and anything an earlier run still owes
+
+
+def _execute_under_lease(
+    ws: Workspace, plan: ReleasePlan, operation: str, target: Any, ignored_blocks: list[Block], *, wait: bool
+) -> Release:
+    app = ws.config.app
+    ledger = ws.ledger
     with _sigterm_raises(), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
         live = ledger.live_release(app, plan.env.name)  # re-read: a queued run may have waited behind one
         release = ledger.create_release(
@@ -127,7 +140,7 @@ def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> R
 
 def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Block]) -> None:
     for note in plan.notes:
-        recorder.event("plan", "info", note)
+        recorder.report("plan", note)
     if plan.forced:
         recorder.event("safeties", "info", f"forced: ran ignoring safeties ({plan.reason})")
     for block in ignored:
@@ -149,7 +162,7 @@ def _run_steps(
     recorder.step("deploy", status="running", started=True)
     outcome = target.deploy(plan.spec, f"{plan.env.name}#{release.number}", recorder.report)
     if outcome.succeeded:
-        return recorder.finish("succeeded", "")
+        return recorder.succeed(ws)
     for line in outcome.logs:
         recorder.event("logs", "info", line)
     serving = "the previous version is still serving"
@@ -206,9 +219,25 @@ class _Recorder:
     def step(self, step: str, *, status: str | None = None, started: bool = False) -> None:
         self.release = self.ws.ledger.update_release(self.release.id, step=step, status=status, started=started)
 
-    def finish(self, status: str, error: str) -> Release:
+    def succeed(self, ws: Workspace) -> Release:
+        """Record success and owe its git refs in one transaction (the outbox delivers them after)."""
+        from datetime import UTC, datetime
+
+        from conveyor.pipeline.outbox import GIT_REFS, git_refs_payload
+
+        finished_at = datetime.now(UTC)
+        items = []
+        if ws.config.release_refs.enabled:
+            items.append((GIT_REFS, git_refs_payload(ws, ws.config, self.release, finished_at)))
+        return self.finish("succeeded", "", outbox_items=items, finished_at=finished_at)
+
+    def finish(
+        self, status: str, error: str, *, outbox_items: list[tuple[str, dict[str, Any]]] | None = None,
+        finished_at: Any = None,
+    ) -> Release:
         self.release = self.ws.ledger.update_release(
-            self.release.id, status=status, error=error, finished=True
+            self.release.id, status=status, error=error, finished=True, outbox_items=outbox_items,
+            finished_at=finished_at,
         )
         label = f"{self.release.env}#{self.release.number}"
         self.event("finished", "ok" if status == "succeeded" else "failed",

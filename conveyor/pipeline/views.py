@@ -91,7 +91,7 @@ def status(ws: Workspace, *, check_live: bool = True) -> list[dict[str, Any]]:
 
 def _serving(ws: Workspace, kind: str, app: str, env: str, live: Release | None) -> tuple[str | None, bool | None]:
     try:
-        state = ws.target(kind).live(app, env)
+        state = ws.target(kind).live(app, env, live.spec if live else None)
     except Exception as exc:  # status must still show the ledger when the target is unreachable
         return f"unknown ({exc})", None
     if state is None:
@@ -103,3 +103,21 @@ def history(ws: Workspace, env: str | None, limit: int) -> list[dict[str, Any]]:
     if env is not None:
         ws.config.environment(env)
     return [release_view(r) for r in ws.ledger.list_releases(ws.config.app, env, limit)]
+
+
+def outbox_view(ws: Workspace) -> list[dict[str, Any]]:
+    from conveyor.pipeline.outbox import describe
+
+    return [
+        {
+            "id": item.id,
+            "env": item.env,
+            "kind": item.kind,
+            "what": describe(item),
+            "attempts": item.attempts,
+            "last_error": item.last_error,
+            "next_attempt_at": _iso(item.next_attempt_at),
+            "created_at": _iso(item.created_at),
+        }
+        for item in ws.ledger.undelivered(ws.config.app)
+    ]

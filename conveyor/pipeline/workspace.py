@@ -77,7 +77,7 @@ class Workspace:
         if kind not in self._targets:
             from conveyor.targets import target_for
 
-            self._targets[kind] = target_for(kind, conveyor_home())
+            self._targets[kind] = target_for(kind, conveyor_home(), self.repo.path)
         return self._targets[kind]
 
     def close(self) -> None:

@@ -54,4 +54,9 @@ class Target(Protocol):
 
     def deploy(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome: ...
 
-    def live(self, app: str, env: str) -> LiveState | None: ...
+    def live(self, app: str, env: str, spec: dict[str, Any] | None = None) -> LiveState | None:
+        """What really serves app/env now. spec is the ledger's live release's spec, when there is one
+        (a target that needs connection settings, such as Kubernetes, reads them from it)."""
+
+    def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter) -> int:
+        """`conveyor run`: a one-off workload with the spec's image and settings; returns its exit code."""

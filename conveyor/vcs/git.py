@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
-from conveyor.errors import BadInput, InfrastructureMissing
+from conveyor.errors import BadInput, InfrastructureMissing, OperationFailed
 
 
 class Repo:
@@ -60,3 +62,82 @@ class Repo:
     def config_value(self, key: str) -> str:
         result = self._git("config", "--get", key, check=False)
         return result.stdout.strip()
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    author: str
+    date: str  # ISO 8601, the author date
+    subject: str
+
+
+_FIELD = "\x1f"
+
+
+def _log_format() -> str:
+    return _FIELD.join(["%H", "%an", "%aI", "%s"])
+
+
+class History:
+    """Read-only questions about commits, answered by one git process each."""
+
+    def __init__(self, repo: Repo) -> None:
+        self.repo = repo
+
+    def commits(self, older: str | None, newer: str) -> list[Commit]:
+        """Commits reachable from `newer` but not from `older`, newest first."""
+        spec = f"{older}..{newer}" if older else newer
+        out = self.repo._git("log", f"--format={_log_format()}", spec).stdout
+        commits = []
+        for line in out.splitlines():
+            sha, author, date, subject = line.split(_FIELD, 3)
+            commits.append(Commit(sha, author, date, subject))
+        return commits
+
+    def touching(self, older: str | None, newer: str, paths: list[str]) -> set[str]:
+        """SHAs of the commits in older..newer that change any of `paths`."""
+        if not paths:
+            return set()
+        spec = f"{older}..{newer}" if older else newer
+        out = self.repo._git("log", "--format=%H", spec, "--", *paths).stdout
+        return set(out.split())
+
+    def parents(self, sha: str) -> list[str]:
+        out = self.repo._git("rev-list", "--parents", "-n", "1", sha).stdout.split()
+        return out[1:]
+
+    def trees(self, shas: list[str]) -> dict[str, str]:
+        """The tree id of each commit this repo has (commits it lacks are left out)."""
+        if not shas:
+            return {}
+        result = subprocess.run(
+            ["git", "-C", str(self.repo.path), "cat-file", "--batch-check=%(objectname) %(objecttype)"],
+            input="".join(f"{sha}^{{tree}}\n" for sha in shas), capture_output=True, text=True,
+        )
+        trees = {}
+        for sha, line in zip(shas, result.stdout.splitlines(), strict=False):
+            parts = line.split()
+            if len(parts) == 2 and parts[1] == "tree":
+                trees[sha] = parts[0]
+        return trees
+
+    def remote_url(self, remote: str) -> str:
+        return self.repo.config_value(f"remote.{remote}.url")
+
+
+def push_refs(repo: Repo, remote: str, refspecs: list[str], timeout: float = 60) -> None:
+    """Push refspecs without running any of the user's hooks and without prompting for credentials."""
+    command = ["git", "-c", "core.hooksPath=/dev/null", "-C", str(repo.path), "push", "--no-verify",
+               "--porcelain", remote, *refspecs]
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise OperationFailed(f"git push to {remote} timed out after {timeout:.0f}s") from None
+    if result.returncode != 0:
+        lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
+        # What the remote said (a hook's message) matters most, then git's own verdict.
+        said = [line.removeprefix("remote:").strip() for line in lines if line.startswith("remote:")]
+        verdict = [line for line in lines if line.startswith(("fatal:", "!"))] or lines[-1:]
+        raise OperationFailed(f"git push to {remote} failed: {' | '.join([*said[-3:], *verdict[-1:]])}")

@@ -1,0 +1,338 @@
+"""Promotion exactly as tested, and every release visible in git: --only, tags and branches through the
+outbox, refusing and offline remotes, commits between stages. Real git remotes throughout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import App
+
+
+def remote_refs(app: App) -> dict[str, str]:
+    """ref name -> commit SHA on the app's origin (tags peeled)."""
+    out = app.git("ls-remote", "origin")
+    refs = {}
+    for line in out.splitlines():
+        sha, name = line.split("\t")
+        refs[name.removesuffix("^{}")] = sha
+    return refs
+
+
+def timestamp_tags(refs: dict[str, str], env: str) -> dict[str, str]:
+    return {k: v for k, v in refs.items() if k.startswith(f"refs/tags/{env}--")}
+
+
+def set_origin_hook(app: App, script: str | None) -> None:
+    hook = Path(app.git("remote", "get-url", "origin")) / "hooks" / "pre-receive"
+    if script is None:
+        hook.unlink(missing_ok=True)
+        return
+    hook.write_text(script)
+    hook.chmod(0o755)
+
+
+def test_a_succeeded_release_moves_env_tag_and_branch_and_adds_a_timestamp_tag(app: App) -> None:
+    v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
+    app.ok("deploy", "staging", "v1")
+    refs = remote_refs(app)
+    assert refs["refs/tags/staging"] == v1
+    assert refs["refs/heads/staging"] == v1
+    (stamp, sha), = timestamp_tags(refs, "staging").items()
+    assert sha == v1
+    finished = app.history("staging")[0]["finished_at"]
+    expected = datetime.fromisoformat(finished).astimezone(UTC).strftime("staging--%Y-%m-%d--%H-%M-%S")
+    assert stamp == f"refs/tags/{expected}"
+    app.ok("deploy", "staging", "v2")
+    app.ok("promote")
+    refs = remote_refs(app)
+    assert refs["refs/tags/staging"] == v2 and refs["refs/heads/staging"] == v2
+    assert len(timestamp_tags(refs, "staging")) == 2
+    assert refs["refs/tags/production"] == v2 and refs["refs/heads/production"] == v2
+    assert app.ok("outbox", "--json").json() == []
+
+
+def test_a_failed_release_pushes_nothing(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    before = remote_refs(app)
+    assert app.run("deploy", "staging", "crash").code == 1
+    assert remote_refs(app) == before
+
+
+def test_pushes_never_run_the_users_git_hooks(app: App) -> None:
+    marker = app.repo / "hook-ran"
+    hook = app.repo / ".git" / "hooks" / "pre-push"
+    hook.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    hook.chmod(0o755)
+    app.ok("deploy", "staging", "v1")
+    assert not marker.exists()
+    assert remote_refs(app)["refs/tags/staging"] == app.git("rev-parse", "v1")
+
+
+def test_configured_prefix_remote_and_which_refs(app: App) -> None:
+    config = app.repo / "conveyor.yml"
+    config.write_text(config.read_text() + "release_refs:\n  prefix: deploy/\n  env_branch: false\n")
+    app.ok("deploy", "staging", "v1")
+    refs = remote_refs(app)
+    assert "refs/tags/deploy/staging" in refs
+    assert timestamp_tags({k.replace("deploy/", ""): v for k, v in refs.items()}, "staging")
+    assert "refs/heads/deploy/staging" not in refs and "refs/heads/staging" not in refs
+
+
+def test_a_refusing_remote_leaves_the_release_succeeded_and_flush_recovers_in_order(app: App) -> None:
+    v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
+    set_origin_hook(app, "#!/bin/sh\necho 'pushes are frozen by the platform team' >&2\nexit 1\n")
+    first = app.run("deploy", "staging", "v1")
+    assert first.code == 0  # delivery never changes the release's outcome
+    assert "pushes are frozen by the platform team" in first.err
+    assert app.run("deploy", "staging", "v2").code == 0
+    assert app.history("staging")[0]["status"] == "succeeded"
+    status = app.ok("status", "--json").json()
+    assert len(status["outbox"]) == 2
+    assert "pushes are frozen" in status["outbox"][0]["last_error"]
+    assert "2 undelivered" in app.ok("status").out
+    assert "refs/tags/staging" not in remote_refs(app)
+    assert app.run("outbox", "flush").code == 1  # still refused: reported, exit 1
+    set_origin_hook(app, None)
+    app.ok("outbox", "flush")
+    refs = remote_refs(app)
+    assert refs["refs/tags/staging"] == v2  # delivered in order: the later release wins
+    assert refs["refs/heads/staging"] == v2
+    assert sorted(timestamp_tags(refs, "staging").values()) == sorted([v1, v2])
+    assert app.ok("outbox", "--json").json() == []
+
+
+def test_an_offline_remote_is_retried_by_a_later_run(app: App, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    served = tmp_path / "served"
+    served.mkdir()
+    bare = served / "hello.git"
+    subprocess.run(["git", "clone", "-q", "--bare", app.git("remote", "get-url", "origin"), str(bare)], check=True)
+    app.git("remote", "set-url", "origin", f"git://127.0.0.1:{port}/hello.git")
+    result = app.run("deploy", "staging", "v1")
+    assert result.code == 0
+    assert "not delivered" in result.err
+    assert app.ok("outbox", "--json").json()[0]["attempts"] == 1
+    daemon = subprocess.Popen(
+        ["git", "daemon", "--listen=127.0.0.1", f"--port={port}", f"--base-path={served}", "--export-all",
+         "--enable=receive-pack", "--reuseaddr", str(served)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        time.sleep(5.2)  # the first backoff (5 s) passes; the next conveyor run retries on its own
+        app.ok("deploy", "staging", "v2")
+        refs = subprocess.run(["git", "-C", str(bare), "show-ref"], capture_output=True, text=True).stdout
+        assert f"{app.git('rev-parse', 'v2')} refs/tags/staging" in refs
+        assert f"{app.git('rev-parse', 'v2')} refs/heads/staging" in refs
+        assert app.ok("outbox", "--json").json() == []
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(timeout=10)
+
+
+def test_promote_only_the_staged_commit_even_after_staging_moved_on(app: App) -> None:
+    v1 = app.git("rev-parse", "v1")
+    app.ok("deploy", "staging", "v1")
+    app.ok("deploy", "staging", "v2")
+    result = app.ok("promote", "--only", "v1", "--json").json()
+    assert result["sha"] == v1 and result["kind"] == "promote"
+    staging = {r["number"]: r for r in app.history("staging")}
+    assert result["digest"] == staging[1]["digest"]
+    assert app.serves("production") == "v1"
+    assert remote_refs(app)["refs/tags/production"] == v1
+    assert result["source_release_id"] is not None
+
+
+def test_promote_only_a_release_branch_merge_resolves_to_the_staged_parent(app: App) -> None:
+    v2 = app.git("rev-parse", "v2")
+    app.ok("deploy", "staging", "v2")
+    app.git("checkout", "-q", "-b", "release", "v1")
+    app.git("merge", "-q", "--no-ff", "-m", "Merge staging into release", "v2")
+    merge = app.git("rev-parse", "HEAD")
+    result = app.ok("promote", "--only", merge, "--json").json()
+    assert result["sha"] == v2
+    assert app.serves("production") == "v2"
+
+
+def test_promote_only_a_squash_with_the_same_tree_is_accepted_and_recorded(app: App) -> None:
+    v2 = app.git("rev-parse", "v2")
+    app.ok("deploy", "staging", "v2")
+    app.git("checkout", "-q", "-b", "release", "v1")
+    app.git("merge", "-q", "--squash", "v2")
+    app.git("commit", "-q", "-m", "Squash of staging")
+    squash = app.git("rev-parse", "HEAD")
+    result = app.run("promote", "--only", squash)
+    assert result.code == 0, result.err
+    assert f"same tree as {v2[:12]}" in result.err
+    assert app.history("production")[0]["sha"] == v2
+
+
+def test_promote_only_refuses_what_the_source_never_ran(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    app.git("checkout", "-q", "-b", "release", "v1")
+    (app.repo / "www" / "extra.html").write_text("not staged")
+    app.git("add", "-A")
+    app.git("commit", "-q", "-m", "a change staging never ran")
+    result = app.run("promote", "--only", "HEAD")
+    assert result.code == 3
+    assert "staging never successfully ran" in result.err
+    assert f"staging last ran {app.git('rev-parse', 'v1')[:12]} as staging#1" in result.err
+    assert app.history("production") == []
+    failed = app.run("promote", "--only", "crash")  # staging tried it, but it failed there
+    assert failed.code == 3
+
+
+def test_promote_only_refuses_when_the_source_ran_nothing(app: App) -> None:
+    result = app.run("promote", "--only", "v1")
+    assert result.code == 3 and "no succeeded release at all" in result.err
+
+
+def test_a_promotion_racing_a_staging_deploy_names_only_the_promoted_commit(app: App) -> None:
+    """hokusai's race: staging gets C3 while production is being promoted to C2. Production, its record,
+    its tags and its branch must all say C2."""
+    config = app.repo / "conveyor.yml"
+    text = config.read_text()
+    production_at = text.index("  - name: production")
+    text = text[:production_at] + text[production_at:].replace(
+        "      type: container-host\n", "      type: container-host\n      drain_seconds: 6\n", 1)
+    config.write_text(text)
+    v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
+    app.ok("deploy", "staging", "v1")
+    promotion = app.start("promote")
+    _wait_for_event(app, "production", "drain")  # applied, not yet recorded or tagged
+    app.ok("deploy", "staging", "v2")  # completes while the promotion is still in flight
+    assert promotion.wait(timeout=60) == 0, promotion.stderr.read() if promotion.stderr else ""
+    record = app.history("production")[0]
+    assert record["sha"] == v1
+    refs = remote_refs(app)
+    assert refs["refs/tags/production"] == v1 and refs["refs/heads/production"] == v1
+    assert set(timestamp_tags(refs, "production").values()) == {v1}
+    assert refs["refs/tags/staging"] == v2
+    assert app.serves("production") == "v1"
+
+
+def test_hotfix_is_shown_as_such_in_history_and_status(app: App) -> None:
+    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "sev1")
+    assert app.status()["production"]["live"]["kind"] == "hotfix"
+    assert " hotfix " in app.ok("status").out
+    assert "hotfix" in app.ok("history", "production").out
+
+
+def test_diff_lists_the_commits_the_later_stage_lacks(app: App) -> None:
+    config = app.repo / "conveyor.yml"
+    config.write_text(config.read_text() + "migrations: [db/]\n")
+    app.ok("deploy", "staging", "v1")
+    app.ok("promote")
+    app.git("checkout", "-q", "-b", "next", "v2")
+    (app.repo / "db").mkdir()
+    (app.repo / "db" / "001_add_users.sql").write_text("create table users (id int);\n")
+    app.git("add", "-A")
+    app.git("commit", "-q", "-m", "Add users table")
+    app.ok("build")
+    app.ok("deploy", "staging", "HEAD")
+    data = app.ok("diff", "--json").json()
+    subjects = [(c["subject"], c["migration"]) for c in data["commits"]]
+    assert subjects == [("Add users table", True), ("hello v2", False)]
+    assert data["from_sha"] == app.git("rev-parse", "HEAD") and data["to_sha"] == app.git("rev-parse", "v1")
+    assert data["commits"][0]["author"] == "Sample Dev" and data["commits"][0]["date"]
+    assert data["compare_url"] is None  # a local remote has no web compare view
+    human = app.ok("diff", "staging", "production").out
+    assert "2 commit(s)" in human and "[migration]" in human
+    assert app.status()["production"]["behind"] == {"stage": "staging", "commits": 2}
+    # the diff comes from the ledger's releases, never from the mutable tags
+    app.git("push", "-q", "-f", "origin", f"{app.git('rev-parse', 'HEAD')}:refs/tags/production")
+    assert len(app.ok("diff", "--json").json()["commits"]) == 2
+
+
+def test_diff_gives_a_compare_url_for_github_and_gitlab_remotes(app: App) -> None:
+    config = app.repo / "conveyor.yml"
+    config.write_text(config.read_text() + "release_refs:\n  remote: github\n  env_tag: false\n"
+                      "  timestamp_tag: false\n  env_branch: false\n")
+    app.git("remote", "add", "github", "git@github.com:acme/hello.git")
+    app.ok("deploy", "staging", "v2")
+    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
+    data = app.ok("diff", "--json").json()
+    v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
+    assert data["compare_url"] == f"https://github.com/acme/hello/compare/{v1}...{v2}"
+
+
+def _wait_port(port: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def _wait_for_event(app: App, env: str, step: str, timeout: float = 60) -> None:
+    from conveyor.ledger import open_ledger
+
+    ledger = open_ledger(f"sqlite:///{app.home / 'ledger.db'}")
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ledger.events(app="hello", env=env, step=step):
+                return
+            time.sleep(0.05)
+    finally:
+        ledger.close()
+    raise AssertionError(f"{env} never reached step {step}")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("git@github.com:acme/hello.git", "https://github.com/acme/hello/compare/a...b"),
+        ("https://github.com/acme/hello", "https://github.com/acme/hello/compare/a...b"),
+        ("ssh://git@gitlab.com/group/sub/hello.git", "https://gitlab.com/group/sub/hello/-/compare/a...b"),
+        ("https://gitlab.example.org/team/hello.git", "https://gitlab.example.org/team/hello/-/compare/a...b"),
+        ("/srv/git/hello.git", None),
+        ("git://127.0.0.1:9418/hello.git", None),
+    ],
+)
+def test_compare_url(url: str, expected: str | None) -> None:
+    from conveyor.pipeline.diff import compare_url
+
+    assert compare_url(url, "a", "b") == expected
+
+
+def test_only_env_tag_and_branch_are_force_pushed() -> None:
+    from conveyor.pipeline.outbox import refspecs
+
+    specs = refspecs({"sha": "abc", "env_tag": "staging", "timestamp_tag": "staging--2026-01-01--00-00-00",
+                      "env_branch": "staging"})
+    assert specs == ["+abc:refs/tags/staging", "abc:refs/tags/staging--2026-01-01--00-00-00",
+                     "+abc:refs/heads/staging"]
+
+
+def test_two_releases_in_the_same_second_get_distinct_timestamp_tags(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    app.ok("deploy", "staging", "v2")
+    os.environ["CONVEYOR_HOME"] = str(app.home)
+    try:
+        from conveyor.pipeline.outbox import git_refs_payload
+        from conveyor.pipeline.workspace import Workspace
+
+        ws = Workspace(cwd=app.repo, say=lambda _: None)
+        first, second = ws.ledger.list_releases("hello", "staging", 2)
+        moment = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
+        payload = git_refs_payload(ws, ws.config, first, moment)
+        ws.ledger.update_release(first.id, outbox_items=[("git-refs", payload)])
+        again = git_refs_payload(ws, ws.config, second, moment.replace(microsecond=500_000))
+        ws.close()
+    finally:
+        os.environ.pop("CONVEYOR_HOME", None)
+    assert payload["timestamp_tag"] == "staging--2026-05-01--12-00-00"
+    assert again["timestamp_tag"] == "staging--2026-05-01--12-00-00-2"
