@@ -8,9 +8,9 @@ from typing import Any
 from conveyor.errors import BadInput
 
 
-def target_for(kind: str, state_dir: Path) -> Any:
+def target_for(kind: str, state_dir: Path, repo_dir: Path) -> Any:
     """The target adapter for a spec's or config's target type. Imported lazily: each pulls in its own
-    libraries only when used."""
+    libraries only when used. repo_dir is the app repo's root (config-relative paths start there)."""
     if kind == "container-host":
         from conveyor.targets.container_host import ContainerHost
 
