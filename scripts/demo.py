@@ -25,7 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devstack import Registry, commit_sample_version, engine_environment, free_port, make_sample_repo  # noqa: E402
+from devstack import (  # noqa: E402
+    Registry,
+    commit_sample_version,
+    engine_environment,
+    free_port,
+    git,
+    make_sample_repo,
+)
 
 STATE = ROOT / ".demo"
 CONVEYOR = str(ROOT / ".venv" / "bin" / "conveyor")
@@ -95,19 +102,27 @@ def main() -> None:
         {"engine_env": engine_env, "proxy_admin": f"127.0.0.1:{ports['PROXY_ADMIN_PORT']}"}
     ))
     app = make_sample_repo(STATE / "hello", ports, version="v1")
+    # The app's git remote: conveyor pushes its release tags and the staging/production branches here.
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(STATE / "remote.git")], check=True)
+    git(app, "remote", "add", "origin", str(STATE / "remote.git"))
+    git(app, "push", "-q", "origin", "main")
     staging = f"http://127.0.0.1:{ports['STAGING_PORT']}/"
     production = f"http://127.0.0.1:{ports['PRODUCTION_PORT']}/"
 
+    v1 = git(app, "rev-parse", "HEAD")
     conveyor("build", cwd=app)
-    conveyor("deploy", "staging", "HEAD", "--reason", "first release", cwd=app)
-    conveyor("promote", "staging", "production", cwd=app)
-    commit_sample_version(app, "v2")
+    conveyor("deploy", "staging", v1, "--reason", "first release", cwd=app)
+    conveyor("promote", "staging", "production", "--only", v1, cwd=app)
+    v2 = commit_sample_version(app, "v2")
     conveyor("build", cwd=app)
-    conveyor("deploy", "staging", "HEAD", "--reason", "v2", cwd=app)
-    conveyor("promote", cwd=app)
+    conveyor("deploy", "staging", v2, "--reason", "v2", cwd=app)
+    conveyor("diff", cwd=app)
+    conveyor("promote", "--only", v2, cwd=app)
     conveyor("rollback", "production", "--reason", "demo: back to v1", cwd=app)
     conveyor("history", cwd=app)
     conveyor("status", cwd=app)
+    print("\n$ git ls-remote origin   # the refs conveyor pushed")
+    print(git(app, "ls-remote", "origin"))
 
     time.sleep(0.2)
     staging_page, production_page = fetch(staging), fetch(production)
