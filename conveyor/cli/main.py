@@ -243,9 +243,9 @@ def diff(obj: Context, source: str | None, target: str | None, as_json: bool) ->
         from conveyor.cli.render import render_diff
         from conveyor.pipeline.diff import diff as diff_view
 
-        data = diff_view(obj.workspace(), source, target)
+        data = diff_view(obj.workspace(), source, target, human=not as_json)
         if as_json:
-            emit_json(data)
+            emit_json(data.as_dict())
         else:
             click.echo(render_diff(data))
 
@@ -290,6 +290,23 @@ def outbox_flush(obj: Context, as_json: bool) -> None:
             sys.exit(EXIT_FAILED)
 
     run(go)
+
+
+@cli.command("run", epilog=EPILOG,
+             context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("env")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def run_cmd(obj: Context, env: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND once with the image and settings of ENV's live release (`conveyor run ENV -- COMMAND…`).
+    Its output is streamed to stdout and its exit code becomes conveyor's."""
+
+    def go() -> int:
+        from conveyor.pipeline.run import run_command
+
+        return run_command(obj.workspace(), env, list(command), click.echo)
+
+    sys.exit(run(go))
 
 
 def _scope_options(fn: F) -> F:

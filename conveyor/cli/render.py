@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conveyor.pipeline.diff import StageDiff
 
 
 def _when(iso: str | None) -> str:
@@ -53,31 +56,17 @@ def render_outbox(items: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_diff(data: dict[str, Any]) -> str:
-    if data["from_sha"] is None:
-        return f"{data['from']} has no live release"
-    commits = data["commits"]
-    head = f"{len(commits)} commit(s) in {data['from']} ({data['from_sha'][:12]}) that {data['to']} " + (
-        f"({data['to_sha'][:12]}) lacks" if data["to_sha"] else "(nothing deployed) lacks"
-    )
-    lines = [head]
-    for c in commits:
-        flag = "  [migration]" if c["migration"] else ""
-        lines.append(f"{c['sha'][:12]}  {c['date'][:10]}  {c['author']}: {c['subject']}{flag}")
-    if data["compare_url"]:
-        lines.append(data["compare_url"])
-    return "\n".join(lines)
-
-
-def render_history(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no releases yet"
-    table = [
-        [
-            f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), r["status"],
-            r["sha"][:12], r["digest"][:19] + "…", r["actor"], _when(r["finished_at"] or r["created_at"]),
-            r["reason"] or r["error"],
-        ]
-        for r in rows
-    ]
-    return _table(["RELEASE", "KIND", "STATUS", "COMMIT", "DIGEST", "ACTOR", "WHEN", "REASON"], table)
+def render_diff(data: StageDiff) -> str:
+    """Header, git's own listing (full SHA, date, author, subject), migration flags, compare link."""
+    if data.source_sha is None:
+        return f"{data.source} has no live release"
+    listing = data.text.rstrip("\n")
+    count = listing.count("\n") + 1 if listing else 0
+    lacks = f"({data.target_sha[:12]}) lacks" if data.target_sha else "(nothing deployed) lacks"
+    header = f"{count} commit(s) in {data.source} ({data.source_sha[:12]}) that {data.target} {lacks}"
+    if data.migrations:
+        listing = "\n".join(
+            f"{line}  [migration]" if line[:40] in data.migrations else line for line in listing.splitlines()
+        )
+    footer = f"\n{data.compare_url}" if data.compare_url else ""
+    return f"{header}\n{listing}{footer}" if listing else f"{header}{footer}"

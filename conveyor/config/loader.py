@@ -15,9 +15,9 @@ import yaml
 from pydantic import ValidationError
 
 from conveyor.config.models import AppConfig
+from conveyor.config.raw import CONFIG_NAME
 from conveyor.errors import BadInput
 
-CONFIG_NAME = "conveyor.yml"
 KeyPath = tuple[str | int, ...]
 
 

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import tarfile
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
 from conveyor.errors import BadInput, InfrastructureMissing, OperationFailed
@@ -64,14 +64,6 @@ class Repo:
         return result.stdout.strip()
 
 
-@dataclass(frozen=True)
-class Commit:
-    sha: str
-    author: str
-    date: str  # ISO 8601, the author date
-    subject: str
-
-
 _FIELD = "\x1f"
 
 
@@ -79,29 +71,56 @@ def _log_format() -> str:
     return _FIELD.join(["%H", "%an", "%aI", "%s"])
 
 
+HUMAN_LOG_FORMAT = "%H  %ad  %an: %s"  # with --date=short: one line a person reads
+
+
+class CommitLog:
+    """`git log` of a range, started now and collected later, so callers can work while git runs.
+
+    git writes to a temporary file rather than a pipe: a pipe would stall git whenever this process is
+    busy (loading its modules), and git is most of the work on a large range.
+    """
+
+    def __init__(self, repo: Repo, older: str | None, newer: str, *, fmt: str = "records",
+                 paths: list[str] | None = None) -> None:
+        """fmt: "records" (parse with rows()), "human" (HUMAN_LOG_FORMAT, read with text()), or "shas"."""
+        spec = f"{older}..{newer}" if older else newer
+        formats = {"records": _log_format(), "human": HUMAN_LOG_FORMAT, "shas": "%H"}
+        command = ["git", "-C", str(repo.path), "log", f"--format={formats[fmt]}", "--date=short", spec]
+        if paths:
+            command += ["--", *paths]
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by text() or discard()
+        self._process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.PIPE)
+
+    def text(self) -> str:
+        _, err = self._process.communicate()
+        if self._process.returncode != 0:
+            raise BadInput(f"git log failed: {err.decode(errors='replace').strip()}")
+        self._out.seek(0)
+        content = self._out.read().decode(errors="replace")
+        self._out.close()
+        return content
+
+    def rows(self) -> list[list[str]]:
+        """[sha, author, author date (ISO 8601), subject] per commit, newest first. Plain lists: a range
+        can hold 100,000 commits and this is the hot path of `conveyor diff --json`."""
+        return [line.split(_FIELD, 3) for line in self.text().splitlines()]
+
+    def shas(self) -> set[str]:
+        return set(self.text().split())
+
+    def discard(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.communicate()
+        self._out.close()
+
+
 class History:
     """Read-only questions about commits, answered by one git process each."""
 
     def __init__(self, repo: Repo) -> None:
         self.repo = repo
-
-    def commits(self, older: str | None, newer: str) -> list[Commit]:
-        """Commits reachable from `newer` but not from `older`, newest first."""
-        spec = f"{older}..{newer}" if older else newer
-        out = self.repo._git("log", f"--format={_log_format()}", spec).stdout
-        commits = []
-        for line in out.splitlines():
-            sha, author, date, subject = line.split(_FIELD, 3)
-            commits.append(Commit(sha, author, date, subject))
-        return commits
-
-    def touching(self, older: str | None, newer: str, paths: list[str]) -> set[str]:
-        """SHAs of the commits in older..newer that change any of `paths`."""
-        if not paths:
-            return set()
-        spec = f"{older}..{newer}" if older else newer
-        out = self.repo._git("log", "--format=%H", spec, "--", *paths).stdout
-        return set(out.split())
 
     def parents(self, sha: str) -> list[str]:
         out = self.repo._git("rev-list", "--parents", "-n", "1", sha).stdout.split()
