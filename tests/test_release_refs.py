@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from devstack import wait_for_port
 from tests.e2e import App
 
 
@@ -128,7 +129,7 @@ def test_an_offline_remote_is_retried_by_a_later_run(app: App, tmp_path: Path) -
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_port(port)
+        wait_for_port(port)
         time.sleep(5.2)  # the first backoff (5 s) passes; the next conveyor run retries on its own
         app.ok("deploy", "staging", "v2")
         refs = subprocess.run(["git", "-C", str(bare), "show-ref"], capture_output=True, text=True).stdout
@@ -264,16 +265,6 @@ def test_diff_gives_a_compare_url_for_github_and_gitlab_remotes(app: App) -> Non
     data = app.ok("diff", "--json").json()
     v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
     assert data["compare_url"] == f"https://github.com/acme/hello/compare/{v1}...{v2}"
-
-
-def _wait_port(port: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 def _wait_for_event(app: App, env: str, step: str, timeout: float = 60) -> None:
