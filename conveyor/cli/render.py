@@ -70,3 +70,17 @@ def render_diff(data: StageDiff) -> str:
         )
     footer = f"\n{data.compare_url}" if data.compare_url else ""
     return f"{header}\n{listing}{footer}" if listing else f"{header}{footer}"
+
+
+def render_history(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no releases yet"
+    table = [
+        [
+            f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), r["status"],
+            r["sha"][:12], r["digest"][:19] + "…", r["actor"], _when(r["finished_at"] or r["created_at"]),
+            r["reason"] or r["error"],
+        ]
+        for r in rows
+    ]
+    return _table(["RELEASE", "KIND", "STATUS", "COMMIT", "DIGEST", "ACTOR", "WHEN", "REASON"], table)
