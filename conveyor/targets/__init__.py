@@ -15,4 +15,8 @@ def target_for(kind: str, state_dir: Path, repo_dir: Path) -> Any:
         from conveyor.targets.container_host import ContainerHost
 
         return ContainerHost(state_dir / "proxy")
+    if kind == "kubernetes":
+        from conveyor.targets.kubernetes.target import Kubernetes
+
+        return Kubernetes(state_dir, repo_dir)
     raise BadInput(f"unknown target type '{kind}'")

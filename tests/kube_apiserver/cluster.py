@@ -78,6 +78,24 @@ class KubeApi:
         """Drop the watch history (like etcd compaction); returns the resourceVersion it compacted to."""
         return self.store.compact()
 
+    @staticmethod
+    def store_resource(kind: str) -> Any:
+        """The Resource to pass to `store` methods (create, mutate) for a kind or plural."""
+        return resource_for(kind)
+
+    def first_write(self, kind: str, matches: Callable[[dict[str, Any]], bool]) -> Callable[[], float | None]:
+        """Start timing: returns a function giving the time.monotonic() at which an object of `kind`
+        matching `matches` was first written (None while none was), e.g. the first doomed pod status."""
+        key = resource_for(kind).key
+        seen: list[float] = []
+
+        def listener(event: Any) -> None:
+            if not seen and event.key == key and event.type != "DELETED" and matches(event.obj):
+                seen.append(time.monotonic())
+
+        self.store.listeners.append(listener)
+        return lambda: seen[0] if seen else None
+
     # --- inspection -----------------------------------------------------------------------------------
 
     def get(self, kind: str, name: str, namespace: str = "default") -> dict[str, Any] | None:

@@ -84,6 +84,9 @@ class Store:
         self.compacted_rv = 0  # events at or below this resourceVersion are gone from history
         self.logs: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
         self.closed = False
+        # Called with every committed WatchEvent, under the lock, right after the write: tests and the
+        # failure-detection bench use it to timestamp when the API first showed a state.
+        self.listeners: list[Callable[[WatchEvent], None]] = []
         for ns in ("default", "kube-system", "kube-public", "kube-node-lease"):
             self.create(BY_KIND["Namespace"], "", {"metadata": {"name": ns}}, manager="kube-apiserver")
 
@@ -551,6 +554,8 @@ class Store:
         )
         while len(self.history) > self.history_size:
             self.compacted_rv = self.history.popleft().rv
+        for listener in list(self.listeners):
+            listener(self.history[-1] if self.history else WatchEvent(self.rv, res.key, ns, event_type, obj, old))
         self.cond.notify_all()
 
 
