@@ -9,16 +9,23 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devstack import Registry, commit_sample_version, engine_environment, free_port, git, make_sample_repo  # noqa: E402
+from devstack import (  # noqa: E402
+    Registry,
+    commit_sample_version,
+    engine_environment,
+    free_port,
+    git,
+    make_sample_repo,
+    stop_proxy,
+)
 
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 
@@ -44,9 +51,7 @@ def sample_app() -> Iterator[BenchApp]:
     os.environ.update(engine_environment(root / "engine", [registry.host]))
     os.environ["CONVEYOR_HOME"] = str(root / "home")
     os.environ.pop("CONVEYOR_DATABASE_URL", None)
-    admin = free_port()
-    values = {"REGISTRY": registry.host, "STAGING_PORT": str(free_port()), "PRODUCTION_PORT": str(free_port()),
-              "PROXY_ADMIN_PORT": str(admin)}
+    values = {"REGISTRY": registry.host, "STAGING_PORT": str(free_port()), "PRODUCTION_PORT": str(free_port())}
     repo = make_sample_repo(root / "hello", values)
     subprocess.run(["git", "init", "-q", "--bare", str(root / "remote.git")], check=True)
     git(repo, "remote", "add", "origin", str(root / "remote.git"))
@@ -66,8 +71,7 @@ def sample_app() -> Iterator[BenchApp]:
                              text=True).stdout.split()
         if ids:
             subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
-        with suppress(OSError):
-            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{admin}/stop", method="POST"))
+        stop_proxy(root / "home")
         registry.stop()
         os.environ.clear()
         os.environ.update(saved)

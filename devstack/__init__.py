@@ -158,10 +158,17 @@ def git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
+def stop_proxy(conveyor_home: Path) -> None:
+    """Stop the HAProxy a conveyor state dir started (the container-host target's proxy), if any."""
+    from conveyor.targets.container_host.proxy import HAProxy
+
+    HAProxy(conveyor_home / "proxy").stop()
+
+
 def make_sample_repo(dest: Path, values: dict[str, str], version: str = "v1") -> Path:
     """Create a git repo holding the sample app (examples/hello) with its busybox and rendered config.
 
-    `values` fills conveyor.yml.in: REGISTRY, STAGING_PORT, PRODUCTION_PORT, PROXY_ADMIN_PORT.
+    `values` fills conveyor.yml.in: REGISTRY, STAGING_PORT, PRODUCTION_PORT.
     """
     from string import Template
 

@@ -32,6 +32,7 @@ from devstack import (  # noqa: E402
     free_port,
     git,
     make_sample_repo,
+    stop_proxy,
 )
 
 STATE = ROOT / ".demo"
@@ -64,17 +65,15 @@ def fetch(url: str) -> str:
 def down() -> None:
     settings = json.loads((STATE / "demo.json").read_text()) if (STATE / "demo.json").exists() else {}
     os.environ.update(settings.get("engine_env", {}))
-    subprocess.run(["podman", "rm", "-f", "--filter", "label=conveyor.app=hello"], capture_output=True)
-    for name in ("registry.pid", "caddy.pid"):
-        pid_file = STATE / name
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-    if settings.get("proxy_admin"):
-        with contextlib.suppress(OSError):
-            urllib.request.urlopen(
-                urllib.request.Request(f"http://{settings['proxy_admin']}/stop", method="POST"), timeout=5
-            )
+    ids = subprocess.run(["podman", "ps", "-aq", "--filter", "label=conveyor.app=hello"], capture_output=True,
+                         text=True).stdout.split()
+    if ids:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
+    stop_proxy(STATE / "home")
+    pid_file = STATE / "registry.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text()), signal.SIGTERM)
     print("demo: stopped")
 
 
@@ -96,11 +95,8 @@ def main() -> None:
         "REGISTRY": registry.host,
         "STAGING_PORT": str(port_or_free(8001)),
         "PRODUCTION_PORT": str(port_or_free(8002)),
-        "PROXY_ADMIN_PORT": str(port_or_free(2019)),
     }
-    (STATE / "demo.json").write_text(json.dumps(
-        {"engine_env": engine_env, "proxy_admin": f"127.0.0.1:{ports['PROXY_ADMIN_PORT']}"}
-    ))
+    (STATE / "demo.json").write_text(json.dumps({"engine_env": engine_env}))
     app = make_sample_repo(STATE / "hello", ports, version="v1")
     # The app's git remote: conveyor pushes its release tags and the staging/production branches here.
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(STATE / "remote.git")], check=True)

@@ -16,7 +16,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import contextlib
 
 from devstack import Postgres, Registry, engine_environment  # noqa: E402
 
@@ -102,7 +101,7 @@ def sample_origin(stack_root: Path, registry: Registry, engine_env: dict[str, st
     each already built and pushed by `conveyor build`."""
     from devstack import commit_sample_version, git, make_sample_repo
 
-    values = {"REGISTRY": registry.host, "STAGING_PORT": "1", "PRODUCTION_PORT": "2", "PROXY_ADMIN_PORT": "3"}
+    values = {"REGISTRY": registry.host, "STAGING_PORT": "1", "PRODUCTION_PORT": "2"}
     repo = make_sample_repo(stack_root / "origin", values, version="v1")
     git(repo, "tag", "v1")
     commit_sample_version(repo, "v2")
@@ -122,15 +121,6 @@ def sample_origin(stack_root: Path, registry: Registry, engine_env: dict[str, st
     return repo
 
 
-def _stop_proxy(admin_port: int) -> None:
-    import urllib.request
-
-    with contextlib.suppress(OSError):
-        urllib.request.urlopen(
-            urllib.request.Request(f"http://127.0.0.1:{admin_port}/stop", method="POST"), timeout=5
-        )
-
-
 def _remove_containers(app_name: str) -> None:
     import subprocess
 
@@ -146,7 +136,7 @@ def app(tmp_path: Path, sample_origin: Path, registry: Registry) -> Iterator[obj
     """A fresh clone of the sample app with its own ledger, proxy and ports; cleaned up afterwards."""
     import subprocess
 
-    from devstack import free_port
+    from devstack import free_port, stop_proxy
     from tests.e2e import App
 
     repo = tmp_path / "hello"
@@ -159,13 +149,13 @@ def app(tmp_path: Path, sample_origin: Path, registry: Registry) -> Iterator[obj
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
     subprocess.run(["git", "-C", str(repo), "remote", "set-url", "origin", str(remote)], check=True)
     subprocess.run(["git", "-C", str(repo), "push", "-q", "origin", "main", "--tags"], check=True)
-    ports = {"staging": free_port(), "production": free_port(), "admin": free_port()}
+    ports = {"staging": free_port(), "production": free_port()}
     _render_config(repo, {
         "REGISTRY": registry.host, "STAGING_PORT": str(ports["staging"]),
-        "PRODUCTION_PORT": str(ports["production"]), "PROXY_ADMIN_PORT": str(ports["admin"]),
+        "PRODUCTION_PORT": str(ports["production"]),
     })
     _remove_containers("hello")
     the_app = App(repo, tmp_path / "home", ports)
     yield the_app
-    _stop_proxy(ports["admin"])
+    stop_proxy(the_app.home)
     _remove_containers("hello")

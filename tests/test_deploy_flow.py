@@ -1,5 +1,5 @@
 """The main job end to end through the real CLI: build, deploy, promote, roll back, status, history —
-real git, registry, podman, Caddy and SQLite."""
+real git, registry, podman, HAProxy and SQLite."""
 
 from __future__ import annotations
 
@@ -203,3 +203,13 @@ def _container_env(container: str) -> list[str]:
     import json
 
     return list(json.loads(out))
+
+
+def test_run_a_one_off_command_with_the_live_release(app: App) -> None:
+    assert app.run("run", "staging", "--", "/bin/busybox", "true").code == 2  # nothing deployed yet
+    app.ok("deploy", "staging", "v1")
+    result = app.run("run", "staging", "--", "/bin/busybox", "sh", "-c",
+                     "cat /www/index.html; echo env=$APP_VERSION; exit 4")
+    assert result.code == 4  # the command's own exit code, passed through
+    assert 'id="version">v1<' in result.out and "env=staging" in result.out
+    assert _containers(app) == [_serving_container(app, "staging")]  # the one-off container is gone

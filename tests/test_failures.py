@@ -4,6 +4,7 @@ that did not, no lock left behind, and the environment still serving its last go
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -135,8 +136,8 @@ def test_no_container_engine_is_a_clear_error(app: App, tmp_path: Path) -> None:
     app.ok("deploy", "staging", "v1")
     bare_path = tmp_path / "bin"
     bare_path.mkdir()
-    for tool in ("git", "caddy"):
-        os.symlink(f"/usr/bin/{tool}", bare_path / tool)
+    for tool in ("git", "haproxy"):
+        os.symlink(str(shutil.which(tool)), bare_path / tool)
     result = app.run("deploy", "staging", "v2", PATH=str(bare_path))
     assert result.code == 2
     single_message(result.err)

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -61,10 +68,58 @@ class ContainerHostTarget(Strict):
     port: int = Field(ge=1, le=65535, description="The stable port this environment serves on.")
     bind: str = "127.0.0.1"
     port_env: str = Field("PORT", pattern=ENV_VAR, description="Env var telling the app its port.")
-    proxy_admin: str = Field("127.0.0.1:2019", description="Caddy admin address conveyor manages.")
     drain_seconds: float = Field(1.0, ge=0)
     stop_timeout: int = Field(10, ge=0)
     init: bool = Field(True, description="Run an init process as PID 1 so the app stops promptly.")
+
+
+K8S_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+# "Deployment" (every Deployment) or "Deployment/web" (one resource).
+K8S_RESOURCE = r"^[A-Z][A-Za-z0-9]*(/[a-z0-9]([a-z0-9.-]*[a-z0-9])?)?$"
+
+
+class KubernetesTarget(Strict):
+    """Server-side apply of a folder of manifests into one namespace, verified like krane (see
+    docs/kubernetes.md). Readiness is judged by the pods' own probes: the environment's `health:` settings
+    do not apply here."""
+
+    type: Literal["kubernetes"]
+    kubeconfig: str | None = Field(
+        None, description="kubeconfig file (~ expanded; relative paths start at the app repo root). "
+        "Default: $KUBECONFIG, else ~/.kube/config, read on the machine that runs conveyor.",
+    )
+    context: str | None = Field(None, description="kubeconfig context (default: its current-context).")
+    in_cluster: bool = Field(
+        False, description="Use the service account of the pod conveyor runs in instead of a kubeconfig."
+    )
+    namespace: str = Field(pattern=K8S_NAME, description="The existing namespace the manifests go into.")
+    manifests: str = Field(
+        min_length=1, description="Folder of manifest YAML files, relative to the app repo root; read from "
+        "the commit being deployed, never from uncommitted files.",
+    )
+    timeout: float = Field(300, gt=0, description="Seconds each resource has to roll out.")
+    timeouts: dict[Annotated[str, Field(pattern=K8S_RESOURCE)], Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict, description="Per-resource rollout timeouts: {'Deployment/web': 600, 'Job': 900}."
+    )
+    prune: bool = Field(
+        False, description="Delete objects carrying this app+env's conveyor labels that left the manifests "
+        "(never namespaces, PVCs, PVs, CRDs or storage classes).",
+    )
+    task_workload: str | None = Field(
+        None, pattern=K8S_RESOURCE, description="'Kind/name' of the workload whose pod settings pre-deploy "
+        "tasks and `conveyor run` use (default: the first Deployment, StatefulSet or DaemonSet running the app "
+        "image).",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_connect(self) -> KubernetesTarget:
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError("in_cluster uses the pod's service account: leave kubeconfig and context unset")
+        return self
+
+
+TargetConfig = Annotated[ContainerHostTarget | KubernetesTarget, Field(discriminator="type")]
+TARGET_MODELS: dict[str, type[Strict]] = {"container-host": ContainerHostTarget, "kubernetes": KubernetesTarget}
 
 
 class Policy(Strict):
@@ -75,12 +130,40 @@ class Policy(Strict):
 
 class Environment(Strict):
     name: Annotated[str, Field(pattern=NAME)]
-    target: ContainerHostTarget
-    env: dict[str, str] = Field(default_factory=dict)
-    secrets: list[Annotated[str, Field(pattern=ENV_VAR)]] = Field(default_factory=list)
-    health: HealthCheck = Field(default_factory=HealthCheck)
+    target: TargetConfig
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Env vars for the app's containers (on Kubernetes: set in every "
+        "container running the app image).",
+    )
+    secrets: list[Annotated[str, Field(pattern=ENV_VAR)]] = Field(
+        default_factory=list, description="Names of env vars of the conveyor process holding secrets; values "
+        "are never stored (on Kubernetes: usable as ${CONVEYOR_SECRET_NAME} in the manifests).",
+    )
+    health: HealthCheck = Field(
+        default_factory=HealthCheck, description="Container-host only; Kubernetes judges readiness by the "
+        "pods' own probes.",
+    )
     policy: Policy = Field(default_factory=Policy)
     tasks: list[str] | None = Field(None, description="Names of pre-deploy tasks to run (default: all).")
+
+    @field_validator("target", mode="wrap")
+    @classmethod
+    def _target_by_type(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # Dispatch on `type` ourselves (a missing type still means container-host) so errors name the
+        # user's key path (environments[0].target.port), not pydantic's union tag.
+        if isinstance(value, dict):
+            kind = value.get("type", "container-host")
+            model = TARGET_MODELS.get(kind) if isinstance(kind, str) else None
+            if model is None:
+                raise ValueError(f"unknown target type {kind!r} (choose from {', '.join(TARGET_MODELS)})")
+            return model.model_validate(value)
+        return handler(value)
+
+    @model_validator(mode="after")
+    def _health_is_container_host_only(self) -> Environment:
+        if isinstance(self.target, KubernetesTarget) and "health" in self.model_fields_set:
+            raise ValueError("health: does not apply to a kubernetes target; give the containers a readinessProbe")
+        return self
 
     @field_validator("env")
     @classmethod
@@ -125,7 +208,7 @@ class AppConfig(Strict):
             for task in env.tasks or []:
                 if task not in task_names:
                     problems.append(f"{env.name}: unknown task '{task}'")
-        ports = [e.target.port for e in self.environments]
+        ports = [e.target.port for e in self.environments if isinstance(e.target, ContainerHostTarget)]
         if len(set(ports)) != len(ports):
             problems.append(f"environments share a port: {ports}")
         if problems:

@@ -51,9 +51,10 @@ class ReleasePlan:
         ]
         lines += [f"run pre-deploy task '{t['name']}' with the new image" for t in self.tasks]
         lines += [
-            f"deploy on {self.spec['target']}: start the new version, wait for its health check, "
-            "switch traffic, retire the old one",
-            "record the release as succeeded (or failed, leaving the old version serving)",
+            f"deploy on {self.spec['target']}: apply the new version and verify it (health check or rollout); "
+            "on failure keep or restore the previous release",
+            "record the release as succeeded or failed",
+            "queue and push the release's git tags and branch (outbox)",
             "release the lease",
         ]
         return [*self.notes, *lines]

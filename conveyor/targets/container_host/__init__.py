@@ -1,4 +1,4 @@
-"""Deploy target: an app's image as a container on this machine (podman or docker) behind Caddy."""
+"""Deploy target: an app's image as a container on this machine (podman or docker) behind HAProxy."""
 
 from conveyor.targets.container_host.target import ContainerHost
 

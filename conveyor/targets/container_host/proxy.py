@@ -1,41 +1,77 @@
-"""The reverse proxy in front of the containers: Caddy 2, driven through its JSON admin API.
+"""The reverse proxy in front of the containers: HAProxy, switched through its runtime API.
 
-One Caddy process per admin address holds one server per app+env (named `<app>-<env>`), each listening
-on the environment's stable `bind:port` with a single `reverse_proxy` route to the current container.
-A switch changes only that route's upstreams; Caddy applies every admin change as a graceful reload
-(listeners are kept, in-flight requests finish on the old handler), so switching drops no requests.
-One caveat of any graceful HTTP/1.1 reload: idle keep-alive client connections are closed, and a client
-that sends its next request into one at that instant sees the connection close without an answer;
-browsers and most HTTP clients resend such an idempotent request (RFC 9110 9.2.2), httpx does not.
-Caddy autosaves each change under our state dir and `caddy run --resume` reloads it, so what serves
-survives a restart of Caddy.
+One HAProxy (master-worker mode) per conveyor state dir serves every app+env deployed from that dir: one
+`listen` section per app+env, named `<app>.<env>`, on the environment's stable `bind:port`, with two server
+slots: `blue`, and `green`, a backup server. The slot that serves is blue when blue is in service, else
+green; the other one is in maintenance once a switch is complete.
+
+Switching an existing app+env never reloads anything. Over the runtime API the slot not serving gets the
+new upstream's address and is put in service, then the old slot is put in maintenance. Because green is a
+backup, exactly one of those two steps moves the traffic, at once: putting blue in service (it takes over
+from the backup), or putting blue in maintenance (the backup takes over). Two ordinary servers would share
+the traffic between the steps, and a client would see new, old, new. Client connections are not touched,
+so keep-alive clients see nothing; in-flight requests on the old slot finish; maintenance closes the old
+slot's idle server connections, so the next request goes to the new upstream. (Changing the address of a
+single server instead was measured to keep reusing pooled server connections to the old address: requests
+still reached the old container after the switch, and failed once it stopped.)
+
+A new app+env (a new listener) needs a new config: conveyor rewrites haproxy.cfg from proxy.json and
+reloads through the master CLI. The reload is seamless: the new worker takes over the listening sockets,
+and the old worker, with `idle-close-on-response`, keeps its idle keep-alive connections open until their
+next request, which it answers with `Connection: close`. An old worker refuses runtime changes ("Proxy is
+disabled"), so it routes those last requests with the servers it had: a deploy must not retire the previous
+container while an old worker still holds connections for that app+env (see held_by_old_workers).
+
+proxy.json is the desired state; haproxy.cfg is generated from it, so a restart (ensure_running) comes back
+with every app+env's current upstream.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
 
-if TYPE_CHECKING:  # httpx is imported lazily: it costs start-up time for commands that never deploy.
-    import httpx
-
-# How long Caddy keeps retrying a request whose dial to the upstream fails (e.g. a port not yet
-# listening), instead of answering 502 at once.
-TRY_DURATION = "2s"
-TRY_INTERVAL = "100ms"
+SLOTS = ("blue", "green")
+# The idle slot's address in a generated config: it is in maintenance there, so it is never dialled.
+PLACEHOLDER = "127.0.0.1:1"
 START_TIMEOUT = 15.0
+# Idle keep-alive client connections are closed after this; it also bounds how long a worker left by a
+# reload keeps an idle connection (see held_by_old_workers).
+CLIENT_TIMEOUT = 60
+RELOAD_TIMEOUT = 15.0
+LOCK_TIMEOUT = 60.0
+CLI_TIMEOUT = 5.0
+# srv_admin_state bits that keep a server from taking new requests: maintenance (forced, inherited, DNS)
+# and drain (forced, inherited). Not 0x04: it only records `disabled` in the config, and stays set after
+# the server has been put in service.
+OUT_OF_SERVICE = 0x01 | 0x02 | 0x20 | 0x08 | 0x10
+# A unix socket path holds at most 107 bytes; HAProxy binds `<path>.<pid>.tmp` first and renames it.
+MAX_SOCKET_PATH = 107 - len(".4194304.tmp")
+NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+BIND = re.compile(r"\[?[A-Za-z0-9.:*-]*\]?")
+MISSING = "haproxy is not installed (apt-get install haproxy)"
 
 
-def server_name(app: str, env: str) -> str:
-    return f"{app}-{env}"
+def site_name(app: str, env: str) -> str:
+    """HAProxy's name for app+env. `.` cannot occur in either name, so no two app+envs share one."""
+    if not (NAME.fullmatch(app) and NAME.fullmatch(env)):
+        raise BadInput(f"app and environment names must match {NAME.pattern}: got '{app}', '{env}'")
+    return f"{app}.{env}"
 
 
 def listen_address(bind: str, port: int) -> str:
@@ -43,240 +79,608 @@ def listen_address(bind: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def server_config(bind: str, port: int, upstream: str) -> dict[str, Any]:
-    return {
-        "listen": [listen_address(bind, port)],
-        "automatic_https": {"disable": True},
-        "routes": [{"handle": [upstream_handler(upstream)]}],
-    }
+def split_upstream(upstream: str) -> tuple[str, int]:
+    host, _, port = upstream.rpartition(":")
+    if not re.fullmatch(r"[0-9.]+|\[?[0-9A-Fa-f:]+\]?", host) or not port.isdigit():
+        raise BadInput(f"upstream must be ip:port, got '{upstream}'")
+    return host.strip("[]"), int(port)
 
 
-def upstream_handler(upstream: str) -> dict[str, Any]:
-    return {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": upstream}],
-        "load_balancing": {"try_duration": TRY_DURATION, "try_interval": TRY_INTERVAL},
-    }
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy")
+    if found is None:
+        raise InfrastructureMissing(MISSING)
+    return found
 
 
-class CaddyProxy:
-    """The Caddy behind one admin address, with its state (initial config, autosave, log, pid) under
-    `state_dir/<admin address>/`: several admin addresses mean several Caddys, each with its own autosave."""
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    address: str  # host:port
+    in_service: bool
 
-    def __init__(self, admin: str, state_dir: Path) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+:\d+", admin):
-            raise BadInput(f"proxy_admin must be host:port, got '{admin}'")
-        self.admin = admin
-        self.base = f"http://{admin}"
-        self.dir = state_dir / re.sub(r"[^A-Za-z0-9.-]+", "_", admin)
+
+@dataclass
+class Processes:
+    """The master CLI's `show proc`."""
+
+    reloads: int = 0
+    failed: int = 0
+    workers: list[int] = field(default_factory=list)
+    old_workers: list[int] = field(default_factory=list)
+
+
+class HAProxy:
+    """The HAProxy for one state dir. Its files: haproxy.cfg (generated), proxy.json (desired frontends and
+    upstreams), haproxy.pid (the master's pid), master.sock (master CLI), haproxy.sock (runtime API of the
+    current worker), haproxy.log (HAProxy's stderr: failed requests, server state changes, alerts)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir)
 
     @property
     def config_file(self) -> Path:
-        return self.dir / "caddy.json"
+        return self.dir / "haproxy.cfg"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "proxy.json"
 
     @property
     def log_file(self) -> Path:
-        return self.dir / "caddy.log"
+        return self.dir / "haproxy.log"
 
     @property
     def pid_file(self) -> Path:
-        return self.dir / "caddy.pid"
+        return self.dir / "haproxy.pid"
 
-    # -- admin API plumbing -------------------------------------------------------------------------
+    @property
+    def master_socket(self) -> Path:
+        return self.dir / "master.sock"
 
-    def _request(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> httpx.Response:
-        import httpx
+    @property
+    def stats_socket(self) -> Path:
+        return self.dir / "haproxy.sock"
 
+    # -- desired state (proxy.json) -----------------------------------------------------------------
+
+    def sites(self) -> dict[str, dict[str, Any]]:
+        """Every app+env this HAProxy serves: name -> {app, env, bind, port, upstream}."""
         try:
-            return httpx.request(method, self.base + path, json=body, timeout=timeout)
-        except httpx.HTTPError as exc:
-            raise TargetError(
-                f"caddy admin API at {self.admin} did not answer {method} {path}: {exc}"
-            ) from exc
+            data = json.loads(self.state_file.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise TargetError(f"cannot read {self.state_file}: {exc}") from exc
+        sites = data.get("sites") if isinstance(data, dict) else None
+        return dict(sites) if isinstance(sites, dict) else {}
 
-    @staticmethod
-    def _error(response: httpx.Response) -> str:
+    def _write_sites(self, sites: dict[str, dict[str, Any]]) -> None:
+        _write_atomically(self.state_file, json.dumps({"sites": sites}, indent=2, sort_keys=True) + "\n")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Serialises changes (and starts) across conveyor processes sharing this state dir."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.dir / "proxy.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            return str(response.json().get("error") or response.text).strip()
-        except (ValueError, AttributeError):
-            return response.text.strip() or f"HTTP {response.status_code}"
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TargetError(f"another conveyor process held {self.dir / 'proxy.lock'} for "
+                                          f"{LOCK_TIMEOUT:g}s") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(descriptor)  # closing releases the lock
 
-    def _get(self, path: str) -> Any:
-        """The config at `path`, or None when it (or a parent) does not exist."""
-        response = self._request("GET", path)
-        if response.status_code == 200:
-            return response.json()
-        if "invalid traversal path" in response.text:
-            return None
-        raise TargetError(f"caddy admin GET {path}: {self._error(response)}")
+    # -- config -------------------------------------------------------------------------------------
+
+    def render(self, sites: dict[str, dict[str, Any]]) -> str:
+        """haproxy.cfg for these sites, each served by its `blue` slot (the other in maintenance)."""
+        lines = [
+            "# Generated by conveyor from proxy.json; changes made here are lost at the next deploy.",
+            "global",
+            f"    pidfile {_quoted(self.pid_file)}",
+            f"    stats socket {_quoted(self.stats_socket)} mode 600 level admin expose-fd listeners",
+            # Only failed requests and server state changes are logged (see dontlog-normal), to stderr,
+            # which is haproxy.log.
+            "    log stderr format raw local0 info",
+            # The stable ports are this HAProxy's alone: a second HAProxy started by mistake, or any other
+            # SO_REUSEPORT program, must fail to bind them instead of silently sharing their traffic.
+            # Reloads do not need SO_REUSEPORT: the new worker receives the listening sockets.
+            "    noreuseport",
+            # How long a worker left by a reload may keep serving the connections it still has.
+            "    hard-stop-after 10m",
+            "",
+            "defaults",
+            "    mode http",
+            "    log global",
+            "    option httplog",
+            "    option dontlog-normal",
+            "    option dontlognull",  # e.g. conveyor's own check that a new listener accepts connections
+            "    timeout connect 2s",
+            f"    timeout client {CLIENT_TIMEOUT}s",
+            "    timeout server 60s",
+            # WebSocket and other upgraded connections are idle for long stretches by nature.
+            "    timeout tunnel 1h",
+            # A request whose connection to the upstream fails is tried again instead of failing;
+            # redispatch lets the last try go to the other slot if it is the one in service by then.
+            "    retries 3",
+            "    option redispatch",
+            # On a reload, the old worker keeps idle keep-alive connections until their next request (and
+            # answers it with Connection: close) rather than closing them under a client about to use them.
+            "    option idle-close-on-response",
+            # What the apps saw behind Caddy: the client's address, scheme and host.
+            "    option forwardfor",
+            "",
+        ]
+        for name, site in sorted(sites.items()):
+            host, port = split_upstream(str(site["upstream"]))
+            lines += [
+                f"listen {name}",
+                f"    bind {_bind(str(site['bind']), int(site['port']))}",
+                # As Caddy did for a client it does not trust: its own X-Forwarded-For is replaced, not
+                # extended (forwardfor adds the header after these rules).
+                "    http-request del-header X-Forwarded-For",
+                "    http-request set-header X-Forwarded-Proto http",
+                "    http-request set-header X-Forwarded-Host %[req.hdr(host)]",
+                f"    server {SLOTS[0]} {listen_address(host, port)}",
+                f"    server {SLOTS[1]} {PLACEHOLDER} backup disabled",
+                "",
+            ]
+        return "\n".join(lines)
+
+    def _check(self, binary: str, text: str) -> None:
+        """Refuse a config HAProxy would refuse, before a running HAProxy is asked to load it."""
+        with tempfile.NamedTemporaryFile("w", dir=self.dir, prefix=".check-", suffix=".cfg") as candidate:
+            candidate.write(text)
+            candidate.flush()
+            done = subprocess.run([binary, "-c", "-q", "-f", candidate.name], capture_output=True, text=True,
+                                  timeout=30)
+        if done.returncode != 0:
+            problem = _alert(done.stderr or done.stdout) or f"exit code {done.returncode}"
+            raise TargetError(f"haproxy refused the generated config: {problem}")
+
+    # -- CLI plumbing -------------------------------------------------------------------------------
+
+    def _cli(self, path: Path, command: str, timeout: float = CLI_TIMEOUT) -> str:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            chunks: list[bytes] = []
+            try:
+                sock.connect(str(path))
+                sock.sendall(command.encode() + b"\n")
+                # The CLI answers a non-interactive client once it has finished sending, then closes.
+                sock.shutdown(socket.SHUT_WR)
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except OSError as exc:
+                raise TargetError(f"haproxy's CLI at {path} did not answer '{command}': {exc}") from exc
+        return b"".join(chunks).decode(errors="replace")
+
+    def _master(self, command: str) -> str:
+        return self._cli(self.master_socket, command)
+
+    def _worker(self, pid: int | None, command: str) -> str:
+        """A runtime API command for worker `pid` (None: the current worker), through the master CLI."""
+        prefix = "@1" if pid is None else f"@!{pid}"
+        return self._master(f"{prefix} {command}").strip()
+
+    def processes(self) -> Processes:
+        found = Processes()
+        section = ""
+        for line in self._master("show proc").splitlines():
+            if line.startswith("#"):
+                section = line.lstrip("# ").strip()
+                continue
+            fields = line.split()
+            if len(fields) < 3 or not fields[0].isdigit():
+                continue
+            if fields[1] == "master":
+                found.reloads = int(fields[2]) if fields[2].isdigit() else 0
+                failed = re.search(r"failed:\s*(\d+)", line)
+                found.failed = int(failed.group(1)) if failed else 0
+            elif section == "workers":
+                found.workers.append(int(fields[0]))
+            elif section == "old workers":
+                found.old_workers.append(int(fields[0]))
+        return found
 
     def answering(self) -> bool:
-        import httpx
-
-        try:
-            response = httpx.get(self.base + "/config/", timeout=1.0)
-        except httpx.HTTPError:
+        """Whether this state dir's HAProxy runs and has a worker serving."""
+        if not self.master_socket.exists():
             return False
-        return response.status_code == 200
+        try:
+            return bool(self.processes().workers)
+        except TargetError:
+            return False
+
+    def slots(self, name: str, pid: int | None = None) -> list[Slot] | None:
+        """The slots of `name` in worker `pid` (None: the current one); None when it has no such proxy."""
+        answer = self._worker(pid, f"show servers state {name}")
+        if "such backend" in answer.lower() or "can't find backend" in answer.lower():
+            return None
+        columns: list[str] = []
+        found: list[Slot] = []
+        for line in answer.splitlines():
+            if line.startswith("# be_id"):
+                columns = line[1:].split()
+                continue
+            fields = line.split()
+            if not columns or len(fields) != len(columns):
+                continue
+            row = dict(zip(columns, fields, strict=True))
+            if row["be_name"] != name:
+                continue
+            found.append(Slot(name=row["srv_name"], address=listen_address(row["srv_addr"], int(row["srv_port"])),
+                              in_service=row["srv_op_state"] != "0"
+                              and not int(row["srv_admin_state"]) & OUT_OF_SERVICE))
+        if not columns:
+            raise TargetError(f"haproxy answered 'show servers state {name}' with: {answer[:200]}")
+        return found
 
     # -- process ------------------------------------------------------------------------------------
 
     def ensure_running(self) -> None:
-        """Start Caddy (resuming its autosaved config) unless its admin API already answers."""
-        if self.answering():
+        """Start HAProxy from proxy.json unless it runs; when it runs, make it serve every app+env in
+        proxy.json (a change cut short may have left one out) and let proxy.json follow what it serves."""
+        binary = haproxy_binary()
+        with self._locked():
+            if self.answering():
+                self._reconcile(binary)
+            else:
+                self._start(binary)
+
+    def _reconcile(self, binary: str) -> None:
+        sites = self.sites()
+        running: dict[str, list[Slot] | None] = {name: self.slots(name) for name in sites}
+        if any(slots is None for slots in running.values()):
+            self._reload(binary, sites)
             return
-        caddy = shutil.which("caddy")
-        if caddy is None:
-            raise InfrastructureMissing("caddy is not installed (or not on PATH): the container-host target "
-                                        "needs Caddy 2 as its reverse proxy (Debian package 'caddy')")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        # Only used when there is no autosave yet; --resume prefers the last config Caddy saved.
-        self.config_file.write_text(json.dumps({"admin": {"listen": self.admin}}) + "\n")
-        # A minimal environment: Caddy needs none of the deploying process's variables (secrets among them),
-        # and XDG dirs under our state dir keep its autosave and data with the rest of conveyor's state.
-        environment = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": str(self.dir),
-            "XDG_CONFIG_HOME": str(self.dir / "config"),
-            "XDG_DATA_HOME": str(self.dir / "data"),
-        }
-        config, pid_file = str(self.config_file), str(self.pid_file)
-        command = [caddy, "run", "--resume", "--config", config, "--pidfile", pid_file]
+        changed = False
+        for name, slots in running.items():
+            live = serving(slots or [])
+            # The runtime is what serves (a switch applies there first); the file follows it.
+            if live is not None and live.address != sites[name]["upstream"]:
+                sites[name] = {**sites[name], "upstream": live.address}
+                changed = True
+        if changed:
+            self._write_sites(sites)
+
+    def _start(self, binary: str) -> None:
+        self._check_paths()
+        with contextlib.suppress(OSError, ValueError):
+            _reap(int(self.pid_file.read_text().strip()))  # a master of ours that died: collect it
+        lingering = self.master_pid()
+        if lingering is not None:
+            # Ours, but its master CLI does not answer (yet): starting a second one would fight it.
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline and not self.answering() and _alive(lingering):
+                time.sleep(0.1)
+            if self.answering():
+                return
+            if _alive(lingering):
+                raise TargetError(f"haproxy (pid {lingering}) runs but its master CLI at {self.master_socket} "
+                                  f"does not answer; stop it and deploy again (log: {self.log_file})")
+        sites = self.sites()
+        text = self.render(sites)
+        self._check(binary, text)
+        _write_atomically(self.config_file, text)
+        # A minimal environment: HAProxy needs none of the deploying process's variables (secrets among them).
+        environment = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/bin")}
+        command = [binary, "-W", "-S", f"{self.master_socket},mode,600", "-f", str(self.config_file)]
+        offset = _size(self.log_file)
         log = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
-            # posix_spawn rather than Popen: Caddy is meant to outlive this process, and a Popen object
+            # posix_spawn rather than Popen: HAProxy is meant to outlive this process, and a Popen object
             # would warn (and expect a wait) for a child it never sees end. setsid detaches it from our
             # terminal and process group, so ^C on a deploy does not take the proxy down.
             pid = os.posix_spawn(
-                caddy, command, environment, setsid=True,
+                binary, command, environment, setsid=True,
                 file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                               (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)],
             )
         finally:
             os.close(log)
         deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.answering():
-                return
+        while not self.answering():
             code = _reap(pid)
             if code is not None:
-                raise TargetError(f"caddy exited with code {code} while starting: "
-                                  f"{self._last_log_error()} (log: {self.log_file})")
+                raise TargetError(f"haproxy exited with code {code} while starting: "
+                                  f"{self._log_alert(offset)} (log: {self.log_file})")
+            if time.monotonic() > deadline:
+                raise TargetError(f"haproxy's master CLI at {self.master_socket} did not answer within "
+                                  f"{START_TIMEOUT:g}s (log: {self.log_file})")
             time.sleep(0.05)
-        raise TargetError(f"caddy's admin API at {self.admin} did not answer within {START_TIMEOUT:g}s "
-                          f"(log: {self.log_file})")
+        self._await_listeners(sites)
 
-    def _last_log_error(self) -> str:
-        try:
-            lines = self.log_file.read_text(errors="replace").splitlines()
-        except OSError:
-            return "no log"
-        for line in reversed(lines):
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                if line.strip():
-                    return line.strip()
-                continue
-            if entry.get("level") in ("error", "fatal", "panic") or "error" in entry:
-                return f"{entry.get('msg', '')}: {entry.get('error', '')}".strip(": ")
-        return lines[-1].strip() if lines else "no log output"
+    def _check_paths(self) -> None:
+        for path in (self.master_socket, self.stats_socket):
+            if len(str(path).encode()) > MAX_SOCKET_PATH:
+                raise TargetError(f"the state dir {self.dir} is too long a path for haproxy's unix sockets "
+                                  f"({len(str(path).encode())} > {MAX_SOCKET_PATH} bytes): use a shorter "
+                                  "CONVEYOR_HOME")
+        if re.search(r"[,'\s\\]", str(self.dir)):
+            # `-S` separates socket options with commas; the config quotes paths with single quotes.
+            raise TargetError(f"the state dir {self.dir} holds a comma, quote, backslash or white space, "
+                              "which haproxy's socket options cannot carry: use another CONVEYOR_HOME")
 
-    def pid(self) -> int | None:
+    def master_pid(self) -> int | None:
+        """The master's pid from the pid file, when that process is alive and is this state dir's HAProxy."""
         try:
-            return int(self.pid_file.read_text().strip())
+            pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
+        try:
+            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        # A pid file outlives its process; the pid may have been reused by an unrelated one.
+        mine = any(argument.startswith(str(self.master_socket).encode()) for argument in arguments)
+        return pid if mine and _alive(pid) else None
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop this Caddy (admin `/stop`, then SIGKILL by its pid file if it lingers)."""
-        pid = self.pid()
-        if self.answering():
-            import contextlib
-
-            with contextlib.suppress(TargetError):
-                self._request("POST", "/stop")
+        """Stop this HAProxy at once (SIGTERM to the master, which stops its workers; SIGKILL if it lingers)."""
+        pid = self.master_pid()
         if pid is None:
             return
+        workers: list[int] = []
+        with contextlib.suppress(TargetError):
+            found = self.processes()
+            workers = found.workers + found.old_workers
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and _alive(pid):
+            _reap(pid)
             time.sleep(0.05)
         if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _reap(pid)
+        # Workers end with their master; wait for that so their ports are free when stop() returns.
+        while time.monotonic() < deadline and any(_alive(worker) for worker in workers):
+            time.sleep(0.05)
 
-    # -- servers ------------------------------------------------------------------------------------
-
-    def server(self, app: str, env: str) -> dict[str, Any] | None:
-        found = self._get(f"/config/apps/http/servers/{server_name(app, env)}")
-        return found if isinstance(found, dict) else None
+    # -- app+envs -----------------------------------------------------------------------------------
 
     def upstream(self, app: str, env: str) -> str | None:
-        """The upstream `host:port` this app+env is proxied to, or None when it has no server here."""
-        server = self.server(app, env)
-        try:
-            return str(server["routes"][0]["handle"][0]["upstreams"][0]["dial"]) if server else None
-        except (KeyError, IndexError, TypeError):
-            return None
+        """The `host:port` app+env is proxied to, or None when it is not served here. When HAProxy is not
+        running: the upstream it will serve once started (from proxy.json)."""
+        name = site_name(app, env)
+        if not self.answering():
+            site = self.sites().get(name)
+            return str(site["upstream"]) if site else None
+        live = serving(self.slots(name) or [])
+        return live.address if live else None
 
     def listens(self, app: str, env: str) -> list[str]:
-        server = self.server(app, env)
-        return list(server.get("listen") or []) if server else []
+        """The stable address app+env is served on (from proxy.json), or [] when it is not served here."""
+        site = self.sites().get(site_name(app, env))
+        return [listen_address(str(site["bind"]), int(site["port"]))] if site else []
 
     def switch(self, app: str, env: str, bind: str, port: int, upstream: str) -> None:
-        """Point app+env's server at `upstream`, creating the server when missing.
-
-        Writes use create-only PUT and replace-only PATCH on this server's own path, so concurrent
-        changes to other servers are never overwritten; a lost race is detected and retried.
-        """
-        name = server_name(app, env)
-        wanted = server_config(bind, port, upstream)
-        for _ in range(5):
-            current = self.server(app, env)
-            if current is None:
-                path, body = self._creation(name, wanted)
-                response = self._request("PUT", path, body)
-            elif current.get("listen") == wanted["listen"] and _is_ours(current):
-                # Only the upstreams change: the route, its handler and the listener stay as they are.
-                path = f"/config/apps/http/servers/{name}/routes/0/handle/0/upstreams"
-                response = self._request("PATCH", path, [{"dial": upstream}])
+        """Proxy app+env's `bind:port` to `upstream`: at runtime when that listener exists, else by adding it
+        (a seamless reload). Returns once the change serves; raises TargetError when it could not be made."""
+        name = site_name(app, env)
+        host, upstream_port = split_upstream(upstream)
+        _bind(bind, port)  # refuse a bind the config could not carry before anything changes
+        wanted = {"app": app, "env": env, "bind": bind, "port": int(port),
+                  "upstream": listen_address(host, upstream_port)}
+        binary = haproxy_binary()
+        with self._locked():
+            if not self.answering():
+                raise TargetError(f"haproxy is not running (master CLI {self.master_socket})")
+            sites = self.sites()
+            known = sites.get(name)
+            same_listener = known is not None and (known["bind"], int(known["port"])) == (bind, int(port))
+            if same_listener and self.slots(name) is not None:
+                self._switch_runtime(name, host, upstream_port)
+                self._write_sites({**sites, name: wanted})
             else:
-                # The stable port (or the route's shape) changed: replace this server as a whole.
-                path = f"/config/apps/http/servers/{name}"
-                response = self._request("PATCH", path, wanted)
-            if response.status_code == 200:
-                return
-            error = self._error(response)
-            if "already exists" in error or "invalid traversal path" in error or "not exist" in error:
-                continue  # another writer got in between our read and write: read again
-            raise TargetError(f"caddy refused to switch {name} to {upstream}: {error}")
-        raise TargetError(f"caddy config for {name} kept changing under us; switch to {upstream} not applied")
+                self._reload(binary, {**sites, name: wanted})
 
-    def _creation(self, name: str, server: dict[str, Any]) -> tuple[str, Any]:
-        """The deepest missing level of apps/http/servers/<name> and the body that creates it."""
-        apps = self._get("/config/apps")
-        if not isinstance(apps, dict):
-            return "/config/apps", {"http": {"servers": {name: server}}}
-        http = apps.get("http")
-        if not isinstance(http, dict):
-            return "/config/apps/http", {"servers": {name: server}}
-        if not isinstance(http.get("servers"), dict):
-            return "/config/apps/http/servers", {name: server}
-        return f"/config/apps/http/servers/{name}", server
+    def held_by_old_workers(self, app: str, env: str) -> int:
+        """How many client connections of app+env workers left by a reload still hold. They route their
+        remaining requests to the upstream that served when the reload happened (runtime changes do not
+        reach them), so that upstream must keep running until this is 0. Each such connection ends at its
+        next request (answered with Connection: close), or after CLIENT_TIMEOUT idle."""
+        name = site_name(app, env)
+        try:
+            old_workers = self.processes().old_workers
+        except TargetError:
+            return 0  # not running: nothing holds anything
+        held = 0
+        for pid in old_workers:
+            try:
+                answer = self._worker(pid, f"show stat {name} 1 -1")  # the frontend's row only
+            except TargetError:
+                continue  # it exited meanwhile
+            lines = answer.splitlines()
+            if not lines or not lines[0].startswith("# "):
+                continue  # "No such proxy.": it predates this app+env
+            columns = lines[0][2:].split(",")
+            for line in lines[1:]:
+                row = dict(zip(columns, line.split(","), strict=False))
+                if row.get("pxname") == name and row.get("svname") == "FRONTEND" and row.get("scur", "").isdigit():
+                    held += int(row["scur"])
+        return held
+
+    def _switch_runtime(self, name: str, host: str, port: int) -> None:
+        found = self.processes()
+        for pid in found.workers:
+            self._switch_worker(pid, name, host, port)
+        address = listen_address(host, port)
+        for pid in found.workers:
+            slots = self.slots(name, pid) or []
+            live = serving(slots)
+            if live is None or live.address != address or any(s.in_service for s in slots if s is not live):
+                state = ", ".join(f"{s.name} {s.address} {'in service' if s.in_service else 'out'}" for s in slots)
+                raise TargetError(f"haproxy did not take the switch of {name} to {address}: {state}")
+
+    def _switch_worker(self, pid: int, name: str, host: str, port: int) -> None:
+        slots = self.slots(name, pid)
+        if not slots:
+            raise TargetError(f"haproxy worker {pid} does not serve {name}")
+        address = listen_address(host, port)
+        old = serving(slots)
+        # Already serving the address (then only the other slot may still need to go out), else the other slot.
+        already = old is not None and old.address == address
+        target = old if already and old is not None else next(slot for slot in slots if slot is not old)
+        if target.address != address:
+            # Not serving, so changing its address touches no request.
+            answer = self._worker(pid, f"set server {name}/{target.name} addr {host} port {port}")
+            if "changed" not in answer and "no need to change" not in answer:
+                raise TargetError(f"haproxy refused the address {address} for {name}/{target.name}: {answer}")
+        # In service first, then the old slot out: there is never a moment without an upstream. Blue going in
+        # (or out) is the moment the traffic moves; green, the backup, takes none while blue serves.
+        if not target.in_service:
+            self._state(pid, name, target.name, "ready")
+        for slot in slots:
+            if slot is not target and slot.in_service:
+                try:
+                    self._state(pid, name, slot.name, "maint")
+                except TargetError:
+                    if target.name == SLOTS[1]:
+                        # Blue still serves: take green out again, so what serves is unambiguous.
+                        with contextlib.suppress(TargetError):
+                            self._state(pid, name, target.name, "maint")
+                    raise
+
+    def _state(self, pid: int, name: str, slot: str, state: str) -> None:
+        answer = self._worker(pid, f"set server {name}/{slot} state {state}")
+        if answer:
+            raise TargetError(f"haproxy refused to set {name}/{slot} {state}: {answer}")
+
+    def _reload(self, binary: str, sites: dict[str, dict[str, Any]]) -> None:
+        """Serve `sites` through a new config and a seamless reload; proxy.json follows once it serves."""
+        text = self.render(sites)
+        self._check(binary, text)
+        previous = self.config_file.read_text() if self.config_file.exists() else None
+        before = self.processes()
+        offset = _size(self.log_file)
+        _write_atomically(self.config_file, text)
+        try:
+            # The master re-executes itself and closes this connection without an answer.
+            with contextlib.suppress(TargetError):
+                self._master("reload")
+            self._await_reload(before, offset)
+        except BaseException:
+            # The previous worker keeps serving the previous config: the file says so again.
+            if previous is not None:
+                _write_atomically(self.config_file, previous)
+            raise
+        # The new worker serves `sites` from here on, whatever follows.
+        self._write_sites(sites)
+        self._await_listeners(sites)
+
+    def _await_reload(self, before: Processes, offset: int) -> None:
+        deadline = time.monotonic() + RELOAD_TIMEOUT
+        earlier = set(before.workers) | set(before.old_workers)
+        while True:
+            try:
+                now = self.processes()
+            except TargetError:
+                now = None  # the master is re-executing
+            if now is not None and now.reloads > before.reloads:
+                if any(pid not in earlier for pid in now.workers):
+                    return
+                if now.failed > 0:
+                    raise TargetError(f"haproxy could not load the new config: {self._log_alert(offset)} "
+                                      f"(log: {self.log_file}); the previous config keeps serving")
+            if time.monotonic() > deadline:
+                raise TargetError(f"haproxy did not finish reloading within {RELOAD_TIMEOUT:g}s "
+                                  f"(log: {self.log_file})")
+            time.sleep(0.02)
+
+    def _await_listeners(self, sites: dict[str, dict[str, Any]]) -> None:
+        """Return once every site's listener accepts connections and the current worker serves it."""
+        deadline = time.monotonic() + START_TIMEOUT
+        for name, site in sites.items():
+            host = _dial_host(str(site["bind"]))
+            while True:
+                try:
+                    with socket.create_connection((host, int(site["port"])), timeout=1.0):
+                        pass
+                    if self.slots(name) is not None:
+                        break
+                    problem = "the current worker does not serve it"
+                except OSError as exc:
+                    problem = str(exc)
+                if time.monotonic() > deadline:
+                    raise TargetError(f"haproxy does not answer on {listen_address(host, int(site['port']))} "
+                                      f"for {name}: {problem} (log: {self.log_file})")
+                time.sleep(0.05)
+
+    def _log_alert(self, offset: int) -> str:
+        """The last ALERT HAProxy logged since `offset` (what made a start or reload fail)."""
+        try:
+            with open(self.log_file, errors="replace") as log:
+                log.seek(offset)
+                text = log.read()
+        except OSError:
+            return "no log"
+        return _alert(text) or "no alert logged"
 
 
-def _is_ours(server: dict[str, Any]) -> bool:
+def serving(slots: list[Slot]) -> Slot | None:
+    """The slot that takes the requests: blue when in service, else green (the backup) when in service."""
+    for name in SLOTS:
+        for slot in slots:
+            if slot.name == name and slot.in_service:
+                return slot
+    return None
+
+
+def _alert(text: str) -> str:
+    """The most telling line of HAProxy's output: its first ALERT (the cause; later ones say 'exiting')."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    alerts = [line for line in lines if "[ALERT]" in line]
+    chosen = alerts[0] if alerts else (lines[-1] if lines else "")
+    return re.sub(r"^\[ALERT\]\s*\(\d+\)\s*:\s*", "", chosen)
+
+
+def _bind(bind: str, port: int) -> str:
+    if not BIND.fullmatch(bind) or not 1 <= int(port) <= 65535:
+        raise BadInput(f"cannot listen on '{bind}' port {port}")
+    return listen_address(bind, port)
+
+
+def _dial_host(bind: str) -> str:
+    """Where to connect to reach a listener bound to `bind` (a wildcard is reached through loopback)."""
+    host = bind.strip("[]")
+    if host in ("", "*", "0.0.0.0"):
+        return "127.0.0.1"
+    return "::1" if host == "::" else host
+
+
+def _quoted(path: Path) -> str:
+    return f"'{path}'"  # single quotes: HAProxy expands no environment variables inside them
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    temporary.replace(path)  # a reader (or a restarting HAProxy) never sees half a file
+
+
+def _size(path: Path) -> int:
     try:
-        handler = server["routes"][0]["handle"][0]
-    except (KeyError, IndexError, TypeError):
-        return False
-    return len(server["routes"]) == 1 and handler.get("handler") == "reverse_proxy"
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _reap(pid: int) -> int | None:
     """The exit code of our child `pid` once it has exited (collecting it), else None.
 
-    A Caddy started by another process is not our child: nothing to collect there.
+    An HAProxy started by another process is not our child: nothing to collect there.
     """
     try:
         done, status = os.waitpid(pid, os.WNOHANG)

@@ -1,4 +1,4 @@
-"""The container-host target: an app's image (by digest) as a container on this machine, behind Caddy.
+"""The container-host target: an app's image (by digest) as a container on this machine, behind HAProxy.
 
 A deploy starts the new container beside the old one on a free loopback port, waits until it answers
 its health check, then switches the proxy's upstream to it and retires the old container after a drain
@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import secrets as random_tokens
-import shutil
 import socket
 import subprocess
 import threading
@@ -26,21 +25,28 @@ from typing import TYPE_CHECKING, Any
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
 from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter
 from conveyor.targets.container_host.engine import Container, Engine
-from conveyor.targets.container_host.proxy import CaddyProxy, listen_address
+from conveyor.targets.container_host.proxy import CLIENT_TIMEOUT, HAProxy, haproxy_binary, listen_address
 
 if TYPE_CHECKING:  # only for annotations: importing config (pydantic) is not needed to deploy a spec
     from conveyor.config.models import AppConfig, Environment
 
 TARGET_TYPE = "container-host"
+RUN_TIMEOUT = 3600.0  # `conveyor run`: a one-off command (a console, a backfill) may take a while
 LOG_LINES = 20
 # Label keys on every container this target starts; `role` keeps one-off task containers apart from
 # the serving ones, so a deploy's clean-up never touches a task that is running.
 L_APP, L_ENV, L_ROLE, L_RELEASE = "conveyor.app", "conveyor.env", "conveyor.role", "conveyor.release"
-L_PORT, L_IMAGE, L_ADMIN = "conveyor.port", "conveyor.image", "conveyor.proxy-admin"
+L_PORT, L_IMAGE = "conveyor.port", "conveyor.image"
+# How long the previous container is kept for connections a reloaded HAProxy worker still routes to it:
+# such a connection ends at its next request, or after the proxy's idle timeout.
+OLD_WORKER_WAIT = CLIENT_TIMEOUT + 5.0
 
 
 class ContainerHost:
-    """Implements `conveyor.targets.base.Target` for one machine running podman or docker and Caddy."""
+    """Implements `conveyor.targets.base.Target` for one machine running podman or docker and HAProxy.
+
+    `state_dir` identifies the proxy: one HAProxy serves every app+env deployed with the same state dir.
+    """
 
     type = TARGET_TYPE
 
@@ -65,7 +71,6 @@ class ContainerHost:
             "bind": target.bind,
             "port": target.port,
             "port_env": target.port_env,
-            "proxy_admin": target.proxy_admin,
             "env_vars": dict(env.env),  # "env" is the environment's name
             "secrets": list(env.secrets),  # names only: values are read from the environment at run time
             "health": {
@@ -89,11 +94,9 @@ class ContainerHost:
         _check_spec(spec)
         self._require_secrets(spec)
         self._engine(spec["engine"])
-        if shutil.which("caddy") is None:
-            raise InfrastructureMissing("caddy is not installed (or not on PATH): the container-host target "
-                                        "needs Caddy 2 as its reverse proxy (Debian package 'caddy')")
+        haproxy_binary()
         bind, port = spec["bind"], int(spec["port"])
-        proxy = self._proxy(spec)
+        proxy = self._proxy()
         ours = proxy.answering() and listen_address(bind, port) in proxy.listens(spec["app"], spec["env"])
         if not ours and not _port_free(bind, port):
             raise BadInput(f"port {port} is in use by another process; choose another target.port for "
@@ -103,16 +106,33 @@ class ContainerHost:
 
     def run_task(self, spec: dict[str, Any], task: dict[str, Any], report: Reporter) -> None:
         """Run `task` in a one-off container of the spec's image; stream its output; raise on failure."""
+        task_name = str(task["name"])
+        code, tail = self._one_off(spec, f"task-{task_name}", task["command"], float(task.get("timeout", 300)),
+                                   report, "task", f"task {task_name}")
+        if code != 0:
+            raise TargetError(f"task {task_name} exited with {code}", logs=tail)
+
+    def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter) -> int:
+        """`conveyor run`: the command in a one-off container of the spec's image; returns its exit code."""
+        code, _ = self._one_off(spec, "run", command, RUN_TIMEOUT, report, "output", f"command {command[0]}")
+        return code
+
+    def _one_off(
+        self, spec: dict[str, Any], role: str, command: list[str], timeout: float, report: Reporter, step: str,
+        what: str,
+    ) -> tuple[int, list[str]]:
+        """A one-off container with the spec's image, env and secrets: output lines go to report(step, …);
+        returns the exit code and the last lines. Removed afterwards, also on timeout or interruption."""
         _check_spec(spec)
         self._require_secrets(spec)
         engine = self._engine(spec["engine"])
-        image, task_name, timeout = spec["image"], str(task["name"]), float(task.get("timeout", 300))
+        image = spec["image"]
         if engine.ensure_image(image):
             report("pull", f"pulled {image}")
-        name = f"conveyor-{spec['app']}-{spec['env']}-task-{_slug(task_name)}-{random_tokens.token_hex(3)}"
+        name = f"conveyor-{spec['app']}-{spec['env']}-{_slug(role)}-{random_tokens.token_hex(3)}"
         labels = {L_APP: spec["app"], L_ENV: spec["env"], L_ROLE: "task", L_IMAGE: image}
         args = engine.run_args(image, name=name, labels=labels, env=spec["env_vars"],
-                               secret_names=spec["secrets"], init=bool(spec["init"]), command=task["command"],
+                               secret_names=spec["secrets"], init=bool(spec["init"]), command=command,
                                detach=False)
         tail: deque[str] = deque(maxlen=LOG_LINES)
         lines: queue.Queue[str | None] = queue.Queue()
@@ -125,8 +145,8 @@ class ContainerHost:
                 lines.put(line.rstrip("\n"))
             lines.put(None)
 
-        # A reader thread so the timeout holds even when the task prints nothing; report() is only ever
-        # called from this (the caller's) thread.
+        # A reader thread so the timeout holds even when the container prints nothing; report() is only
+        # ever called from this (the caller's) thread.
         reader = threading.Thread(target=pump, daemon=True)
         reader.start()
         deadline = time.monotonic() + timeout
@@ -135,7 +155,7 @@ class ContainerHost:
             while True:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TargetError(f"task {task_name} timed out after {timeout:g}s", logs=list(tail))
+                    raise TargetError(f"{what} timed out after {timeout:g}s", logs=list(tail))
                 try:
                     line = lines.get(timeout=min(remaining, 0.5))
                 except queue.Empty:
@@ -143,11 +163,11 @@ class ContainerHost:
                 if line is None:
                     break
                 tail.append(line)
-                report("task", line)
-            try:  # output ended; the task may still run (it closed its stdout): the timeout still holds
+                report(step, line)
+            try:  # output ended; the container may still run (it closed its stdout): the timeout still holds
                 code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise TargetError(f"task {task_name} timed out after {timeout:g}s", logs=list(tail)) from None
+                raise TargetError(f"{what} timed out after {timeout:g}s", logs=list(tail)) from None
             finished = True
         finally:
             if not finished:
@@ -162,8 +182,7 @@ class ContainerHost:
             reader.join(timeout=5)
             if process.stdout is not None:
                 process.stdout.close()
-        if code != 0:
-            raise TargetError(f"task {task_name} exited with {code}", logs=list(tail))
+        return code, list(tail)
 
     # -- deploy ---------------------------------------------------------------------------------------
 
@@ -172,7 +191,7 @@ class ContainerHost:
         _check_spec(spec)
         self._require_secrets(spec)
         engine = self._engine(spec["engine"])
-        proxy = self._proxy(spec)
+        proxy = self._proxy()
         proxy.ensure_running()
         app, env, image = spec["app"], spec["env"], spec["image"]
         own = {L_APP: app, L_ENV: env, L_ROLE: "service"}
@@ -192,8 +211,7 @@ class ContainerHost:
 
         port = _free_port(avoid={int(spec["port"])})
         name = f"conveyor-{app}-{env}-{_slug(release_label)}-{random_tokens.token_hex(3)}"
-        labels = {**own, L_RELEASE: release_label, L_PORT: str(port), L_IMAGE: image,
-                  L_ADMIN: spec["proxy_admin"]}
+        labels = {**own, L_RELEASE: release_label, L_PORT: str(port), L_IMAGE: image}
         environment = {**spec["env_vars"], spec["port_env"]: str(port)}
         report("start", f"starting {name} on 127.0.0.1:{port}")
         start_began = time.monotonic()
@@ -226,13 +244,13 @@ class ContainerHost:
             try:
                 now: str | None = proxy.upstream(app, env)
             except TargetError:
-                # Caddy did not answer: the switch may or may not have been applied. Keep the new
+                # HAProxy did not answer: the switch may or may not have been applied. Keep the new
                 # container (it may be serving) and let the pipeline re-apply the previous release.
                 report("failed", f"proxy switch failed: {exc.message}; could not tell what serves now")
                 return Outcome(False, reason=f"proxy switch failed: {exc.message}",
                                logs=engine.logs(name, LOG_LINES), previous_still_serving=False)
             if now != upstream:
-                # Caddy rolls a refused change back as a whole, so the old upstream still serves.
+                # A refused switch leaves the previous upstream serving (HAProxy.switch puts it back).
                 logs = engine.logs(name, LOG_LINES)
                 engine.remove(name)
                 return self._failed(report, f"proxy switch failed: {exc.message}", logs)
@@ -244,11 +262,28 @@ class ContainerHost:
         if float(spec["drain_seconds"]) > 0:
             report("drain", f"letting requests to the previous container finish for {spec['drain_seconds']}s")
             time.sleep(float(spec["drain_seconds"]))
+        self._await_old_workers(proxy, app, env, report)
         for old in engine.list(own):
             if old.name != name:
                 self._retire(engine, old, int(spec["stop_timeout"]), report)
         report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
         return Outcome(True)
+
+    @staticmethod
+    def _await_old_workers(proxy: HAProxy, app: str, env: str, report: Reporter) -> None:
+        """Keep the previous container until no HAProxy worker left by a reload can still send it requests."""
+        held = proxy.held_by_old_workers(app, env)
+        if not held:
+            return
+        report("drain", f"waiting for {held} keep-alive connection(s) an HAProxy worker left by a reload still "
+                        "routes to the previous container")
+        deadline = time.monotonic() + OLD_WORKER_WAIT
+        while held and time.monotonic() < deadline:
+            time.sleep(0.2)
+            held = proxy.held_by_old_workers(app, env)
+        if held:
+            report("warning", f"{held} connection(s) still held after {OLD_WORKER_WAIT:g}s; retiring the "
+                              "previous container anyway")
 
     @staticmethod
     def _failed(report: Reporter, reason: str, logs: list[str]) -> Outcome:
@@ -268,8 +303,9 @@ class ContainerHost:
 
     # -- live -----------------------------------------------------------------------------------------
 
-    def live(self, app: str, env: str) -> LiveState | None:
-        """The container the proxy points to for app+env (found by its port label), or None."""
+    def live(self, app: str, env: str, spec: dict[str, Any] | None = None) -> LiveState | None:
+        """The container the proxy points to for app+env (found by its port label), or None. `spec` (the
+        ledger's live spec) is not needed: this state dir's HAProxy and deploy records say it all."""
         record = self._read_record(app, env)
         try:
             engine = self._engine(record.get("engine", "auto"))
@@ -278,19 +314,14 @@ class ContainerHost:
                 raise
             return None  # no engine and no record of a deploy: nothing can be serving from here
         containers = engine.list({L_APP: app, L_ENV: env, L_ROLE: "service"})
-        admin = record.get("proxy_admin") or next(
-            (c.labels[L_ADMIN] for c in containers if c.running and c.labels.get(L_ADMIN)), None
-        )
-        if not admin:
+        if not record and not containers:
             return None
-        proxy = CaddyProxy(admin, self.state_dir)
+        proxy = self._proxy()
         note = ""
-        if proxy.answering():
-            upstream = proxy.upstream(app, env)
-        else:
-            # Caddy is down; on its next start it resumes its autosaved config, i.e. this upstream.
-            upstream = record.get("upstream")
-            note = f"; proxy at {admin} is not running"
+        if not proxy.answering():
+            # HAProxy is down; ensure_running() starts it from proxy.json, i.e. with this upstream.
+            note = f"; proxy ({proxy.dir}) is not running"
+        upstream = proxy.upstream(app, env)
         port = _port_of(upstream)
         current = next((c for c in containers if port and c.labels.get(L_PORT) == port), None)
         if current is None:
@@ -310,8 +341,8 @@ class ContainerHost:
             self._engines[configured] = Engine.detect(configured)
         return self._engines[configured]
 
-    def _proxy(self, spec: dict[str, Any]) -> CaddyProxy:
-        return CaddyProxy(spec["proxy_admin"], self.state_dir)
+    def _proxy(self) -> HAProxy:
+        return HAProxy(self.state_dir)
 
     @staticmethod
     def _require_secrets(spec: dict[str, Any]) -> None:
@@ -327,10 +358,10 @@ class ContainerHost:
     def _write_record(
         self, spec: dict[str, Any], engine: Engine, upstream: str, name: str, label: str
     ) -> None:
-        """What `live()` needs without a spec: which engine and which proxy serve this app+env."""
+        """What `live()` needs without a spec: which engine serves this app+env, and what it was told."""
         path = self._record_path(spec["app"], spec["env"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        record = {"engine": engine.name, "proxy_admin": spec["proxy_admin"], "bind": spec["bind"],
+        record = {"engine": engine.name, "bind": spec["bind"],
                   "port": spec["port"], "upstream": upstream, "container": name, "release": label,
                   "image": spec["image"]}
         temporary = path.with_suffix(".tmp")
