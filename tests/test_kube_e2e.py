@@ -278,6 +278,7 @@ def test_conveyor_run_streams_output_and_passes_the_exit_code(kapp: KubeApp) -> 
     assert kapp.kube.wait_for(lambda: not [p for p in kapp.kube.list("Pod") if "-run-" in p["metadata"]["name"]])
     ran = kapp.events("run")
     assert [st for _, st, _ in ran] == ["started", "failed"] and "exited with 4" in ran[-1][2]
+    assert ran[-1][2].startswith("bin/console with staging#1")  # the `--` separator is not part of the command
     kapp.kube.behave(f"{kapp.image}@{kapp.digests['v1']}", "succeeds", logs=["ok"])
     assert kapp.run("run", "staging", "--", "true").code == 0
 

@@ -304,7 +304,9 @@ def run_cmd(obj: Context, env: str, command: tuple[str, ...]) -> None:
     def go() -> int:
         from conveyor.pipeline.run import run_command
 
-        return run_command(obj.workspace(), env, list(command), click.echo)
+        # Option parsing stops at ENV, so a `--` separating conveyor's arguments from the command arrives here.
+        words = list(command[1:] if command[:1] == ("--",) else command)
+        return run_command(obj.workspace(), env, words, click.echo)
 
     sys.exit(run(go))
 
