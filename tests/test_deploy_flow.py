@@ -213,3 +213,26 @@ def test_run_a_one_off_command_with_the_live_release(app: App) -> None:
     assert result.code == 4  # the command's own exit code, passed through
     assert 'id="version">v1<' in result.out and "env=staging" in result.out
     assert _containers(app) == [_serving_container(app, "staging")]  # the one-off container is gone
+
+
+def test_the_main_job_on_a_postgresql_ledger(app: App, postgres_server: object) -> None:
+    import psycopg
+
+    from devstack import Postgres
+
+    assert isinstance(postgres_server, Postgres)
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute('CREATE DATABASE "e2e_main_job"')
+    app.extra_env["CONVEYOR_DATABASE_URL"] = postgres_server.url.rsplit("/", 1)[0] + "/e2e_main_job"
+    app.ok("deploy", "staging", "v1")
+    app.ok("promote")
+    app.ok("deploy", "staging", "v2")
+    app.ok("rollback", "staging")
+    assert sorted((r["env"], r["number"], r["kind"]) for r in app.history()) == [
+        ("production", 1, "promote"), ("staging", 1, "deploy"), ("staging", 2, "deploy"), ("staging", 3, "rollback"),
+    ]
+    assert not (app.home / "ledger.db").exists()  # everything went to PostgreSQL
+    with psycopg.connect(app.extra_env["CONVEYOR_DATABASE_URL"]) as conn:
+        count = conn.execute("SELECT count(*) FROM releases WHERE status = 'succeeded'").fetchone()
+    assert count == (4,)
+    assert app.serves("staging") == "v1" and app.serves("production") == "v1"
