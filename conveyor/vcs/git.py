@@ -59,12 +59,6 @@ class Repo:
         result = self._git("rev-list", "--count", f"{older}..{newer}", check=False)
         return int(result.stdout.strip()) if result.returncode == 0 else 0
 
-    def has_commit_graph(self) -> bool:
-        git_dir = Path(self._git("rev-parse", "--git-common-dir").stdout.strip())
-        objects = git_dir if git_dir.is_absolute() else self.path / git_dir
-        info = objects / "objects" / "info"
-        return (info / "commit-graph").exists() or (info / "commit-graphs").is_dir()
-
     def config_value(self, key: str) -> str:
         result = self._git("config", "--get", key, check=False)
         return result.stdout.strip()
@@ -83,13 +77,10 @@ HUMAN_LOG_FORMAT = "%H  %ad  %an: %s"  # with --date=short: one line a person re
 class CommitLog:
     """`git log` of a range, started now and collected later, so callers can work while git runs.
 
-    git writes to temporary files rather than a pipe: a pipe would stall git whenever this process is busy
-    (loading its modules), and git is most of the work on a large range. When the repo has a commit-graph
-    (`git gc` writes one by default) a large range is listed by two git processes, one per half: with the
-    graph, skipping the first half costs git almost nothing, so two cores halve the wall time.
+    git writes to a temporary file rather than a pipe: a pipe would stall git whenever this process is busy
+    (loading its modules), and git is most of the work on a large range. (Splitting a range across two git
+    processes was measured slower: with conveyor loading on the other core, two cores are already busy.)
     """
-
-    SPLIT_AT = 20_000  # commits; below this one process is quicker than counting first
 
     def __init__(self, repo: Repo, older: str | None, newer: str, *, fmt: str = "records",
                  paths: list[str] | None = None) -> None:
@@ -99,16 +90,8 @@ class CommitLog:
         command = ["git", "-C", str(repo.path), "log", f"--format={formats[fmt]}", "--date=short", spec]
         if paths:
             command += ["--", *paths]
-        halves = [command]
-        if not paths and repo.has_commit_graph():
-            count = int(repo._git("rev-list", "--count", spec).stdout.strip() or 0)
-            if count >= self.SPLIT_AT:
-                half = count // 2
-                halves = [[*command, f"--max-count={half}"], [*command, f"--skip={half}"]]
-        self._parts = []
-        for part in halves:
-            out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by text() or discard()
-            self._parts.append((subprocess.Popen(part, stdout=out, stderr=subprocess.PIPE), out))
+        out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by text() or discard()
+        self._parts = [(subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE), out)]
 
     def text(self) -> str:
         chunks = []
