@@ -90,19 +90,17 @@ class CommitLog:
         command = ["git", "-C", str(repo.path), "log", f"--format={formats[fmt]}", "--date=short", spec]
         if paths:
             command += ["--", *paths]
-        out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by text() or discard()
-        self._parts = [(subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE), out)]
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by text() or discard()
+        self._process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.PIPE)
 
     def text(self) -> str:
-        chunks = []
-        for process, out in self._parts:
-            _, err = process.communicate()
-            if process.returncode != 0:
-                raise BadInput(f"git log failed: {err.decode(errors='replace').strip()}")
-            out.seek(0)
-            chunks.append(out.read().decode(errors="replace"))
-            out.close()
-        return "".join(chunks)
+        _, err = self._process.communicate()
+        if self._process.returncode != 0:
+            raise BadInput(f"git log failed: {err.decode(errors='replace').strip()}")
+        self._out.seek(0)
+        content = self._out.read().decode(errors="replace")
+        self._out.close()
+        return content
 
     def rows(self) -> list[list[str]]:
         """[sha, author, author date (ISO 8601), subject] per commit, newest first. Plain lists: a range
@@ -113,11 +111,10 @@ class CommitLog:
         return set(self.text().split())
 
     def discard(self) -> None:
-        for process, out in self._parts:
-            if process.poll() is None:
-                process.kill()
-            process.communicate()
-            out.close()
+        if self._process.poll() is None:
+            self._process.kill()
+        self._process.communicate()
+        self._out.close()
 
 
 class History:
