@@ -26,6 +26,19 @@ class Artifact:
         return f"{self.repository}@{self.digest}"
 
 
+def release_values(target_type: str, app: str, env: str, artifact: Artifact) -> dict[str, Any]:
+    """The head every target's spec starts with: what is released where."""
+    return {
+        "target": target_type,
+        "app": app,
+        "env": env,
+        "image": artifact.image,
+        "repository": artifact.repository,
+        "sha": artifact.sha,
+        "digest": artifact.digest,
+    }
+
+
 @dataclass
 class Outcome:
     succeeded: bool

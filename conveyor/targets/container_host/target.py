@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
-from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter
+from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter, release_values
 from conveyor.targets.container_host.engine import Container, Engine
 from conveyor.targets.container_host.proxy import CLIENT_TIMEOUT, HAProxy, haproxy_binary, listen_address
 
@@ -60,13 +60,7 @@ class ContainerHost:
         """Everything a deploy needs, so a rollback can re-apply this spec without reading config again."""
         target = env.target
         return {
-            "target": TARGET_TYPE,
-            "app": app.app,
-            "env": env.name,
-            "image": artifact.image,
-            "repository": artifact.repository,
-            "sha": artifact.sha,
-            "digest": artifact.digest,
+            **release_values(TARGET_TYPE, app.app, env.name, artifact),
             "engine": target.engine,
             "bind": target.bind,
             "port": target.port,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput, TargetError
-from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter
+from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter, release_values
 from conveyor.targets.kubernetes import manifests as m
 
 if TYPE_CHECKING:
@@ -65,13 +65,7 @@ class Kubernetes:
             path = Path(kubeconfig).expanduser()
             kubeconfig = str(path if path.is_absolute() else (self.repo_dir / path).resolve())
         return {
-            "target": TARGET_TYPE,
-            "app": app.app,
-            "env": env.name,
-            "image": artifact.image,
-            "repository": artifact.repository,
-            "sha": artifact.sha,
-            "digest": artifact.digest,
+            **release_values(TARGET_TYPE, app.app, env.name, artifact),
             # connection settings only: credentials stay in the kubeconfig / service account
             "cluster": {"kubeconfig": kubeconfig, "context": target.context, "in_cluster": target.in_cluster},
             "namespace": target.namespace,
