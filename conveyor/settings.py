@@ -9,6 +9,7 @@ from pathlib import Path
 def conveyor_home() -> Path:
     """Where conveyor keeps local state: the SQLite ledger and the proxy's state."""
     home = Path(os.environ.get("CONVEYOR_HOME") or Path.home() / ".local" / "state" / "conveyor")
+    home = home.expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
 

@@ -196,11 +196,9 @@ def status(obj: Context, as_json: bool) -> None:
 
     def go() -> None:
         from conveyor.cli.render import render_status
-        from conveyor.pipeline.views import outbox_view
-        from conveyor.pipeline.views import status as status_view
+        from conveyor.pipeline.views import status_report
 
-        ws = obj.workspace()
-        data = {"environments": status_view(ws), "outbox": outbox_view(ws)}
+        data = status_report(obj.workspace())
         if as_json:
             emit_json(data)
         else:

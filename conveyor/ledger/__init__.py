@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,10 +26,9 @@ def default_database_url() -> str:
     configured = os.environ.get("CONVEYOR_DATABASE_URL", "").strip()
     if configured:
         return normalise_url(configured)
-    home = Path(os.environ.get("CONVEYOR_HOME") or Path.home() / ".local" / "state" / "conveyor")
-    home = home.expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{home / 'ledger.db'}"
+    from conveyor.settings import conveyor_home
+
+    return f"sqlite:///{conveyor_home() / 'ledger.db'}"
 
 
 def normalise_url(url: str) -> str:

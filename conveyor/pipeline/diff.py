@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.errors import BadInput
+from conveyor.pipeline.operations import stage_pair
 from conveyor.pipeline.workspace import Workspace
 from conveyor.vcs.git import CommitLog, History
 
@@ -31,16 +31,6 @@ def compare_url(remote_url: str, older: str, newer: str) -> str | None:
     if host == "gitlab.com" or host.startswith("gitlab."):
         return f"https://{host}/{path}/-/compare/{older}...{newer}"
     return None
-
-
-def stage_pair(ws: Workspace, source: str | None, target: str | None) -> tuple[str, str]:
-    if (source is None) != (target is None):
-        raise BadInput("diff takes both FROM and TO, or neither (then the first two stages)")
-    if source is None or target is None:
-        from conveyor.pipeline.operations import default_stages
-
-        return default_stages(ws)
-    return ws.config.environment(source).name, ws.config.environment(target).name
 
 
 @dataclass
@@ -121,7 +111,7 @@ def diff(ws: Workspace, source: str | None, target: str | None, *, human: bool =
 def _diff(
     ws: Workspace, source: str | None, target: str | None, early: _EarlyLogs | None, human: bool
 ) -> StageDiff:
-    source, target = stage_pair(ws, source, target)
+    source, target = stage_pair(ws, source, target, "diff")
     app = ws.config.app
     newer = ws.ledger.live_release(app, source)
     older = ws.ledger.live_release(app, target)

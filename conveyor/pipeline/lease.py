@@ -32,6 +32,7 @@ class LeaseKeeper:
         self.holder = uuid.uuid4().hex
         self.ttl = lease_ttl()
         self.lost = False
+        self._current: Lease | None = None  # the lease that refused us, to name its holder
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -68,6 +69,7 @@ class LeaseKeeper:
 
     def _acquire_or_refuse(self) -> None:
         if not self._try():
+            assert self._current is not None
             raise Refused(
                 f"{self.app}/{self.env} is locked: {describe_lease(self._current)}. "
                 "Try again when it finishes, or pass --wait to queue behind it."
@@ -91,7 +93,7 @@ class LeaseKeeper:
                 first = ledger.first_waiter(app=self.app, env=self.env, stale_after=self.ttl)
                 if first == ticket and self._try():
                     return
-                if not announced and getattr(self, "_current", None) is not None:
+                if not announced and self._current is not None:
                     self.ws.say(f"waiting: {describe_lease(self._current)}")
                     announced = True
                 time.sleep(0.2)

@@ -34,6 +34,18 @@ def deploy(
     return execute(ws, plan, wait=wait, dry_run=dry_run)
 
 
+def stage_pair(ws: Workspace, source: str | None, target: str | None, verb: str) -> tuple[str, str]:
+    """FROM and TO as named, or the first two stages when neither is; both must be known and different."""
+    if (source is None) != (target is None):
+        raise BadInput(f"{verb} takes both FROM and TO, or neither (then the first two stages)")
+    if source is None or target is None:
+        return default_stages(ws)
+    pair = ws.config.environment(source).name, ws.config.environment(target).name
+    if pair[0] == pair[1]:
+        raise BadInput(f"{verb} FROM and TO must be different environments")
+    return pair
+
+
 def default_stages(ws: Workspace) -> tuple[str, str]:
     names = [e.name for e in ws.config.environments]
     if len(names) < 2:
@@ -45,14 +57,9 @@ def promote(
     ws: Workspace, source_env: str | None, target_env: str | None, *, only: str | None = None, reason: str = "",
     force: bool = False, wait: bool = False, dry_run: bool = False,
 ) -> Release | None:
-    if (source_env is None) != (target_env is None):
-        raise BadInput("promote takes both FROM and TO, or neither (then the first two stages)")
-    if source_env is None or target_env is None:
-        source_env, target_env = default_stages(ws)
+    source_env, target_env = stage_pair(ws, source_env, target_env, "promote")
     source_cfg = ws.config.environment(source_env)
     env = ws.config.environment(target_env)
-    if source_cfg.name == env.name:
-        raise BadInput("promote FROM and TO must be different environments")
     if force:
         _require_reason(reason, "--force")
     check_promotion_policy(env, kind="promote", source_env=source_cfg.name, forced=force)

@@ -99,6 +99,11 @@ def _serving(ws: Workspace, kind: str, app: str, env: str, live: Release | None)
     return state.image, live is None or state.image != live.image
 
 
+def status_report(ws: Workspace) -> dict[str, Any]:
+    """`conveyor status`: every environment, and what the outbox still owes."""
+    return {"environments": status(ws), "outbox": outbox_view(ws)}
+
+
 def history(ws: Workspace, env: str | None, limit: int) -> list[dict[str, Any]]:
     if env is not None:
         ws.config.environment(env)
