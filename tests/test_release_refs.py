@@ -267,6 +267,52 @@ def test_diff_gives_a_compare_url_for_github_and_gitlab_remotes(app: App) -> Non
     assert data["compare_url"] == f"https://github.com/acme/hello/compare/{v1}...{v2}"
 
 
+def test_diff_is_the_same_whether_git_was_started_early_or_not(app: App) -> None:
+    app.ok("deploy", "staging", "v2")
+    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
+    # `conveyor diff` starts git before the CLI loads; with --config first it does not (no guess is made)
+    for args in ([], ["--json"], ["production", "staging"], ["staging", "production", "--json"]):
+        early, late = app.ok("diff", *args).out, app.ok("--config", "conveyor.yml", "diff", *args).out
+        assert early == late
+    assert app.ok("diff").out.startswith("1 commit(s) in staging")
+
+
+def test_diff_starts_git_early_on_the_ledger_hint(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.pipeline import early_log
+
+    app.ok("deploy", "staging", "v2")
+    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
+    monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
+    early_log.prefetch(str(app.repo / "www"), None, None, human=True)  # from a folder inside the repo
+    early = early_log.take_prefetched()
+    assert early is not None and (early.older, early.newer) == (app.git("rev-parse", "v1"), app.git("rev-parse", "v2"))
+    assert early.commits.output().decode().endswith(": hello v2\n")
+    early_log.prefetch(str(app.home), None, None, human=True)  # not in a repo: no guess, no error
+    assert early_log.take_prefetched() is None
+
+
+def test_diff_throws_away_an_early_log_the_ledger_does_not_confirm(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.pipeline import early_log
+    from conveyor.pipeline.diff import diff
+    from conveyor.pipeline.workspace import Workspace
+
+    app.ok("deploy", "staging", "v2")
+    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
+    monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
+    early_log.prefetch(str(app.repo), None, None, human=True)  # guesses v1..v2
+    guessed = early_log._prefetched[0]
+    app.ok("deploy", "staging", "v1")  # the ledger moves on before diff() looks: now nothing is missing
+    ws = Workspace(cwd=app.repo)
+    try:
+        result = diff(ws, None, None, human=True)
+    finally:
+        ws.close()
+    assert result.listing == b"" and result.source_sha == result.target_sha == app.git("rev-parse", "v1")
+    assert guessed.commits._process.returncode is not None and not early_log._prefetched
+
+
 def _wait_for_event(app: App, env: str, step: str, timeout: float = 60) -> None:
     from conveyor.ledger import open_ledger
 

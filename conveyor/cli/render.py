@@ -56,20 +56,26 @@ def render_outbox(items: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def render_diff(data: StageDiff) -> str:
-    """Header, git's own listing (full SHA, date, author, subject), migration flags, compare link."""
+def render_diff(data: StageDiff) -> list[bytes]:
+    """Header, git's own listing (full SHA, date, author, subject), migration flags, compare link.
+
+    Pieces of bytes, written one after another: the listing can be 100,000 lines (8 MB), and goes to the
+    terminal exactly as git wrote it, without being decoded or copied again."""
     if data.source_sha is None:
-        return f"{data.source} has no live release"
-    listing = data.text.rstrip("\n")
-    count = listing.count("\n") + 1 if listing else 0
+        return [f"{data.source} has no live release\n".encode()]
+    listing = data.listing
+    if listing and not listing.endswith(b"\n"):
+        listing += b"\n"
     lacks = f"({data.target_sha[:12]}) lacks" if data.target_sha else "(nothing deployed) lacks"
+    count = listing.count(b"\n")
     header = f"{count} commit(s) in {data.source} ({data.source_sha[:12]}) that {data.target} {lacks}"
     if data.migrations:
-        listing = "\n".join(
-            f"{line}  [migration]" if line[:40] in data.migrations else line for line in listing.splitlines()
+        flagged = {sha.encode() for sha in data.migrations}
+        listing = b"".join(
+            line[:-1] + b"  [migration]\n" if line[:40] in flagged else line for line in listing.splitlines(True)
         )
-    footer = f"\n{data.compare_url}" if data.compare_url else ""
-    return f"{header}\n{listing}{footer}" if listing else f"{header}{footer}"
+    footer = f"{data.compare_url}\n".encode() if data.compare_url else b""
+    return [header.encode() + b"\n", listing, footer]
 
 
 def render_history(rows: list[dict[str, Any]]) -> str:

@@ -1,20 +1,22 @@
 """Commits between stages: what the later stage lacks, from the two live releases' SHAs in the ledger
 (never from mutable tags), with a compare URL for GitHub and GitLab remotes and migration flags.
 
-On a large range `git log` is most of the work, so it is started before conveyor has finished loading,
-on a hint read straight from a SQLite ledger (ledger.peek); the hint is then checked against the
-ledger proper and the early log thrown away if they differ.
+On a large range `git log` is most of the work, so it is started before conveyor has finished loading
+(pipeline.early_log) and only confirmed here against the ledger proper.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from conveyor.pipeline.operations import stage_pair
-from conveyor.pipeline.workspace import Workspace
-from conveyor.vcs.git import CommitLog, History
+from conveyor.pipeline.early_log import EarlyLogs, start_early, take_prefetched
+from conveyor.pipeline.stages import stage_pair
+from conveyor.vcs.git import History
+
+if TYPE_CHECKING:
+    from conveyor.pipeline.workspace import Workspace
 
 _SCP_LIKE = re.compile(r"^(?:[\w.-]+@)?(?P<host>[\w.-]+):(?P<path>[^/].*)$")
 _URL = re.compile(r"^(?:https?|ssh|git)://(?:[^@/]+@)?(?P<host>[\w.-]+)(?::\d+)?/(?P<path>.+)$")
@@ -34,54 +36,13 @@ def compare_url(remote_url: str, older: str, newer: str) -> str | None:
 
 
 @dataclass
-class _EarlyLogs:
-    older: str | None
-    newer: str
-    human: bool
-    commits: CommitLog
-    migrations: CommitLog | None
-
-    @classmethod
-    def start(cls, ws: Workspace, older: str | None, newer: str, paths: list[str], human: bool) -> _EarlyLogs:
-        commits = CommitLog(ws.repo, older, newer, fmt="human" if human else "records")
-        migrations = CommitLog(ws.repo, older, newer, fmt="shas", paths=paths) if paths else None
-        return cls(older, newer, human, commits, migrations)
-
-    def matches(self, older: str | None, newer: str, paths: list[str]) -> bool:
-        return (self.older, self.newer) == (older, newer) and (self.migrations is not None) == bool(paths)
-
-    def discard(self) -> None:
-        self.commits.discard()
-        if self.migrations is not None:
-            self.migrations.discard()
-
-
-def _start_early(ws: Workspace, source: str | None, target: str | None, human: bool) -> _EarlyLogs | None:
-    from conveyor.config.raw import peek_raw
-    from conveyor.ledger import default_database_url
-    from conveyor.ledger.peek import live_sha_hint
-
-    raw = peek_raw(ws.config_path)
-    try:
-        names = [str(e["name"]) for e in raw["environments"]]
-        pair = (source, target) if source and target else (names[0], names[1])
-        app = str(raw["app"])
-        paths = [str(p) for p in raw.get("migrations") or []]
-    except (KeyError, IndexError, TypeError):
-        return None
-    hint = live_sha_hint(default_database_url(), app, list(pair))
-    newer, older = hint.get(pair[0]), hint.get(pair[1])
-    return _EarlyLogs.start(ws, older, newer, paths, human) if newer else None
-
-
-@dataclass
 class StageDiff:
     source: str
     target: str
     source_sha: str | None
     target_sha: str | None
     rows: list[list[str]]  # [sha, author, date, subject], newest first (when asked for data)
-    text: str  # git's own one-line-per-commit listing (when asked for humans)
+    listing: bytes  # git's own one-line-per-commit listing, as git wrote it (when asked for humans)
     migrations: set[str]  # SHAs of the commits that touch a configured migration path
     compare_url: str | None
 
@@ -99,7 +60,7 @@ class StageDiff:
 
 def diff(ws: Workspace, source: str | None, target: str | None, *, human: bool = False) -> StageDiff:
     """human=True asks git for the readable listing directly (no per-commit work in Python)."""
-    early = _start_early(ws, source, target, human)
+    early = take_prefetched() or start_early(ws.repo, ws.config_path, source, target, human)
     try:
         return _diff(ws, source, target, early, human)
     except BaseException:
@@ -109,7 +70,7 @@ def diff(ws: Workspace, source: str | None, target: str | None, *, human: bool =
 
 
 def _diff(
-    ws: Workspace, source: str | None, target: str | None, early: _EarlyLogs | None, human: bool
+    ws: Workspace, source: str | None, target: str | None, early: EarlyLogs | None, human: bool
 ) -> StageDiff:
     source, target = stage_pair(ws, source, target, "diff")
     app = ws.config.app
@@ -117,15 +78,15 @@ def _diff(
     older = ws.ledger.live_release(app, target)
     older_sha = older.sha if older else None
     paths = ws.config.migrations
-    if early is not None and (newer is None or not early.matches(older_sha, newer.sha, paths)):
+    if early is not None and (newer is None or not early.matches(ws.repo.path, older_sha, newer.sha, paths, human)):
         early.discard()  # the hint was wrong: the ledger's answer is the only one used
         early = None
     if newer is None:
-        return StageDiff(source, target, None, older_sha, [], "", set(), None)
-    logs = early or _EarlyLogs.start(ws, older_sha, newer.sha, paths, human)
+        return StageDiff(source, target, None, older_sha, [], b"", set(), None)
+    logs = early or EarlyLogs(ws.repo, older_sha, newer.sha, paths, human)
     url = None
     if older_sha:
         url = compare_url(History(ws.repo).remote_url(ws.config.release_refs.remote), older_sha, newer.sha)
     flagged = logs.migrations.shas() if logs.migrations else set()
-    rows, text = ([], logs.commits.text()) if human else (logs.commits.rows(), "")
-    return StageDiff(source, target, newer.sha, older_sha, rows, text, flagged, url)
+    rows, listing = ([], logs.commits.output()) if human else (logs.commits.rows(), b"")
+    return StageDiff(source, target, newer.sha, older_sha, rows, listing, flagged, url)

@@ -7,6 +7,7 @@ from conveyor.ledger.models import Release
 from conveyor.pipeline.artifacts import require_artifact
 from conveyor.pipeline.guards import check_promotion_policy
 from conveyor.pipeline.release import ReleasePlan, execute
+from conveyor.pipeline.stages import stage_pair
 from conveyor.pipeline.workspace import Workspace
 from conveyor.targets.base import Artifact
 
@@ -32,25 +33,6 @@ def deploy(
     spec = ws.target(env.target.type).render(ws.config, env, artifact)
     plan = ReleasePlan(env=env, kind=kind, artifact=artifact, spec=spec, reason=reason, forced=force)
     return execute(ws, plan, wait=wait, dry_run=dry_run)
-
-
-def stage_pair(ws: Workspace, source: str | None, target: str | None, verb: str) -> tuple[str, str]:
-    """FROM and TO as named, or the first two stages when neither is; both must be known and different."""
-    if (source is None) != (target is None):
-        raise BadInput(f"{verb} takes both FROM and TO, or neither (then the first two stages)")
-    if source is None or target is None:
-        return default_stages(ws)
-    pair = ws.config.environment(source).name, ws.config.environment(target).name
-    if pair[0] == pair[1]:
-        raise BadInput(f"{verb} FROM and TO must be different environments")
-    return pair
-
-
-def default_stages(ws: Workspace) -> tuple[str, str]:
-    names = [e.name for e in ws.config.environments]
-    if len(names) < 2:
-        raise BadInput("promote needs two environments; this app has one. Name them: promote FROM TO")
-    return names[0], names[1]
 
 
 def promote(

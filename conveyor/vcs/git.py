@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -18,6 +16,8 @@ class Repo:
 
     @classmethod
     def discover(cls, start: Path) -> Repo:
+        import shutil
+
         if shutil.which("git") is None:
             raise InfrastructureMissing("git is not installed")
         result = subprocess.run(
@@ -44,6 +44,8 @@ class Repo:
 
     def export(self, sha: str, dest: Path) -> None:
         """Write the committed tree of SHA into dest: never the working tree's uncommitted files."""
+        import tarfile  # only builds export; `conveyor diff` starts git before loading more than it needs
+
         dest.mkdir(parents=True, exist_ok=True)
         with subprocess.Popen(
             ["git", "-C", str(self.path), "archive", "--format=tar", sha], stdout=subprocess.PIPE
@@ -84,7 +86,7 @@ class CommitLog:
 
     def __init__(self, repo: Repo, older: str | None, newer: str, *, fmt: str = "records",
                  paths: list[str] | None = None) -> None:
-        """fmt: "records" (parse with rows()), "human" (HUMAN_LOG_FORMAT, read with text()), or "shas"."""
+        """fmt: "records" (parse with rows()), "human" (HUMAN_LOG_FORMAT, read with output()), or "shas"."""
         spec = f"{older}..{newer}" if older else newer
         formats = {"records": _log_format(), "human": HUMAN_LOG_FORMAT, "shas": "%H"}
         command = ["git", "-C", str(repo.path), "log", f"--format={formats[fmt]}", "--date=short", spec]
@@ -93,14 +95,18 @@ class CommitLog:
         self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed by text() or discard()
         self._process = subprocess.Popen(command, stdout=self._out, stderr=subprocess.PIPE)
 
-    def text(self) -> str:
+    def output(self) -> bytes:
+        """git's output as it wrote it (the human listing is passed through to the terminal untouched)."""
         _, err = self._process.communicate()
         if self._process.returncode != 0:
             raise BadInput(f"git log failed: {err.decode(errors='replace').strip()}")
         self._out.seek(0)
-        content = self._out.read().decode(errors="replace")
+        content = self._out.read()
         self._out.close()
         return content
+
+    def text(self) -> str:
+        return self.output().decode(errors="replace")
 
     def rows(self) -> list[list[str]]:
         """[sha, author, author date (ISO 8601), subject] per commit, newest first. Plain lists: a range
