@@ -714,6 +714,29 @@ def test_watch_history_compaction_is_survived_by_relisting(k8s: Env, monkeypatch
     assert expired and len(relists) >= 2
 
 
+def _play_controller(k8s: Env, kind: str, name: str, pod: str, status: dict[str, Any],
+                     node: str | None = None) -> Callable[[str, str], None]:
+    """The in-repo server stores StatefulSets and DaemonSets but does not drive them: once conveyor has applied
+    KIND/NAME, create its one pod (from the template, owned by it) and report the status a controller would."""
+
+    def play(step: str, message: str) -> None:
+        if step != "apply" or message != f"{kind}/{name} applied":
+            return
+        store, owner = k8s.kube.store, k8s.kube.get(kind, name)
+        assert owner is not None
+        template = owner["spec"]["template"]
+        store.create(k8s.kube.store_resource("Pod"), "default", {
+            "metadata": {"name": pod, "labels": template["metadata"]["labels"], "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": kind, "name": name, "uid": owner["metadata"]["uid"],
+                "controller": True}]},
+            "spec": {**template["spec"], **({"nodeName": node} if node else {})}}, "kube-controller-manager")
+        store.mutate(k8s.kube.store_resource(kind), "default", name,
+                     lambda o: o["status"].update(observedGeneration=o["metadata"]["generation"], **status),
+                     "kube-controller-manager", "status")
+
+    return play
+
+
 def test_jobs_bare_pods_and_statefulsets_are_verified(k8s: Env) -> None:
     job = textwrap.dedent(f"""\
         apiVersion: batch/v1
@@ -753,23 +776,7 @@ def test_jobs_bare_pods_and_statefulsets_are_verified(k8s: Env) -> None:
         """)
     k8s.kube.behave("registry.test/db:15", "crashloop")
     reports = Reports()
-
-    def statefulset_controller(step: str, message: str) -> None:
-        # The in-repo server stores StatefulSets but does not drive them: play the controller's part.
-        if step == "apply" and message == "StatefulSet/db applied":
-            store, sts_obj = k8s.kube.store, k8s.kube.get("StatefulSet", "db")
-            assert sts_obj is not None
-            template = sts_obj["spec"]["template"]
-            store.create(k8s.kube.store_resource("Pod"), "default", {
-                "metadata": {"name": "db-0", "labels": template["metadata"]["labels"], "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
-                    "uid": sts_obj["metadata"]["uid"], "controller": True}]},
-                "spec": template["spec"]}, "kube-controller-manager")
-            store.mutate(k8s.kube.store_resource("StatefulSet"), "default", "db",
-                         lambda o: o["status"].update(observedGeneration=o["metadata"]["generation"], replicas=1),
-                         "kube-controller-manager", "status")
-
-    reports.hooks.append(statefulset_controller)
+    reports.hooks.append(_play_controller(k8s, "StatefulSet", "db", "db-0", {"replicas": 1}))
     outcome = k8s.target.deploy(k8s.spec({**APP, "deploy/db.yaml": sts}, seed="v2"), "staging#2", reports)
     assert "StatefulSet db: 1/1 pods doomed: pod db-0" in outcome.reason
 
@@ -778,23 +785,9 @@ def test_jobs_bare_pods_and_statefulsets_are_verified(k8s: Env) -> None:
     daemonset = daemonset.replace("registry.test/db:15", "registry.test/agent:2")
     k8s.kube.behave("registry.test/agent:2", "image-not-found")
     reports = Reports()
-
-    def daemonset_controller(step: str, message: str) -> None:
-        if step == "apply" and message == "DaemonSet/agent applied":
-            store, ds = k8s.kube.store, k8s.kube.get("DaemonSet", "agent")
-            assert ds is not None
-            template = ds["spec"]["template"]
-            store.create(k8s.kube.store_resource("Pod"), "default", {
-                "metadata": {"name": "agent-x7k2p", "labels": template["metadata"]["labels"], "ownerReferences": [{
-                    "apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent",
-                    "uid": ds["metadata"]["uid"], "controller": True}]},
-                "spec": {**template["spec"], "nodeName": "worker-1"}}, "kube-controller-manager")
-            store.mutate(k8s.kube.store_resource("DaemonSet"), "default", "agent",
-                         lambda o: o["status"].update(observedGeneration=o["metadata"]["generation"],
-                                                      desiredNumberScheduled=1, currentNumberScheduled=1),
-                         "kube-controller-manager", "status")
-
-    reports.hooks.append(daemonset_controller)
+    reports.hooks.append(_play_controller(k8s, "DaemonSet", "agent", "agent-x7k2p",
+                                          {"desiredNumberScheduled": 1, "currentNumberScheduled": 1},
+                                          node="worker-1"))
     outcome = k8s.target.deploy(k8s.spec({**APP, "deploy/agent.yaml": daemonset}, seed="v3"), "staging#3", reports)
     assert "DaemonSet agent: 1/1 pods doomed: pod agent-x7k2p" in outcome.reason
     assert "cannot pull image" in outcome.reason

@@ -278,16 +278,22 @@ def test_diff_is_the_same_whether_git_was_started_early_or_not(app: App) -> None
 
 
 def test_diff_starts_git_early_on_the_ledger_hint(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    from conveyor.cli.entry import _prefetch_diff  # what the executable does before click loads
     from conveyor.pipeline import early_log
 
     app.ok("deploy", "staging", "v2")
     app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
     monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
-    early_log.prefetch(str(app.repo / "www"), None, None, human=True)  # from a folder inside the repo
+    monkeypatch.chdir(app.repo / "www")  # from a folder inside the repo
+    _prefetch_diff([])
     early = early_log.take_prefetched()
     assert early is not None and (early.older, early.newer) == (app.git("rev-parse", "v1"), app.git("rev-parse", "v2"))
     assert early.commits.output().decode().endswith(": hello v2\n")
-    early_log.prefetch(str(app.home), None, None, human=True)  # not in a repo: no guess, no error
+    for args in (["--config", "conveyor.yml"], ["staging"]):  # arguments it does not read: no guess
+        _prefetch_diff(args)
+        assert early_log.take_prefetched() is None
+    monkeypatch.chdir(app.home)  # not in a repo: no guess, no error
+    _prefetch_diff([])
     assert early_log.take_prefetched() is None
 
 
