@@ -21,13 +21,14 @@ def main() -> None:
     runs = parser.parse_args().runs
     with_refs, without = [], []
     with sample_app() as app:
-        config = app.repo / "conveyor.yml"
-        base = config.read_text()
+        # The same commits either way; with refs off through an explicit --config override of their config.
+        refs_off = app.repo.parent / "refs-off.yml"
+        refs_off.write_text((app.repo / "conveyor.yml").read_text() + REFS_OFF)
         for index in range(runs * 2):
             refs_on = index % 2 == 0
-            config.write_text(base if refs_on else base + REFS_OFF)
+            override = [] if refs_on else ["--config", str(refs_off)]
             sha = app.v2 if (index // 2) % 2 == 0 else app.v1
-            (with_refs if refs_on else without).append(app.conveyor("deploy", "staging", sha))
+            (with_refs if refs_on else without).append(app.conveyor(*override, "deploy", "staging", sha))
     on, off = statistics.median(with_refs), statistics.median(without)
     print(f"deploy with tags+branch pushed    median {on:.3f}s over {runs}")
     print(f"deploy with release_refs disabled median {off:.3f}s over {runs}")

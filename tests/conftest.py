@@ -86,22 +86,29 @@ CMD ["/bin/busybox", "sh", "-c", "echo 'fatal: cannot connect to the database' >
 """
 
 
-def _render_config(repo: Path, values: dict[str, str]) -> None:
-    from string import Template
+@pytest.fixture(scope="session")
+def sample_ports() -> dict[str, int]:
+    """The stable ports of the sample app's environments, committed in its conveyor.yml (conveyor reads the
+    config from the commit it ships). Tests run one at a time and each stops its proxy when it ends, so every
+    test serves on these same two ports."""
+    from devstack import free_port
 
-    from devstack import SAMPLE_APP
-
-    template = Template((SAMPLE_APP / "conveyor.yml.in").read_text())
-    (repo / "conveyor.yml").write_text(template.substitute(values))
+    staging = free_port()
+    production = free_port()
+    while production == staging:
+        production = free_port()
+    return {"staging": staging, "production": production}
 
 
 @pytest.fixture(scope="session")
-def sample_origin(stack_root: Path, registry: Registry, engine_env: dict[str, str]) -> Path:
+def sample_origin(stack_root: Path, registry: Registry, engine_env: dict[str, str],
+                  sample_ports: dict[str, int]) -> Path:
     """The sample app's repo with tags v1, v2, broken (health check fails), crash (exits at start),
     each already built and pushed by `conveyor build`."""
     from devstack import commit_sample_version, git, make_sample_repo
 
-    values = {"REGISTRY": registry.host, "STAGING_PORT": "1", "PRODUCTION_PORT": "2"}
+    values = {"REGISTRY": registry.host, "STAGING_PORT": str(sample_ports["staging"]),
+              "PRODUCTION_PORT": str(sample_ports["production"])}
     repo = make_sample_repo(stack_root / "origin", values, version="v1")
     git(repo, "tag", "v1")
     commit_sample_version(repo, "v2")
@@ -132,11 +139,11 @@ def _remove_containers(app_name: str) -> None:
 
 
 @pytest.fixture
-def app(tmp_path: Path, sample_origin: Path, registry: Registry) -> Iterator[object]:
+def app(tmp_path: Path, sample_origin: Path, sample_ports: dict[str, int]) -> Iterator[object]:
     """A fresh clone of the sample app with its own ledger, proxy and ports; cleaned up afterwards."""
     import subprocess
 
-    from devstack import free_port, stop_proxy
+    from devstack import stop_proxy
     from tests.e2e import App
 
     repo = tmp_path / "hello"
@@ -149,13 +156,8 @@ def app(tmp_path: Path, sample_origin: Path, registry: Registry) -> Iterator[obj
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(remote)], check=True)
     subprocess.run(["git", "-C", str(repo), "remote", "set-url", "origin", str(remote)], check=True)
     subprocess.run(["git", "-C", str(repo), "push", "-q", "origin", "main", "--tags"], check=True)
-    ports = {"staging": free_port(), "production": free_port()}
-    _render_config(repo, {
-        "REGISTRY": registry.host, "STAGING_PORT": str(ports["staging"]),
-        "PRODUCTION_PORT": str(ports["production"]),
-    })
     _remove_containers("hello")
-    the_app = App(repo, tmp_path / "home", ports)
+    the_app = App(repo, tmp_path / "home", dict(sample_ports))
     yield the_app
     stop_proxy(the_app.home)
     _remove_containers("hello")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,20 @@ class App:
 
     def status(self) -> dict[str, dict[str, Any]]:
         return {row["env"]: row for row in self.ok("status", "--json").json()["environments"]}
+
+    def reconfigure(self, change: Callable[[str], str], *, on: str = "HEAD", build: bool = True,
+                    message: str = "reconfigure") -> str:
+        """Commit change(conveyor.yml) on top of `on` and return the new commit's SHA (HEAD is left there).
+        conveyor reads the config from the commit it ships, so a test that wants other settings ships a commit
+        that has them; `build` builds its image with `conveyor build`, as a user would."""
+        self.git("checkout", "-q", "--detach", on)
+        config = self.repo / "conveyor.yml"
+        config.write_text(change(config.read_text()))
+        self.git("commit", "-q", "-am", message)
+        sha = self.git("rev-parse", "HEAD")
+        if build:
+            self.ok("build", sha)
+        return sha
 
     def git(self, *args: str) -> str:
         return subprocess.run(

@@ -62,8 +62,7 @@ def test_deploy_promote_rollback_serve_and_record_each_release(app: App) -> None
 def test_rollback_reapplies_the_stored_spec_not_todays_config(app: App) -> None:
     app.ok("deploy", "staging", "v1")
     app.ok("deploy", "staging", "v2")
-    config = app.repo / "conveyor.yml"
-    config.write_text(config.read_text().replace("APP_VERSION: staging", "APP_VERSION: changed-later"))
+    app.reconfigure(lambda text: text.replace("APP_VERSION: staging", "APP_VERSION: changed-later"), build=False)
     app.ok("rollback", "staging")
     live = app.status()["staging"]["live"]
     assert live["kind"] == "rollback" and live["number"] == 3
@@ -141,10 +140,9 @@ def test_pre_deploy_task_runs_with_the_new_image_and_its_output_is_recorded(app:
 
 def test_failed_pre_deploy_task_fails_the_operation_and_switches_nothing(app: App) -> None:
     app.ok("deploy", "staging", "v1")
-    config = app.repo / "conveyor.yml"
-    config.write_text(config.read_text().replace(
-        '"echo migrating schema for $APP_VERSION"', '"echo migration 42 failed >&2; exit 7"'))
-    result = app.run("deploy", "staging", "v2")
+    failing = app.reconfigure(lambda text: text.replace(
+        '"echo migrating schema for $APP_VERSION"', '"echo migration 42 failed >&2; exit 7"'), on="v2")
+    result = app.run("deploy", "staging", failing)
     assert result.code == 1
     assert "migrate" in result.err and "7" in result.err
     assert app.serves("staging") == "v1"
@@ -165,14 +163,13 @@ def test_ci_identity_is_recorded(app: App) -> None:
 
 
 def test_secrets_reach_the_app_but_never_the_ledger_or_output(app: App) -> None:
-    config = app.repo / "conveyor.yml"
-    text = config.read_text().replace("    env:\n      APP_VERSION: staging",
-                                      "    secrets: [DB_PASSWORD]\n    env:\n      APP_VERSION: staging")
-    config.write_text(text)
+    with_secret = app.reconfigure(lambda text: text.replace(
+        "    env:\n      APP_VERSION: staging", "    secrets: [DB_PASSWORD]\n    env:\n      APP_VERSION: staging"),
+        on="v1")
     secret = "hunter2-very-secret-value"
-    missing = app.run("deploy", "staging", "v1")
+    missing = app.run("deploy", "staging", with_secret)
     assert missing.code == 2 and "DB_PASSWORD" in missing.err
-    result = app.ok("deploy", "staging", "v1", DB_PASSWORD=secret)
+    result = app.ok("deploy", "staging", with_secret, DB_PASSWORD=secret)
     assert secret not in result.out + result.err
     assert f"DB_PASSWORD={secret}" in _container_env(_serving_container(app, "staging"))
     ledger_files = list(app.home.glob("ledger.db*"))  # the database and its write-ahead log

@@ -90,21 +90,21 @@ def test_a_commit_never_built_is_refused(app: App) -> None:
 
 def test_broken_yaml_is_reported_with_file_and_line(app: App) -> None:
     app.ok("deploy", "staging", "v1")
-    (app.repo / "conveyor.yml").write_text("app: hello\nenvironments: [\n  - name: staging\n")
-    result = app.run("deploy", "staging", "v2")
+    broken = app.reconfigure(lambda _: "app: hello\nenvironments: [\n  - name: staging\n", on="v2", build=False)
+    result = app.run("deploy", "staging", broken)
     assert result.code == 2
     single_message(result.err)
     assert "conveyor.yml:" in result.err and "invalid YAML" in result.err
 
 
 def test_every_config_problem_is_reported_at_once_with_line_and_key_path(app: App) -> None:
-    config = app.repo / "conveyor.yml"
-    text = config.read_text()
-    text = text.replace("insecure: true", "insecure: true\n  colour: blue")
-    text = text.replace(f"port: {app.ports['staging']}", "port: eighty", 1)
-    config.write_text(text)
-    lines = text.splitlines()
-    result = app.run("deploy", "staging", "v1")
+    def spoil(text: str) -> str:
+        text = text.replace("insecure: true", "insecure: true\n  colour: blue")
+        return text.replace(f"port: {app.ports['staging']}", "port: eighty", 1)
+
+    broken = app.reconfigure(spoil, on="v1", build=False)
+    lines = (app.repo / "conveyor.yml").read_text().splitlines()
+    result = app.run("deploy", "staging", broken)
     assert result.code == 2
     single_message(result.err)
     assert "2 problems" in result.err
@@ -112,7 +112,7 @@ def test_every_config_problem_is_reported_at_once_with_line_and_key_path(app: Ap
     port_line = next(i for i, line in enumerate(lines, 1) if "eighty" in line)
     assert f"conveyor.yml:{colour_line}: registry.colour: unknown key" in result.err
     assert f"conveyor.yml:{port_line}: environments[0].target.port:" in result.err
-    config.write_text(text.replace("  colour: blue\n", "").replace("port: eighty", f"port: {app.ports['staging']}"))
+    app.git("checkout", "-q", "main")
     assert app.history() == []
 
 
@@ -121,11 +121,12 @@ def test_unreachable_registry_is_a_clear_error(app: App) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         dead = sock.getsockname()[1]
-    config = app.repo / "conveyor.yml"
-    text = config.read_text()
-    image_line = next(line for line in text.splitlines() if line.startswith("image:"))
-    config.write_text(text.replace(image_line, f"image: 127.0.0.1:{dead}/hello"))
-    result = app.run("deploy", "staging", "v2")
+    def elsewhere(text: str) -> str:
+        image_line = next(line for line in text.splitlines() if line.startswith("image:"))
+        return text.replace(image_line, f"image: 127.0.0.1:{dead}/hello")
+
+    unreachable = app.reconfigure(elsewhere, on="v2", build=False)
+    result = app.run("deploy", "staging", unreachable)
     assert result.code == 2
     single_message(result.err)
     assert f"registry 127.0.0.1:{dead} is unreachable" in result.err

@@ -199,12 +199,13 @@ def test_deploy_and_promote_apply_the_commits_manifests_pinned_to_the_digest(kap
 def test_failed_deploy_is_rolled_back_automatically_and_both_outcomes_recorded(kapp: KubeApp) -> None:
     # No pre-deploy task here: the test kubelet would crash-loop the task pod of the bad image too, and a
     # failed task stops the operation before the rollout this test is about.
-    config = kapp.repo / "conveyor.yml"
-    config.write_text(config.read_text().replace("    env: {APP_VERSION: staging}",
-                                                 "    env: {APP_VERSION: staging}\n    tasks: []"))
-    kapp.ok("deploy", "staging", "v1")
+    # The commits' own config runs the task: this test ships them with an explicit, recorded override.
+    override = kapp.repo / "no-tasks.yml"
+    override.write_text((kapp.repo / "conveyor.yml").read_text().replace(
+        "    env: {APP_VERSION: staging}", "    env: {APP_VERSION: staging}\n    tasks: []"))
+    kapp.ok("--config", str(override), "deploy", "staging", "v1")
     kapp.kube.behave(f"{kapp.image}@{kapp.digests['bad']}", "crashloop")
-    result = kapp.run("deploy", "staging", "bad")
+    result = kapp.run("--config", str(override), "deploy", "staging", "bad")
     assert result.code == 1, result.err
     assert "CrashLoopBackOff" in result.err
     assert "automatically rolled back to staging#1, which serves again" in result.err
@@ -214,6 +215,7 @@ def test_failed_deploy_is_rolled_back_automatically_and_both_outcomes_recorded(k
     failed, first = kapp.history("staging")
     assert failed["status"] == "failed" and "rollout failed: Deployment kweb: 1/1 pods doomed" in failed["error"]
     assert first["status"] == "succeeded"
+    assert failed["config_source"] == first["config_source"] == f"--config {override}"
     assert kapp.status()["staging"]["live"]["number"] == 1
     steps = [(s, st) for s, st, _ in kapp.events()]
     assert ("auto-rollback", "started") in steps and ("auto-rollback", "ok") in steps
@@ -232,6 +234,7 @@ def test_rollback_reapplies_the_stored_manifests_and_image(kapp: KubeApp) -> Non
     kapp.ok("deploy", "staging", "v2")
     (kapp.repo / "conveyor.yml").write_text((kapp.repo / "conveyor.yml").read_text().replace(
         "APP_VERSION: staging", "APP_VERSION: changed-later"))
+    kapp.git("commit", "-qam", "change the config after the release")
     rollback = kapp.ok("rollback", "staging", "--json").json()
     assert rollback["kind"] == "rollback" and rollback["digest"] == kapp.digests["v1"]
     assert kapp.live_image() == f"{kapp.image}@{kapp.digests['v1']}" and kapp.note() == "release v1"

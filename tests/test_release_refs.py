@@ -78,9 +78,9 @@ def test_pushes_never_run_the_users_git_hooks(app: App) -> None:
 
 
 def test_configured_prefix_remote_and_which_refs(app: App) -> None:
-    config = app.repo / "conveyor.yml"
-    config.write_text(config.read_text() + "release_refs:\n  prefix: deploy/\n  env_branch: false\n")
-    app.ok("deploy", "staging", "v1")
+    prefixed = app.reconfigure(lambda text: text + "release_refs:\n  prefix: deploy/\n  env_branch: false\n",
+                               on="v1")
+    app.ok("deploy", "staging", prefixed)
     refs = remote_refs(app)
     assert "refs/tags/deploy/staging" in refs
     assert timestamp_tags({k.replace("deploy/", ""): v for k, v in refs.items()}, "staging")
@@ -201,14 +201,14 @@ def test_promote_only_refuses_when_the_source_ran_nothing(app: App) -> None:
 def test_a_promotion_racing_a_staging_deploy_names_only_the_promoted_commit(app: App) -> None:
     """hokusai's race: staging gets C3 while production is being promoted to C2. Production, its record,
     its tags and its branch must all say C2."""
-    config = app.repo / "conveyor.yml"
-    text = config.read_text()
-    production_at = text.index("  - name: production")
-    text = text[:production_at] + text[production_at:].replace(
-        "      type: container-host\n", "      type: container-host\n      drain_seconds: 6\n", 1)
-    config.write_text(text)
-    v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
-    app.ok("deploy", "staging", "v1")
+    def slow_production_drain(text: str) -> str:
+        production_at = text.index("  - name: production")
+        return text[:production_at] + text[production_at:].replace(
+            "      type: container-host\n", "      type: container-host\n      drain_seconds: 6\n", 1)
+
+    v1 = app.reconfigure(slow_production_drain, on="v1")
+    v2 = app.git("rev-parse", "v2")
+    app.ok("deploy", "staging", v1)
     promotion = app.start("promote")
     _wait_for_event(app, "production", "drain")  # applied, not yet recorded or tagged
     app.ok("deploy", "staging", "v2")  # completes while the promotion is still in flight
@@ -230,11 +230,10 @@ def test_hotfix_is_shown_as_such_in_history_and_status(app: App) -> None:
 
 
 def test_diff_lists_the_commits_the_later_stage_lacks(app: App) -> None:
-    config = app.repo / "conveyor.yml"
-    config.write_text(config.read_text() + "migrations: [db/]\n")
     app.ok("deploy", "staging", "v1")
     app.ok("promote")
-    app.git("checkout", "-q", "-b", "next", "v2")
+    app.reconfigure(lambda text: text + "migrations: [db/]\n", on="v2", build=False, message="Flag migrations")
+    app.git("checkout", "-q", "-b", "next")
     (app.repo / "db").mkdir()
     (app.repo / "db" / "001_add_users.sql").write_text("create table users (id int);\n")
     app.git("add", "-A")
@@ -243,22 +242,21 @@ def test_diff_lists_the_commits_the_later_stage_lacks(app: App) -> None:
     app.ok("deploy", "staging", "HEAD")
     data = app.ok("diff", "--json").json()
     subjects = [(c["subject"], c["migration"]) for c in data["commits"]]
-    assert subjects == [("Add users table", True), ("hello v2", False)]
+    assert subjects == [("Add users table", True), ("Flag migrations", False), ("hello v2", False)]
     assert data["from_sha"] == app.git("rev-parse", "HEAD") and data["to_sha"] == app.git("rev-parse", "v1")
     assert data["commits"][0]["author"] == "Sample Dev" and data["commits"][0]["date"]
     assert data["compare_url"] is None  # a local remote has no web compare view
     human = app.ok("diff", "staging", "production").out
-    assert "2 commit(s)" in human and "[migration]" in human
-    assert app.status()["production"]["behind"] == {"stage": "staging", "commits": 2}
+    assert "3 commit(s)" in human and "[migration]" in human
+    assert app.status()["production"]["behind"] == {"stage": "staging", "commits": 3}
     # the diff comes from the ledger's releases, never from the mutable tags
     app.git("push", "-q", "-f", "origin", f"{app.git('rev-parse', 'HEAD')}:refs/tags/production")
-    assert len(app.ok("diff", "--json").json()["commits"]) == 2
+    assert len(app.ok("diff", "--json").json()["commits"]) == 3
 
 
 def test_diff_gives_a_compare_url_for_github_and_gitlab_remotes(app: App) -> None:
-    config = app.repo / "conveyor.yml"
-    config.write_text(config.read_text() + "release_refs:\n  remote: github\n  env_tag: false\n"
-                      "  timestamp_tag: false\n  env_branch: false\n")
+    app.reconfigure(lambda text: text + "release_refs:\n  remote: github\n  env_tag: false\n"
+                    "  timestamp_tag: false\n  env_branch: false\n", build=False)
     app.git("remote", "add", "github", "git@github.com:acme/hello.git")
     app.ok("deploy", "staging", "v2")
     app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
@@ -310,7 +308,7 @@ def test_diff_throws_away_an_early_log_the_ledger_does_not_confirm(
     early_log.prefetch(str(app.repo), None, None, human=True)  # guesses v1..v2
     guessed = early_log._prefetched[0]
     app.ok("deploy", "staging", "v1")  # the ledger moves on before diff() looks: now nothing is missing
-    ws = Workspace(cwd=app.repo)
+    ws = Workspace(app.repo)
     try:
         result = diff(ws, None, None, human=True)
     finally:
@@ -368,7 +366,7 @@ def test_two_releases_in_the_same_second_get_distinct_timestamp_tags(app: App) -
         from conveyor.pipeline.outbox import git_refs_payload
         from conveyor.pipeline.workspace import Workspace
 
-        ws = Workspace(cwd=app.repo, say=lambda _: None)
+        ws = Workspace(app.repo, say=lambda _: None)
         first, second = ws.ledger.list_releases("hello", "staging", 2)
         moment = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
         payload = git_refs_payload(ws, ws.config, first, moment)

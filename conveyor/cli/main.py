@@ -34,7 +34,7 @@ class Context:
         if self._ws is None:
             from conveyor.pipeline.workspace import Workspace
 
-            self._ws = Workspace(self.config, say=_say)
+            self._ws = Workspace(Path.cwd(), config_override=self.config, say=_say)
         return self._ws
 
     def close(self) -> None:
@@ -77,7 +77,8 @@ def operation_options(fn: F) -> F:
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
-              help="Path to conveyor.yml (default: the one at the root of the current git repo).")
+              help="Use this conveyor.yml instead of the one committed in the commit being shipped; every "
+                   "release made with it records the override.")
 @click.version_option(package_name="conveyor")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:

@@ -78,6 +78,13 @@ def render_diff(data: StageDiff) -> list[bytes]:
     return [header.encode() + b"\n", listing, footer]
 
 
+def _why(release: dict[str, Any]) -> str:
+    why = release["reason"] or release["error"]
+    if release.get("config_source", "commit") != "commit":
+        why = f"[config: {release['config_source']}] {why}".rstrip()
+    return why
+
+
 def render_history(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no releases yet"
@@ -85,7 +92,7 @@ def render_history(rows: list[dict[str, Any]]) -> str:
         [
             f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), r["status"],
             r["sha"][:12], r["digest"][:19] + "…", r["actor"], _when(r["finished_at"] or r["created_at"]),
-            r["reason"] or r["error"],
+            _why(r),
         ]
         for r in rows
     ]

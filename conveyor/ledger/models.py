@@ -25,6 +25,7 @@ class Release:
     image: str  # repository@sha256:...
     spec: dict[str, Any]  # the complete rendered spec the target applied (never secret values)
     config_digest: str
+    config_source: str  # "" from the shipped commit; else the --config override used
     actor: str
     origin: str
     reason: str

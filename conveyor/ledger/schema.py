@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
 # imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0005"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -80,6 +80,8 @@ releases = Table(
     Column("image", Text, nullable=False),
     Column("spec", Text, nullable=False),  # JSON text
     Column("config_digest", String, nullable=False),
+    # "" when conveyor.yml came from the shipped commit; else the override used ("--config PATH").
+    Column("config_source", Text, nullable=False, server_default=""),
     Column("actor", String, nullable=False),
     Column("origin", String, nullable=False),
     Column("reason", Text, nullable=False),

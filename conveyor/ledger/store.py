@@ -194,6 +194,7 @@ def _release(row: Row[Any]) -> Release:
         image=row.image,
         spec=json.loads(row.spec),
         config_digest=row.config_digest,
+        config_source=row.config_source,
         actor=row.actor,
         origin=row.origin,
         reason=row.reason,
@@ -344,6 +345,7 @@ class Ledger:
         image: str,
         spec: dict[str, Any],
         config_digest: str,
+        config_source: str = "",
         actor: str,
         origin: str,
         reason: str,
@@ -360,7 +362,8 @@ class Ledger:
                 insert(releases)
                 .values(
                     app=app, env=env, number=number, kind=kind, status="pending", sha=sha, digest=digest,
-                    image=image, spec=_canonical(spec), config_digest=config_digest, actor=actor,
+                    image=image, spec=_canonical(spec), config_digest=config_digest,
+                    config_source=config_source, actor=actor,
                     origin=origin, reason=reason, forced=forced, step="recorded", error="",
                     previous_number=previous_number, promoted_from_id=promoted_from_id, created_at=_now(),
                 )

@@ -30,6 +30,7 @@ def build(ws: Workspace, ref: str) -> tuple[Artifact, bool]:
     from conveyor.builder.builders import build_and_push, detect_builder
 
     sha = ws.repo.resolve(ref)
+    ws.ship(sha)  # image repository and build settings as committed in what is built
     existing = find_artifact(ws, sha)
     if existing is not None:
         ws.say(f"{ws.config.image}:{sha[:12]} is already in the registry ({existing.digest}); not building")

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from conveyor.config import CONFIG_NAME
 from conveyor.pipeline.early_log import EarlyLogs, start_early, take_prefetched
 from conveyor.pipeline.stages import stage_pair
 from conveyor.vcs.git import History
@@ -60,7 +61,7 @@ class StageDiff:
 
 def diff(ws: Workspace, source: str | None, target: str | None, *, human: bool = False) -> StageDiff:
     """human=True asks git for the readable listing directly (no per-commit work in Python)."""
-    early = take_prefetched() or start_early(ws.repo, ws.config_path, source, target, human)
+    early = take_prefetched() or start_early(ws.repo, ws.repo.path / CONFIG_NAME, source, target, human)
     try:
         return _diff(ws, source, target, early, human)
     except BaseException:

@@ -21,14 +21,15 @@ def deploy(
     ws: Workspace, env_name: str, ref: str, *, reason: str = "", hotfix: bool = False, force: bool = False,
     wait: bool = False, dry_run: bool = False,
 ) -> Release | None:
-    env = ws.config.environment(env_name)
     if hotfix:
         _require_reason(reason, "--hotfix")
     if force:
         _require_reason(reason, "--force")
+    sha = ws.repo.resolve(ref)
+    ws.ship(sha)  # the config, tasks and settings are the ones committed in what ships
+    env = ws.config.environment(env_name)
     kind = "hotfix" if hotfix else "deploy"
     check_promotion_policy(env, kind=kind, source_env=None, forced=force)
-    sha = ws.repo.resolve(ref)
     artifact = require_artifact(ws, sha)
     spec = ws.target(env.target.type).render(ws.config, env, artifact)
     plan = ReleasePlan(env=env, kind=kind, artifact=artifact, spec=spec, reason=reason, forced=force)
@@ -41,10 +42,9 @@ def promote(
 ) -> Release | None:
     source_env, target_env = stage_pair(ws, source_env, target_env, "promote")
     source_cfg = ws.config.environment(source_env)
-    env = ws.config.environment(target_env)
+    ws.config.environment(target_env)
     if force:
         _require_reason(reason, "--force")
-    check_promotion_policy(env, kind="promote", source_env=source_cfg.name, forced=force)
     # Pin the source release once, here; every later step uses only this record, never "what runs now".
     notes = []
     if only is not None:
@@ -58,6 +58,11 @@ def promote(
         if live is None:
             raise Refused(f"{source_cfg.name} has no succeeded release to promote")
         pinned = live
+    # The promoted commit's own config renders the target stage, so what staging ran and what production
+    # gets come from one commit.
+    ws.ship(pinned.sha)
+    env = ws.config.environment(target_env)
+    check_promotion_policy(env, kind="promote", source_env=source_cfg.name, forced=force)
     artifact = Artifact(pinned.image.split("@")[0], pinned.sha, pinned.digest)
     spec = ws.target(env.target.type).render(ws.config, env, artifact)
     plan = ReleasePlan(

@@ -112,6 +112,7 @@ def _execute_under_lease(
         release = ledger.create_release(
             app=app, env=plan.env.name, kind=plan.kind, sha=plan.artifact.sha, digest=plan.artifact.digest,
             image=plan.artifact.image, spec=plan.spec, config_digest=ws.config_digest,
+            config_source=ws.config_source.recorded_as,
             actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
             previous_number=live.number if live else None,
             promoted_from_id=plan.source.id if plan.source else None,

@@ -32,6 +32,7 @@ def release_view(release: Release) -> dict[str, Any]:
         "previous_number": release.previous_number,
         "source_release_id": release.promoted_from_id,
         "config_digest": release.config_digest,
+        "config_source": release.config_source or "commit",
         "created_at": _iso(release.created_at),
         "started_at": _iso(release.started_at),
         "finished_at": _iso(release.finished_at),

@@ -11,6 +11,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor.config import CONFIG_NAME
+from conveyor.errors import BadInput
+from conveyor.pipeline.config_source import CommitConfig, ConfigSource, OverrideConfig, working_tree_note
 from conveyor.pipeline.identity import Identity, identify
 from conveyor.settings import conveyor_home
 from conveyor.vcs.git import Repo
@@ -24,28 +27,61 @@ Say = Callable[[str], None]
 
 
 class Workspace:
-    def __init__(self, config_path: Path | None = None, cwd: Path | None = None, say: Say = print) -> None:
-        self._config_path = config_path
-        self._cwd = cwd or Path.cwd()
+    """`checkout` is where the app's repo was found (the CLI passes the directory it was started in; nothing
+    below the CLI looks at the current directory). `config_override` is an explicit `--config PATH`."""
+
+    def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print) -> None:
+        self._checkout = checkout
+        self._override = config_override
         self.say = say
         self._targets: dict[str, Any] = {}
+        self._noted: set[str] = set()
 
     @cached_property
     def repo(self) -> Repo:
-        start = self._config_path.parent if self._config_path else self._cwd
-        return Repo.discover(start)
+        try:
+            return Repo.discover(self._checkout)
+        except BadInput:
+            if self._override is None:
+                raise
+            return Repo.discover(self._override.parent)  # run from elsewhere, with the app's own config file
 
     @cached_property
-    def config_path(self) -> Path:
-        from conveyor.config.raw import CONFIG_NAME
+    def config_source(self) -> ConfigSource:
+        """Until an operation says which commit it ships (ship()), the checked-out commit's config."""
+        if self._override is not None:
+            return OverrideConfig(self._override)
+        return self._commit_config(self.repo.resolve("HEAD"))
 
-        return self._config_path or self.repo.path / CONFIG_NAME
+    def ship(self, sha: str) -> None:
+        """From now on read the config from `sha`, the commit this operation ships (an explicit --config
+        override stays in force, and is recorded)."""
+        if self._override is not None:
+            return
+        current = self.__dict__.get("config_source")
+        if isinstance(current, CommitConfig) and current.sha == sha:
+            return
+        app_before = self.config.app if "config" in self.__dict__ else None
+        self.__dict__["config_source"] = self._commit_config(sha)
+        for name in ("config", "config_digest"):
+            self.__dict__.pop(name, None)
+        if "registry" in self.__dict__:
+            self.__dict__.pop("registry").close()
+        if app_before is not None and self.config.app != app_before:
+            raise BadInput(f"commit {sha[:12]}'s {CONFIG_NAME} is for app '{self.config.app}', not "
+                           f"'{app_before}'")
+
+    def _commit_config(self, sha: str) -> CommitConfig:
+        source = CommitConfig(self.repo, sha)
+        note = working_tree_note(self.repo, source)
+        if note and note not in self._noted:
+            self._noted.add(note)
+            self.say(note)
+        return source
 
     @cached_property
     def config(self) -> AppConfig:
-        from conveyor.config.loader import load_config
-
-        return load_config(self.config_path)
+        return self.config_source.load()
 
     @cached_property
     def config_digest(self) -> str:

@@ -56,6 +56,13 @@ class Repo:
         if proc.returncode != 0:
             raise BadInput(f"git archive {sha} failed")
 
+    def show_file(self, sha: str, path: str) -> bytes | None:
+        """The bytes of PATH as committed in SHA (never the working tree's copy), or None if SHA lacks it."""
+        result = subprocess.run(
+            ["git", "-C", str(self.path), "cat-file", "blob", f"{sha}:{path}"], capture_output=True
+        )
+        return result.stdout if result.returncode == 0 else None
+
     def commits_between(self, older: str, newer: str) -> int:
         """How many commits `newer` has that `older` lacks."""
         result = self._git("rev-list", "--count", f"{older}..{newer}", check=False)
