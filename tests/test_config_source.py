@@ -68,3 +68,11 @@ def test_a_commit_without_a_config_is_a_clear_error(app: App) -> None:
     result = app.run("deploy", "staging", "HEAD")
     assert result.code == 2
     assert "has no conveyor.yml at the repo's root" in result.err and "Traceback" not in result.err
+
+
+def test_promote_refuses_to_go_backwards_down_the_pipeline_unless_forced(app: App) -> None:
+    refused = app.run("promote", "production", "staging")
+    assert refused.code == 3
+    assert "goes backwards down the pipeline (staging -> production)" in refused.err
+    forced = app.run("promote", "production", "staging", "--force", "--reason", "reseed staging")
+    assert "backwards" not in forced.err and "production has no succeeded release" in forced.err

@@ -3,9 +3,10 @@ real git, registry, podman, HAProxy and SQLite."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
-from tests.e2e import App
+from tests.e2e import CONVEYOR, App
 
 
 def test_build_skips_an_image_the_registry_already_has(app: App) -> None:
@@ -209,6 +210,36 @@ def test_run_a_one_off_command_with_the_live_release(app: App) -> None:
     assert result.code == 4  # the command's own exit code, passed through
     assert 'id="version">v1<' in result.out and "env=staging" in result.out
     assert _containers(app) == [_serving_container(app, "staging")]  # the one-off container is gone
+
+
+def test_a_one_off_command_is_held_to_blocks_and_recorded(app: App) -> None:
+    import sqlite3
+
+    app.ok("deploy", "staging", "v1")
+    app.ok("lock", "--app-wide", "--reason", "incident 9")
+    refused = app.run("run", "staging", "--", "/bin/busybox", "true")
+    assert refused.code == 3 and "incident 9" in refused.err
+    assert app.run("run", "--force", "staging", "--", "/bin/busybox", "true").code == 2  # --force needs --reason
+    forced = app.run("run", "--force", "--reason", "read the logs", "staging", "--", "/bin/busybox", "sh", "-c",
+                     "exit 5")
+    assert forced.code == 5
+    with sqlite3.connect(app.home / "ledger.db") as db:
+        rows = db.execute("SELECT status, message, data FROM events WHERE step = 'run' ORDER BY id").fetchall()
+    assert [status for status, _, _ in rows] == ["started", "failed"]  # the refused run ran nothing
+    finished = json.loads(rows[-1][2])
+    assert finished["exit_code"] == 5 and finished["duration_s"] >= 0 and finished["forced"] is True
+    assert finished["reason"] == "read the logs" and finished["actor"] == "Sample Dev <dev@example.com>"
+    assert finished["command"] == ["/bin/busybox", "sh", "-c", "exit 5"] and "incident 9" in finished["overrode"][0]
+
+
+def test_an_interactive_one_off_command_reads_the_callers_input(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    proc = subprocess.run([CONVEYOR, "run", "-i", "staging", "--", "/bin/busybox", "tr", "a-z", "A-Z"],
+                          cwd=app.repo, env=app.env(), input="hello from stdin\n", capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "HELLO FROM STDIN" in proc.stdout
+    assert _containers(app) == [_serving_container(app, "staging")]
 
 
 def test_the_main_job_on_a_postgresql_ledger(app: App, postgres_server: object) -> None:

@@ -152,8 +152,9 @@ def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: b
 @click.pass_obj
 def promote(obj: Context, source: str | None, target: str | None, only: str | None, reason: str, force: bool,
             wait: bool, dry_run: bool, as_json: bool) -> None:
-    """Ship exactly the artifact FROM runs to TO (default: the first two stages). The source release is
-    pinned once, at the start, and used to the end."""
+    """Ship exactly the artifact FROM runs to TO. The source release is pinned once, at the start, and used to
+    the end. Without FROM TO it means the first two stages; with three or more stages, name them (CI should
+    always name them)."""
 
     def go() -> None:
         from conveyor.pipeline.operations import promote as promote_op
@@ -235,8 +236,8 @@ def history(obj: Context, env: str | None, limit: int, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def diff(obj: Context, source: str | None, target: str | None, as_json: bool) -> None:
-    """The commits TO lacks that FROM runs (default: the first two stages), from the two live releases in
-    the ledger; flags commits that touch the configured migration paths."""
+    """The commits TO lacks that FROM runs, from the two live releases in the ledger; flags commits that
+    touch the configured migration paths. Without FROM TO it means the first two stages."""
 
     def go() -> None:
         from conveyor.cli.render import render_diff
@@ -295,19 +296,26 @@ def outbox_flush(obj: Context, as_json: bool) -> None:
 
 @cli.command("run", epilog=EPILOG,
              context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-i", "--interactive", "stdin", is_flag=True, help="Attach your standard input (a console).")
+@click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
+@click.option("--force", is_flag=True, help="Run past a block or freeze (needs --reason); recorded.")
+@click.option("--reason", default="", help="Why; recorded with the run.")
 @click.argument("env")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
-def run_cmd(obj: Context, env: str, command: tuple[str, ...]) -> None:
+def run_cmd(obj: Context, env: str, command: tuple[str, ...], stdin: bool, tty: bool, force: bool,
+            reason: str) -> None:
     """Run COMMAND once with the image and settings of ENV's live release (`conveyor run ENV -- COMMAND…`).
-    Its output is streamed to stdout and its exit code becomes conveyor's."""
+    Its output is streamed to stdout and its exit code becomes conveyor's. Held to blocks and freezes like any
+    operation; who ran what, for how long and its exit code are recorded."""
 
     def go() -> int:
         from conveyor.pipeline.run import run_command
 
         # Option parsing stops at ENV, so a `--` separating conveyor's arguments from the command arrives here.
         words = list(command[1:] if command[:1] == ("--",) else command)
-        return run_command(obj.workspace(), env, words, click.echo)
+        return run_command(obj.workspace(), env, words, click.echo, force=force, reason=reason, stdin=stdin,
+                           tty=tty)
 
     sys.exit(run(go))
 

@@ -17,6 +17,13 @@ def _require_reason(reason: str, flag: str) -> None:
         raise BadInput(f"{flag} needs --reason TEXT: it is recorded with the release")
 
 
+def _refuse_going_backwards(ws: Workspace, source: str, target: str, *, forced: bool) -> None:
+    stages = [e.name for e in ws.config.environments]
+    if stages.index(source) > stages.index(target) and not forced:
+        raise Refused(f"promote {source} {target} goes backwards down the pipeline ({' -> '.join(stages)}); "
+                      "pass --force --reason TEXT if that is what you mean")
+
+
 def deploy(
     ws: Workspace, env_name: str, ref: str, *, reason: str = "", hotfix: bool = False, force: bool = False,
     wait: bool = False, dry_run: bool = False,
@@ -45,6 +52,7 @@ def promote(
     ws.config.environment(target_env)
     if force:
         _require_reason(reason, "--force")
+    _refuse_going_backwards(ws, source_env, target_env, forced=force)
     # Pin the source release once, here; every later step uses only this record, never "what runs now".
     notes = []
     if only is not None:

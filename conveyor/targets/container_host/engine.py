@@ -146,9 +146,13 @@ class Engine:
         publish: int | None = None,
         command: Sequence[str] | None = None,
         detach: bool = True,
+        stdin: bool = False,
+        tty: bool = False,
     ) -> list[str]:
-        """The argument list for `run` (without the binary). Secrets go by NAME only."""
+        """The argument list for `run` (without the binary). Secrets go by NAME only. stdin/tty attach the
+        caller's terminal (`conveyor run -i -t`)."""
         args = ["run", "-d" if detach else "--rm", "--name", name]
+        args += ["-i"] * stdin + ["-t"] * tty
         if init:
             args.append("--init")
         for key, value in labels.items():

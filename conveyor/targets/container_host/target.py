@@ -106,10 +106,30 @@ class ContainerHost:
         if code != 0:
             raise TargetError(f"task {task_name} exited with {code}", logs=tail)
 
-    def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter) -> int:
+    def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter, *,
+                    stdin: bool = False, tty: bool = False) -> int:
         """`conveyor run`: the command in a one-off container of the spec's image; returns its exit code."""
+        if stdin or tty:
+            return self._attached(spec, command, stdin=stdin, tty=tty)
         code, _ = self._one_off(spec, "run", command, RUN_TIMEOUT, report, "output", f"command {command[0]}")
         return code
+
+    def _attached(self, spec: dict[str, Any], command: list[str], *, stdin: bool, tty: bool) -> int:
+        """A one-off container wired to the caller's own terminal (a console): its output is the person's."""
+        _check_spec(spec)
+        self._require_secrets(spec)
+        engine = self._engine(spec["engine"])
+        image = spec["image"]
+        engine.ensure_image(image)
+        name = f"conveyor-{spec['app']}-{spec['env']}-run-{random_tokens.token_hex(3)}"
+        labels = {L_APP: spec["app"], L_ENV: spec["env"], L_ROLE: "task", L_IMAGE: image}
+        args = engine.run_args(image, name=name, labels=labels, env=spec["env_vars"], secret_names=spec["secrets"],
+                               init=bool(spec["init"]), command=command, detach=False, stdin=stdin, tty=tty)
+        try:
+            return subprocess.run([engine.binary, *args]).returncode
+        finally:
+            with contextlib.suppress(TargetError, subprocess.TimeoutExpired):
+                engine.remove(name)
 
     def _one_off(
         self, spec: dict[str, Any], role: str, command: list[str], timeout: float, report: Reporter, step: str,

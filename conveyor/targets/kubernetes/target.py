@@ -255,10 +255,13 @@ class Kubernetes:
 
     # -- conveyor run -----------------------------------------------------------------------------------
 
-    def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter) -> int:
+    def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter, *,
+                    stdin: bool = False, tty: bool = False) -> int:
         from conveyor.targets.kubernetes.tasks import run_pod
 
         _check_spec(spec)
+        if stdin or tty:
+            raise BadInput("`conveyor run -i/-t` is not supported on a kubernetes target yet; run without them")
         session = self._session(spec)
         run = run_pod(session, spec, "run", command, _RUN_TIMEOUT, report, "output")
         if run.exit_code is None:
