@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from conveyor.config import CONFIG_NAME
 from conveyor.errors import BadInput
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from conveyor.config.models import AppConfig
     from conveyor.ledger.store import Ledger
     from conveyor.registry.client import Registry
+    from conveyor.targets.base import Target
 
 Say = Callable[[str], None]
 
@@ -34,7 +35,7 @@ class Workspace:
         self._checkout = checkout
         self._override = config_override
         self.say = say
-        self._targets: dict[str, Any] = {}
+        self._targets: dict[str, Target] = {}
         self._noted: set[str] = set()
 
     @cached_property
@@ -109,7 +110,7 @@ class Workspace:
     def identity(self) -> Identity:
         return identify(os.environ, self.repo.config_value("user.name"), self.repo.config_value("user.email"))
 
-    def target(self, kind: str) -> Any:
+    def target(self, kind: str) -> Target:
         if kind not in self._targets:
             from conveyor.targets import target_for
 
@@ -117,6 +118,8 @@ class Workspace:
         return self._targets[kind]
 
     def close(self) -> None:
+        for target in self._targets.values():
+            target.close()
         if "ledger" in self.__dict__:
             self.ledger.close()
         if "registry" in self.__dict__:

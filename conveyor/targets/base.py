@@ -71,6 +71,9 @@ class Target(Protocol):
         """What really serves app/env now. spec is the ledger's live release's spec, when there is one
         (a target that needs connection settings, such as Kubernetes, reads them from it)."""
 
+    def close(self) -> None:
+        """Let go of whatever the target holds open (API sessions); called when the command ends."""
+
     def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter, *,
                     stdin: bool = False, tty: bool = False) -> int:
         """`conveyor run`: a one-off workload with the spec's image and settings; returns its exit code.

@@ -54,6 +54,9 @@ class ContainerHost:
         self.state_dir = Path(state_dir)
         self._engines: dict[str, Engine] = {}
 
+    def close(self) -> None:
+        """Nothing is held open between calls: every engine and proxy call is its own process or socket."""
+
     # -- render ---------------------------------------------------------------------------------------
 
     def render(self, app: AppConfig, env: Environment, artifact: Artifact) -> dict[str, Any]:
