@@ -37,7 +37,7 @@ class Workspace:
 
     @cached_property
     def config_path(self) -> Path:
-        from conveyor.config.raw import CONFIG_NAME
+        from conveyor.config import CONFIG_NAME
 
         return self._config_path or self.repo.path / CONFIG_NAME
 
