@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
 # imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -92,6 +92,11 @@ releases = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
     UniqueConstraint("app", "env", "number"),
+    # live_release: the highest succeeded number of an app+env, one index seek.
+    Index(None, "app", "env", "status", "number"),
+    # history, newest first by id (for an app, or an app+env): an index range read, never a sort of every row.
+    Index(None, "app", "id"),
+    Index(None, "app", "env", "id"),
     sqlite_autoincrement=True,
 )
 
