@@ -196,5 +196,6 @@ outbox = Table(
     Column("last_error", Text, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
     Index(None, "app", "delivered_at"),
+    Index(None, "app", "env", "created_at"),  # outbox_items: one env's recent items, among millions
     sqlite_autoincrement=True,
 )
