@@ -331,19 +331,116 @@ def test_spec_and_provenance_round_trip(ledger: Ledger) -> None:
 def test_list_releases_newest_first_and_releases_between(ledger: Ledger) -> None:
     r1, r2 = new_release(ledger), new_release(ledger)
     ledger.update_release(r2.id, status="succeeded", finished=True)
-    ledger.update_release(r1.id, status="failed", finished=True)  # finished last, so newest of the two
-    r3 = new_release(ledger)  # unfinished: ranked by creation, which is later still
+    ledger.update_release(r1.id, status="failed", finished=True)  # finishing later does not move it up
+    r3 = new_release(ledger)
     other = new_release(ledger, env="staging")
     new_release(ledger, app="api")
 
-    assert [r.id for r in ledger.list_releases("web", "prod")] == [r3.id, r1.id, r2.id]
-    assert [r.id for r in ledger.list_releases("web", "prod", limit=2)] == [r3.id, r1.id]
-    assert [r.id for r in ledger.list_releases("web")] == [other.id, r3.id, r1.id, r2.id]
+    assert [r.id for r in ledger.list_releases("web", "prod")] == [r3.id, r2.id, r1.id]
+    assert [r.id for r in ledger.list_releases("web", "prod", limit=2)] == [r3.id, r2.id]
+    assert [r.id for r in ledger.list_releases("web")] == [other.id, r3.id, r2.id, r1.id]
     assert ledger.list_releases("nope") == []
 
     assert [r.number for r in ledger.releases_between("web", "prod", 1, 3)] == [2, 3]
     assert [r.number for r in ledger.releases_between("web", "prod", 0, 2)] == [1, 2]
     assert ledger.releases_between("web", "prod", 3, 3) == []
+
+
+def test_list_releases_pages_with_a_keyset_cursor(ledger: Ledger) -> None:
+    made = [new_release(ledger, env=("prod", "staging")[n % 2]) for n in range(7)]
+    new_release(ledger, app="api")
+    newest_first = [r.id for r in reversed(made)]
+
+    pages, cursor = [], None
+    while page := ledger.list_releases("web", limit=3, before_id=cursor):
+        pages.append([r.id for r in page])
+        cursor = page[-1].id
+    assert pages == [newest_first[0:3], newest_first[3:6], newest_first[6:]]
+    prod = [r.id for r in reversed(made) if r.env == "prod"]
+    first = ledger.list_releases("web", "prod", limit=2)
+    assert [r.id for r in first] == prod[:2]
+    assert [r.id for r in ledger.list_releases("web", "prod", limit=10, before_id=first[-1].id)] == prod[2:]
+    assert ledger.list_releases("web", before_id=made[0].id) == []
+
+
+def _statements(ledger: Ledger, call: Any) -> list[tuple[str, Any]]:
+    """The SQL (and parameters) a Ledger method sends, captured from its own engine."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, parameters))
+
+    engine = ledger._engine
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    return seen
+
+
+def _plan(database_url: str, statement: str, parameters: Any) -> str:
+    """The database's own plan for a statement. PostgreSQL is told to avoid sequential scans, so on these
+    tiny tables it shows what an index can do; a plan that still scans or sorts has no index to use."""
+    engine = raw_engine(database_url)
+    with engine.connect() as conn:
+        cursor = conn.connection.cursor()
+        if conn.dialect.name == "sqlite":
+            cursor.execute("EXPLAIN QUERY PLAN " + statement, parameters)
+            plan = "\n".join(str(row[-1]) for row in cursor.fetchall())
+        else:
+            cursor.execute("SET enable_seqscan = off")
+            cursor.execute("EXPLAIN " + statement, parameters)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+    engine.dispose()
+    return plan
+
+
+HOUR_AGO = datetime.now(UTC) - timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("call", "sqlite_search", "pg_index", "exact"),
+    [
+        (lambda ledger: ledger.live_release("web", "prod"), "(app=? AND env=? AND status=?)",
+         "ix_releases_app_env_status_number", True),
+        (lambda ledger: ledger.list_releases("web", limit=20), "(app=?)", "ix_releases_app_id", True),
+        (lambda ledger: ledger.list_releases("web", "prod", limit=20), "(app=? AND env=?)",
+         "ix_releases_app_env_id", True),
+        (lambda ledger: ledger.list_releases("web", "prod", limit=20, before_id=3), "(app=? AND env=? AND id<?)",
+         "ix_releases_app_env_id", True),
+        (lambda ledger: ledger.releases_between("web", "prod", 1, 3), "(app=? AND env=? AND number>? AND number<?)",
+         "uq_releases_app_env_number", True),
+        # not exact: sorting (and filtering by step) one release's few events, one env's items of the last hour
+        (lambda ledger: ledger.events(release_id=1, step="health"), "(release_id=?)", "ix_events_release_id", False),
+        (lambda ledger: ledger.outbox_items(app="web", env="prod", since=HOUR_AGO),
+         "(app=? AND env=? AND created_at>?)", "ix_outbox_app_env_created_at", False),
+    ],
+    ids=["live_release", "history", "history_env", "history_page", "releases_between", "events_of_release",
+         "outbox_items"],
+)
+def test_release_queries_read_an_index_range_never_every_release(
+    ledger: Ledger, database_url: str, call: Any, sqlite_search: str, pg_index: str, exact: bool
+) -> None:
+    """Each query is answered by an index range read that already holds every condition and the order, so
+    its cost does not grow with the ledger (bench/ledger_scale.py measures that at 1,000,000 releases)."""
+    for n in range(6):
+        release = new_release(ledger, env=("prod", "staging")[n % 2])
+        ledger.append_event(app="web", env=release.env, release_id=release.id, step="health", status="ok",
+                            message="healthy")
+        ledger.update_release(release.id, status="succeeded", finished=True,
+                              outbox_items=[("tag", {"name": f"{release.env}-{release.number}"})])
+    statements = _statements(ledger, lambda: call(ledger))
+    assert statements
+    for statement, parameters in statements:
+        plan = _plan(database_url, statement, parameters)
+        if database_url.startswith("sqlite"):
+            assert "SCAN" not in plan and sqlite_search in plan, plan
+            assert "TEMP B-TREE" not in plan or not exact, plan  # ordered by the index, not sorted afterwards
+        else:
+            assert "Seq Scan" not in plan and pg_index in plan, plan
+            assert ("Filter:" not in plan and "Sort" not in plan) or not exact, plan
 
 
 # ---------------------------------------------------------------------------------------------- events

@@ -265,56 +265,19 @@ def test_diff_gives_a_compare_url_for_github_and_gitlab_remotes(app: App) -> Non
     assert data["compare_url"] == f"https://github.com/acme/hello/compare/{v1}...{v2}"
 
 
-def test_diff_is_the_same_whether_git_was_started_early_or_not(app: App) -> None:
+def test_diff_answers_each_way_of_naming_the_stages(app: App) -> None:
     app.ok("deploy", "staging", "v2")
     app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
-    # `conveyor diff` starts git before the CLI loads; with --config first it does not (no guess is made)
-    for args in ([], ["--json"], ["production", "staging"], ["staging", "production", "--json"]):
-        early, late = app.ok("diff", *args).out, app.ok("--config", "conveyor.yml", "diff", *args).out
-        assert early == late
-    assert app.ok("diff").out.startswith("1 commit(s) in staging")
-
-
-def test_diff_starts_git_early_on_the_ledger_hint(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
-    from conveyor.cli.entry import _prefetch_diff  # what the executable does before click loads
-    from conveyor.pipeline import early_log
-
-    app.ok("deploy", "staging", "v2")
-    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
-    monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
-    monkeypatch.chdir(app.repo / "www")  # from a folder inside the repo
-    _prefetch_diff([])
-    early = early_log.take_prefetched()
-    assert early is not None and (early.older, early.newer) == (app.git("rev-parse", "v1"), app.git("rev-parse", "v2"))
-    assert early.commits.output().decode().endswith(": hello v2\n")
-    for args in (["--config", "conveyor.yml"], ["staging"]):  # arguments it does not read: no guess
-        _prefetch_diff(args)
-        assert early_log.take_prefetched() is None
-    monkeypatch.chdir(app.home)  # not in a repo: no guess, no error
-    _prefetch_diff([])
-    assert early_log.take_prefetched() is None
-
-
-def test_diff_throws_away_an_early_log_the_ledger_does_not_confirm(
-    app: App, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from conveyor.pipeline import early_log
-    from conveyor.pipeline.diff import diff
-    from conveyor.pipeline.workspace import Workspace
-
-    app.ok("deploy", "staging", "v2")
-    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "seed production")
-    monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
-    early_log.prefetch(str(app.repo), None, None, human=True)  # guesses v1..v2
-    guessed = early_log._prefetched[0]
-    app.ok("deploy", "staging", "v1")  # the ledger moves on before diff() looks: now nothing is missing
-    ws = Workspace(app.repo)
-    try:
-        result = diff(ws, None, None, human=True)
-    finally:
-        ws.close()
-    assert result.listing == b"" and result.source_sha == result.target_sha == app.git("rev-parse", "v1")
-    assert guessed.commits._process.returncode is not None and not early_log._prefetched
+    v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
+    default, named = app.ok("diff").out, app.ok("diff", "staging", "production").out
+    assert default == named and default.startswith(f"1 commit(s) in staging ({v2[:12]}) that production ({v1[:12]})")
+    assert default.splitlines()[1].startswith(v2) and default.splitlines()[1].endswith(": hello v2")
+    assert app.ok("--config", "conveyor.yml", "diff").out == default
+    data = app.ok("diff", "staging", "production", "--json").json()
+    assert data == app.ok("diff", "--json").json() and [c["sha"] for c in data["commits"]] == [v2]
+    reverse = app.ok("diff", "production", "staging").out  # production runs nothing staging lacks
+    assert reverse.startswith(f"0 commit(s) in production ({v1[:12]})")
+    assert app.ok("diff", "production", "staging", "--json").json()["commits"] == []
 
 
 def _wait_for_event(app: App, env: str, step: str, timeout: float = 60) -> None:

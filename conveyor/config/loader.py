@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from conveyor.config import CONFIG_NAME
 from conveyor.config.models import AppConfig
-from conveyor.config.raw import CONFIG_NAME
 from conveyor.errors import BadInput
 
 KeyPath = tuple[str | int, ...]

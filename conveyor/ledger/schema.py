@@ -94,6 +94,11 @@ releases = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
     UniqueConstraint("app", "env", "number"),
+    # live_release: the highest succeeded number of an app+env, one index seek.
+    Index(None, "app", "env", "status", "number"),
+    # history, newest first by id (for an app, or an app+env): an index range read, never a sort of every row.
+    Index(None, "app", "id"),
+    Index(None, "app", "env", "id"),
     sqlite_autoincrement=True,
 )
 
@@ -193,5 +198,6 @@ outbox = Table(
     Column("last_error", Text, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
     Index(None, "app", "delivered_at"),
+    Index(None, "app", "env", "created_at"),  # outbox_items: one env's recent items, among millions
     sqlite_autoincrement=True,
 )

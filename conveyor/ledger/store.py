@@ -36,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError, ProgrammingError
 
 from conveyor.errors import BadInput, InfrastructureMissing
 from conveyor.ledger import redact_url
@@ -142,14 +142,24 @@ def _current_revision(conn: Connection) -> str | None:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+def _revision_if_recorded(conn: Connection) -> str | None:
+    """The alembic_version row in one statement, no catalogue inspection: the check every open pays.
+    A database without the table (a new ledger) answers None, and the locked path below looks properly."""
+    try:
+        return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except (OperationalError, ProgrammingError):
+        conn.rollback()
+        return None
+
+
 def _ensure_schema(engine: Engine) -> None:
     """Bring the database to HEAD_REVISION; a no-op (and no Alembic import) when it is already there.
 
     Concurrent first runs are serialised (BEGIN IMMEDIATE on SQLite, an advisory lock on PostgreSQL) and
     the revision is read again under the lock, so only one process migrates.
     """
-    with engine.connect() as conn:
-        if _current_revision(conn) == HEAD_REVISION:
+    with engine.connect() as conn:  # an unreachable database fails here, before the question is asked
+        if _revision_if_recorded(conn) == HEAD_REVISION:
             return
     with engine.execution_options(ledger_write=True).begin() as conn:
         if conn.dialect.name == "postgresql":
@@ -455,13 +465,19 @@ class Ledger:
             row = conn.execute(query).one_or_none()
         return _release(row) if row else None
 
-    def list_releases(self, app: str, env: str | None = None, limit: int = 20) -> list[Release]:
-        """Newest first: by finish time (creation time while unfinished), then id."""
+    def list_releases(
+        self, app: str, env: str | None = None, limit: int = 20, *, before_id: int | None = None
+    ) -> list[Release]:
+        """Newest first, by id: the order releases were recorded in (an index range read at any ledger size).
+
+        before_id is a keyset cursor: the page after one that ended with that release's id.
+        """
         query = select(releases).where(releases.c.app == app)
         if env is not None:
             query = query.where(releases.c.env == env)
-        newest = func.coalesce(releases.c.finished_at, releases.c.created_at)
-        query = query.order_by(newest.desc(), releases.c.id.desc()).limit(limit)
+        if before_id is not None:
+            query = query.where(releases.c.id < before_id)
+        query = query.order_by(releases.c.id.desc()).limit(limit)
         with self._read() as conn:
             return [_release(row) for row in conn.execute(query)]
 

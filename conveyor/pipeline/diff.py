@@ -1,8 +1,8 @@
 """Commits between stages: what the later stage lacks, from the two live releases' SHAs in the ledger
 (never from mutable tags), with a compare URL for GitHub and GitLab remotes and migration flags.
 
-On a large range `git log` is most of the work, so it is started before conveyor has finished loading
-(pipeline.early_log) and only confirmed here against the ledger proper.
+On a large range `git log` is most of the work, so both git processes (the listing and the migration paths)
+are started as soon as the ledger has named the range, and the rest is done while they run.
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from conveyor.config import CONFIG_NAME
-from conveyor.pipeline.early_log import EarlyLogs, start_early, take_prefetched
 from conveyor.pipeline.stages import stage_pair
-from conveyor.vcs.git import History
+from conveyor.vcs.git import CommitLog, History
 
 if TYPE_CHECKING:
     from conveyor.pipeline.workspace import Workspace
@@ -61,33 +59,25 @@ class StageDiff:
 
 def diff(ws: Workspace, source: str | None, target: str | None, *, human: bool = False) -> StageDiff:
     """human=True asks git for the readable listing directly (no per-commit work in Python)."""
-    early = take_prefetched() or start_early(ws.repo, ws.repo.path / CONFIG_NAME, source, target, human)
-    try:
-        return _diff(ws, source, target, early, human)
-    except BaseException:
-        if early is not None:
-            early.discard()
-        raise
-
-
-def _diff(
-    ws: Workspace, source: str | None, target: str | None, early: EarlyLogs | None, human: bool
-) -> StageDiff:
     source, target = stage_pair(ws, source, target, "diff")
     app = ws.config.app
     newer = ws.ledger.live_release(app, source)
     older = ws.ledger.live_release(app, target)
     older_sha = older.sha if older else None
-    paths = ws.config.migrations
-    if early is not None and (newer is None or not early.matches(ws.repo.path, older_sha, newer.sha, paths, human)):
-        early.discard()  # the hint was wrong: the ledger's answer is the only one used
-        early = None
     if newer is None:
         return StageDiff(source, target, None, older_sha, [], b"", set(), None)
-    logs = early or EarlyLogs(ws.repo, older_sha, newer.sha, paths, human)
-    url = None
-    if older_sha:
-        url = compare_url(History(ws.repo).remote_url(ws.config.release_refs.remote), older_sha, newer.sha)
-    flagged = logs.migrations.shas() if logs.migrations else set()
-    rows, listing = ([], logs.commits.output()) if human else (logs.commits.rows(), b"")
+    paths = ws.config.migrations
+    commits = CommitLog(ws.repo, older_sha, newer.sha, fmt="human" if human else "records")
+    migrations = CommitLog(ws.repo, older_sha, newer.sha, fmt="shas", paths=paths) if paths else None
+    try:
+        url = None
+        if older_sha:
+            url = compare_url(History(ws.repo).remote_url(ws.config.release_refs.remote), older_sha, newer.sha)
+        flagged = migrations.shas() if migrations else set()
+        rows, listing = ([], commits.output()) if human else (commits.rows(), b"")
+    except BaseException:
+        for log in (commits, migrations):
+            if log is not None:
+                log.discard()  # stop git rather than leave it writing a listing nobody reads
+        raise
     return StageDiff(source, target, newer.sha, older_sha, rows, listing, flagged, url)

@@ -1,7 +1,6 @@
 """Which two stages a command means: FROM and TO as named, or the first two environments.
 
-Kept apart from operations so `conveyor diff` can use it without loading the release machinery
-(diff starts git before conveyor has finished loading; every module it imports delays that).
+Kept apart from operations so `conveyor diff` can use it without loading the release machinery.
 """
 
 from __future__ import annotations

@@ -105,10 +105,11 @@ def status_report(ws: Workspace) -> dict[str, Any]:
     return {"environments": status(ws), "outbox": outbox_view(ws)}
 
 
-def history(ws: Workspace, env: str | None, limit: int) -> list[dict[str, Any]]:
+def history(ws: Workspace, env: str | None, limit: int, *, before_id: int | None = None) -> list[dict[str, Any]]:
+    """Newest first (by the order they were recorded); before_id continues from a page's last release."""
     if env is not None:
         ws.config.environment(env)
-    return [release_view(r) for r in ws.ledger.list_releases(ws.config.app, env, limit)]
+    return [release_view(r) for r in ws.ledger.list_releases(ws.config.app, env, limit, before_id=before_id)]
 
 
 def outbox_view(ws: Workspace) -> list[dict[str, Any]]:
