@@ -45,7 +45,10 @@ def generate(repo: Path, commits: int) -> None:
         lines.append(f"M 644 inline file{n % 100}.txt\ndata {len(body)}\n".encode() + body + b"\n")
     subprocess.run(["git", "-C", str(repo), "fast-import", "--quiet"], input=b"".join(lines), check=True)
     subprocess.run(["git", "-C", str(repo), "checkout", "-q", "main"], check=True)
-    (repo / "conveyor.yml").write_text(CONFIG)
+    (repo / "conveyor.yml").write_text(CONFIG)  # committed after the range: conveyor reads HEAD's config
+    subprocess.run(["git", "-C", str(repo), "add", "conveyor.yml"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit",
+                    "-q", "-m", "conveyor.yml"], check=True)
 
 
 def record_live(home: Path, env: str, sha: str) -> None:
