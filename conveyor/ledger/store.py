@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
 
-from conveyor.errors import BadInput, InfrastructureMissing
+from conveyor.errors import BadInput, InfrastructureMissing, Refused
 from conveyor.ledger import redact_url
 from conveyor.ledger.models import (
     BLOCK_SCOPES,
@@ -350,11 +350,19 @@ class Ledger:
         forced: bool,
         previous_number: int | None,
         promoted_from_id: int | None,
+        holder: str | None = None,
     ) -> Release:
-        """Record a new pending release with the next gapless number for app+env."""
+        """Record a new pending release with the next gapless number for app+env.
+
+        With `holder`, the release is attached to app+env's lease in the same transaction, so a process
+        killed at any instant leaves either no release or one its lease names (a takeover finds it); when
+        `holder` does not hold that lease, nothing is recorded (Refused). Only ledger tests and benchmarks
+        record releases without a lease."""
         if kind not in RELEASE_KINDS:
             raise ValueError(f"release kind {kind!r} is not one of {RELEASE_KINDS}")
         with self._write() as conn:
+            if holder is not None:
+                self._lock_own_lease(conn, app, env, holder)
             number = self._next_number(conn, app, env)
             row = conn.execute(
                 insert(releases)
@@ -366,7 +374,25 @@ class Ledger:
                 )
                 .returning(*releases.c)
             ).one()
+            if holder is not None:
+                conn.execute(
+                    update(leases)
+                    .where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
+                    .values(release_id=row.id)
+                )
         return _release(row)
+
+    @staticmethod
+    def _lock_own_lease(conn: Connection, app: str, env: str, holder: str) -> None:
+        """Row-lock app+env's lease in the caller's transaction; Refused unless `holder` holds it."""
+        held = conn.execute(
+            select(leases.c.holder)
+            .where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
+            .with_for_update()
+        ).one_or_none()
+        if held is None:
+            raise Refused(f"{app}/{env}: this operation no longer holds the lease (it expired and was taken "
+                          "over); nothing was recorded")
 
     def _next_number(self, conn: Connection, app: str, env: str) -> int:
         """Increment app+env's counter in the caller's transaction; the upsert row-locks it until commit.

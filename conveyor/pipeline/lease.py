@@ -53,9 +53,6 @@ class LeaseKeeper:
             self._thread.join(timeout=5)
         self.ws.ledger.release_lease(app=self.app, env=self.env, holder=self.holder)
 
-    def attach_release(self, release_id: int) -> None:
-        self.ws.ledger.set_lease_release(app=self.app, env=self.env, holder=self.holder, release_id=release_id)
-
     def _try(self) -> bool:
         attempt = self.ws.ledger.try_acquire_lease(
             app=self.app, env=self.env, holder=self.holder, actor=self.ws.identity.actor,

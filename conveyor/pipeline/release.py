@@ -21,7 +21,7 @@ from conveyor.ledger.models import Block, Release
 from conveyor.pipeline.guards import check_blocks, describe_block
 from conveyor.pipeline.lease import LeaseKeeper
 from conveyor.pipeline.workspace import Workspace
-from conveyor.targets.base import Artifact
+from conveyor.targets.base import SWITCHED, Artifact
 
 
 @dataclass
@@ -61,23 +61,38 @@ class ReleasePlan:
 
 
 class _Interrupted(BaseException):
-    """SIGTERM, turned into an exception so the release is recorded as interrupted and the lease freed."""
+    """SIGTERM or SIGINT, turned into an exception so the release is recorded and the lease freed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.by_user = signum == signal.SIGINT
+        self.cause = "interrupted by the user (Ctrl-C)" if self.by_user else "terminated by a signal"
+
+
+@dataclass
+class _Signals:
+    """What a signal does at this point of a release: raise _Interrupted, or, once the outcome is being
+    recorded, nothing (recording it takes milliseconds; cutting it short would leave a false record)."""
+
+    finishing: bool = False
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def _signals_raise(signals: _Signals) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted()
+        if not signals.finishing:
+            raise _Interrupted(signum)
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread (tests drive the pipeline from threads)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)
 
 
 def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> Release | None:
@@ -105,38 +120,61 @@ def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> R
 def _execute_under_lease(
     ws: Workspace, plan: ReleasePlan, operation: str, target: Any, ignored_blocks: list[Block], *, wait: bool
 ) -> Release:
+    signals = _Signals()
+    try:
+        with _signals_raise(signals), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
+            return _record_and_run(ws, plan, target, ignored_blocks, lease, signals)
+    except _Interrupted as exc:  # before anything was recorded (waiting for the lease)
+        if exc.by_user:
+            raise KeyboardInterrupt from None
+        raise OperationFailed(f"{exc.cause} before anything was recorded") from None
+
+
+def _record_and_run(
+    ws: Workspace, plan: ReleasePlan, target: Any, ignored_blocks: list[Block], lease: LeaseKeeper,
+    signals: _Signals,
+) -> Release:
     app = ws.config.app
     ledger = ws.ledger
-    with _sigterm_raises(), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
-        live = ledger.live_release(app, plan.env.name)  # re-read: a queued run may have waited behind one
-        release = ledger.create_release(
-            app=app, env=plan.env.name, kind=plan.kind, sha=plan.artifact.sha, digest=plan.artifact.digest,
-            image=plan.artifact.image, spec=plan.spec, config_digest=ws.config_digest,
-            actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
-            previous_number=live.number if live else None,
-            promoted_from_id=plan.source.id if plan.source else None,
-        )
-        lease.attach_release(release.id)
-        recorder = _Recorder(ws, release)
-        recorder.event("recorded", "ok", f"release {plan.env.name}#{release.number} recorded as pending",
-                       {"kind": plan.kind, "sha": plan.artifact.sha, "digest": plan.artifact.digest})
-        _record_overrides(recorder, plan, ignored_blocks)
-        try:
-            return _run_steps(ws, plan, release, recorder, lease, target)
-        except _Interrupted:
-            recorder.finish("interrupted", "terminated by a signal")
-            raise OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted") \
-                from None
-        except KeyboardInterrupt:
-            recorder.finish("interrupted", "interrupted by the user (Ctrl-C)")
+    live = ledger.live_release(app, plan.env.name)  # re-read: a queued run may have waited behind one
+    release = ledger.create_release(
+        app=app, env=plan.env.name, kind=plan.kind, sha=plan.artifact.sha, digest=plan.artifact.digest,
+        image=plan.artifact.image, spec=plan.spec, config_digest=ws.config_digest,
+        actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
+        previous_number=live.number if live else None,
+        promoted_from_id=plan.source.id if plan.source else None, holder=lease.holder,
+    )
+    recorder = _Recorder(ws, release)
+    recorder.event("recorded", "ok", f"release {plan.env.name}#{release.number} recorded as pending",
+                   {"kind": plan.kind, "sha": plan.artifact.sha, "digest": plan.artifact.digest})
+    _record_overrides(recorder, plan, ignored_blocks)
+    try:
+        return _run_steps(ws, plan, release, recorder, lease, target, signals)
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        signals.finishing = True
+        cause = exc.cause if isinstance(exc, _Interrupted) else "interrupted by the user (Ctrl-C)"
+        if recorder.switched:
+            return recorder.succeed_after_switch(ws, cause)
+        recorder.finish("interrupted", cause)
+        if not isinstance(exc, _Interrupted):
             raise
-        except ConveyorError as exc:
-            recorder.finish("failed", exc.message)
-            raise
-        except Exception as exc:
-            recorder.finish("failed", f"{type(exc).__name__}: {exc}")
-            raise OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}") \
-                from exc
+        if exc.by_user:
+            raise KeyboardInterrupt from None
+        raise OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted") \
+            from None
+    except ConveyorError as exc:
+        signals.finishing = True
+        if recorder.switched:
+            return recorder.succeed_after_switch(ws, exc.message)
+        recorder.finish("failed", exc.message)
+        raise
+    except Exception as exc:
+        signals.finishing = True
+        if recorder.switched:
+            return recorder.succeed_after_switch(ws, f"{type(exc).__name__}: {exc}")
+        recorder.finish("failed", f"{type(exc).__name__}: {exc}")
+        raise OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}") \
+            from exc
 
 
 def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Block]) -> None:
@@ -150,7 +188,8 @@ def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Bloc
 
 
 def _run_steps(
-    ws: Workspace, plan: ReleasePlan, release: Release, recorder: _Recorder, lease: LeaseKeeper, target: Any
+    ws: Workspace, plan: ReleasePlan, release: Release, recorder: _Recorder, lease: LeaseKeeper, target: Any,
+    signals: _Signals,
 ) -> Release:
     for task in plan.tasks:
         _check_lease(lease)
@@ -163,6 +202,7 @@ def _run_steps(
     recorder.step("deploy", status="running", started=True)
     outcome = target.deploy(plan.spec, f"{plan.env.name}#{release.number}", recorder.report)
     if outcome.succeeded:
+        signals.finishing = True
         return recorder.succeed(ws)
     for line in outcome.logs:
         recorder.event("logs", "info", line)
@@ -206,6 +246,7 @@ class _Recorder:
     def __init__(self, ws: Workspace, release: Release) -> None:
         self.ws = ws
         self.release = release
+        self.switched = False  # the target reported that the new version took the traffic
 
     def event(self, step: str, status: str, message: str, data: dict[str, Any] | None = None) -> None:
         self.ws.ledger.append_event(
@@ -214,6 +255,8 @@ class _Recorder:
         )
 
     def report(self, step: str, message: str) -> None:
+        if step == SWITCHED:
+            self.switched = True  # first: an interruption while this is written already counts as switched
         self.ws.say(f"  {step}: {message}")
         self.event(step, "info", message)
 
@@ -231,6 +274,21 @@ class _Recorder:
         if ws.config.release_refs.enabled:
             items.append((GIT_REFS, git_refs_payload(ws, ws.config, self.release, finished_at)))
         return self.finish("succeeded", "", outbox_items=items, finished_at=finished_at)
+
+    def succeed_after_switch(self, ws: Workspace, cause: str) -> Release:
+        """Stopped after the switch: the new version serves, so the record says so (what follows the switch
+        is clean-up). Finishing is honest; reverting the switch would need the very steps just cut short."""
+        current = ws.ledger.get_release_by_id(self.release.id)
+        if current is not None and current.status == "succeeded":
+            self.release = current  # the signal came after success was recorded
+        else:
+            self.succeed(ws)
+        label = f"{self.release.env}#{self.release.number}"
+        message = (f"{cause} after the switch: {label} serves, so it is recorded as succeeded; what follows "
+                   "the switch (the drain, retiring the previous version) was cut short")
+        ws.say(message)
+        self.event("interrupted", "info", message)
+        return self.release
 
     def finish(
         self, status: str, error: str, *, outbox_items: list[tuple[str, dict[str, Any]]] | None = None,

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 # report(step, message): progress lines the pipeline prints and appends to the ledger as events.
 Reporter = Callable[[str, str], None]
+# The step a target reports at the instant the new version takes the traffic. From then on the release
+# serves: the pipeline records it as succeeded even when what follows (a drain, clean-up) is interrupted.
+SWITCHED = "switch"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
-from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter, release_values
+from conveyor.targets.base import SWITCHED, Artifact, LiveState, Outcome, Reporter, release_values
 from conveyor.targets.container_host.engine import Container, Engine
 from conveyor.targets.container_host.proxy import CLIENT_TIMEOUT, HAProxy, haproxy_binary, listen_address
 
@@ -232,6 +232,7 @@ class ContainerHost:
         report("health", f"{name} healthy after {time.monotonic() - start_began:.2f}s (start + health check)")
 
         upstream = f"127.0.0.1:{port}"
+        stable = listen_address(spec["bind"], int(spec["port"]))
         try:
             proxy.switch(app, env, spec["bind"], int(spec["port"]), upstream)
         except TargetError as exc:
@@ -249,19 +250,44 @@ class ContainerHost:
                 engine.remove(name)
                 return self._failed(report, f"proxy switch failed: {exc.message}", logs)
             # The change was applied after all (e.g. the answer was lost): carry on.
-        stable = listen_address(spec["bind"], int(spec["port"]))
-        report("switch", f"{stable} now proxies to {name} ({upstream})")
+        except BaseException:
+            self._settle_interrupted_switch(engine, proxy, spec, name, upstream, report)
+            raise
         self._write_record(spec, engine, upstream, name, release_label)
+        report(SWITCHED, f"{stable} now proxies to {name} ({upstream})")
+        try:
+            self._drain(proxy, spec, report)
+        finally:
+            # Also when the drain is interrupted: the new release serves, so the previous containers are
+            # retired now instead of running unseen until the next deploy.
+            for old in engine.list(own):
+                if old.name != name:
+                    self._retire(engine, old, int(spec["stop_timeout"]), report)
+        report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
+        return Outcome(True)
 
+    def _drain(self, proxy: HAProxy, spec: dict[str, Any], report: Reporter) -> None:
         if float(spec["drain_seconds"]) > 0:
             report("drain", f"letting requests to the previous container finish for {spec['drain_seconds']}s")
             time.sleep(float(spec["drain_seconds"]))
-        self._await_old_workers(proxy, app, env, report)
-        for old in engine.list(own):
-            if old.name != name:
-                self._retire(engine, old, int(spec["stop_timeout"]), report)
-        report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
-        return Outcome(True)
+        self._await_old_workers(proxy, spec["app"], spec["env"], report)
+
+    @staticmethod
+    def _settle_interrupted_switch(
+        engine: Engine, proxy: HAProxy, spec: dict[str, Any], name: str, upstream: str, report: Reporter
+    ) -> None:
+        """Interrupted while switching: report the switch if it took effect (the new version serves, and
+        the record must say so), else remove the new container, which serves nothing."""
+        try:
+            switched = proxy.upstream(spec["app"], spec["env"]) == upstream
+        except Exception:
+            return  # cannot tell: keep the container; the next deploy or `conveyor up` settles it
+        if switched:
+            stable = listen_address(spec["bind"], int(spec["port"]))
+            report(SWITCHED, f"{stable} now proxies to {name} ({upstream})")
+        else:
+            with contextlib.suppress(Exception):
+                engine.remove(name)
 
     @staticmethod
     def _await_old_workers(proxy: HAProxy, app: str, env: str, report: Reporter) -> None:
