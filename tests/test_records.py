@@ -3,11 +3,15 @@ release is what serves, or conveyor says loudly that it is not and how to restor
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -173,3 +177,164 @@ def test_no_release_is_recorded_for_a_holder_without_the_lease(ledger: Ledger) -
     lease = ledger.get_lease("web", "prod")
     assert lease is not None and lease.release_id is None
     assert _record(ledger, "h1").number == 1  # the refused attempts took no number
+
+
+# ---------------------------------------------------------------------------------------------- 3. dead holders
+
+
+def wait_until_lease_expired(app: App, env: str) -> None:
+    """Poll the ledger itself (not a fixed sleep) until the dead holder's lease has expired."""
+    ledger = open_ledger(f"sqlite:///{app.home / 'ledger.db'}")
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            lease = ledger.get_lease("hello", env)
+            assert lease is not None, "the lease vanished"
+            if lease.expires_at < datetime.now(UTC):
+                return
+            time.sleep(0.1)
+    finally:
+        ledger.close()
+    raise AssertionError("the lease never expired")
+
+
+def test_a_dead_holder_shows_as_gone_and_recover_takes_over_at_once(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    with held_task(app) as (listener, accepted):
+        victim = app.start("deploy", "staging", "HEAD", CONVEYOR_LEASE_TTL="2")
+        wait_for_task(listener, accepted)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        wait_until_lease_expired(app, "staging")
+
+        code, rows = status_json(app)
+        assert code == 0  # v1 still serves: no outage
+        assert rows["staging"]["lease"]["holder_gone_since"] is not None
+        assert "HOLDER GONE since" in app.ok("status").out
+        running = app.history("staging")[0]
+        assert running["status"] in ("pending", "running") and running["holder_gone_since"] is not None
+        assert "(holder gone since" in app.ok("history", "staging").out
+
+        assert app.run("recover", "staging").code == 2  # --reason is required
+        recovered = app.ok("recover", "staging", "--reason", "deploy box rebooted")
+        assert "staging#2 marked interrupted" in recovered.out
+        latest = app.history("staging")[0]
+        assert (latest["number"], latest["status"], latest["holder_gone_since"]) == (2, "interrupted", None)
+        assert app.status()["staging"]["lease"] is None
+        events = ledger_events(app, "staging", "recover")
+        assert "deploy box rebooted" in events[-1].message and "Sample Dev" in events[-1].message
+
+        # The next deploy works: let its task connect and finish at once.
+        releaser = threading.Thread(target=lambda: listener.accept()[0].close())
+        releaser.start()
+        app.ok("deploy", "staging", "HEAD")
+        releaser.join()
+    assert app.serves("staging") == "v2"
+    assert app.history("staging")[0]["status"] == "succeeded"
+
+
+def test_recover_refuses_a_live_holder_unless_forced(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    with held_task(app) as (listener, accepted):
+        holder = app.start("deploy", "staging", "HEAD")
+        wait_for_task(listener, accepted)
+        refused = app.run("recover", "staging", "--reason", "x")
+        assert refused.code == 3 and "still heartbeats" in refused.err and "--force" in refused.err
+        app.ok("recover", "staging", "--force", "--reason", "stuck for an hour")
+        assert app.history("staging")[0]["status"] == "interrupted"
+        accepted[0].close()  # the task ends; its deploy finds it lost the lease and changes nothing more
+        assert holder.wait(timeout=60) != 0
+    assert app.serves("staging") == "v1"
+    assert app.history("staging")[0]["status"] == "interrupted"
+
+
+def ledger_events(app: App, env: str, step: str) -> list[Any]:
+    ledger = open_ledger(f"sqlite:///{app.home / 'ledger.db'}")
+    try:
+        return ledger.events(app="hello", env=env, step=step)
+    finally:
+        ledger.close()
+
+
+# ---------------------------------------------------------------------------------------------- 4. outages
+
+
+def test_a_killed_proxy_is_an_outage_that_up_restores(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    before = app.history()
+    pid = int((app.home / "proxy" / "haproxy.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_until_refused(app.ports["staging"])
+    result = app.run("status")
+    assert result.code == 1
+    assert "OUTAGE" in result.out and "HAProxy" in result.out and "conveyor up staging" in result.out
+    code, rows = status_json(app)
+    assert code == 1 and "not running" in rows["staging"]["outage"]
+    assert rows["production"]["outage"] is None  # nothing deployed there
+    app.ok("up")
+    assert app.serves("staging") == "v1"
+    code, rows = status_json(app)
+    assert code == 0 and rows["staging"]["outage"] is None
+    assert app.history() == before  # no new release
+
+
+def test_a_removed_live_container_is_an_outage_that_up_restores(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    before = app.history()
+    subprocess.run(["podman", "rm", "-f", "-t", "0", *service_containers("staging")], check=True,
+                   capture_output=True)
+    code, rows = status_json(app)
+    assert code == 1 and "gone" in rows["staging"]["outage"]
+    app.ok("up", "staging")
+    assert app.serves("staging") == "v1"
+    assert status_json(app)[0] == 0
+    assert app.history() == before
+    assert ledger_events(app, "staging", "up")[-1].status == "ok"
+
+
+def service_containers(env: str) -> list[str]:
+    return subprocess.run(
+        ["podman", "ps", "-aq", "--filter", "label=conveyor.app=hello", "--filter", f"label=conveyor.env={env}",
+         "--filter", "label=conveyor.role=service"], capture_output=True, text=True, check=True,
+    ).stdout.split()
+
+
+def wait_until_refused(port: int) -> None:
+    """The killed master's workers exit on their own; wait for the port to stop accepting."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"port {port} still accepts connections")
+
+
+# ---------------------------------------------------------------------------------------------- 5. retired envs
+
+
+def test_an_environment_removed_from_the_config_is_shown_and_can_be_retired(app: App) -> None:
+    app.ok("deploy", "staging", "v1")
+    app.ok("deploy", "production", "v1", "--hotfix", "--reason", "first")
+
+    def without_production(text: str) -> str:
+        return text[:text.index("  - name: production")]
+
+    commit_config(app, without_production, "no production any more")
+    status = app.ok("status", "--json").json()
+    assert [row["env"] for row in status["environments"]] == ["staging"]
+    assert [row["env"] for row in status["retired_from_config"]] == ["production"]
+    assert status["retired_from_config"][0]["serving"]
+    assert "RETIRED FROM CONFIG BUT STILL SERVING" in app.ok("status").out
+
+    assert app.run("retire", "staging", "--reason", "x").code == 2  # still configured
+    app.ok("retire", "production", "--reason", "merged into staging")
+    wait_until_refused(app.ports["production"])
+    status = app.ok("status", "--json").json()
+    assert status["retired_from_config"] == []
+    assert "RETIRED" not in app.ok("status").out
+    assert service_containers("production") == []
+    assert app.serves("staging") == "v1"
+    event = ledger_events(app, "production", "retired")[-1]
+    assert "merged into staging" in event.message and "Sample Dev" in event.message

@@ -488,6 +488,22 @@ class Ledger:
         with self._read() as conn:
             return [_release(row) for row in conn.execute(query)]
 
+    def unfinished_releases(self, app: str, env: str) -> list[Release]:
+        """Releases of app+env still recorded pending or running, oldest first."""
+        query = (
+            select(releases)
+            .where(releases.c.app == app, releases.c.env == env, releases.c.status.in_(("pending", "running")))
+            .order_by(releases.c.number)
+        )
+        with self._read() as conn:
+            return [_release(row) for row in conn.execute(query)]
+
+    def release_envs(self, app: str) -> list[str]:
+        """Every environment the ledger holds a release of for app (also ones no longer configured)."""
+        query = select(releases.c.env).where(releases.c.app == app).distinct().order_by(releases.c.env)
+        with self._read() as conn:
+            return [str(env) for env in conn.execute(query).scalars()]
+
     def releases_between(self, app: str, env: str, after_number: int, up_to_number: int) -> list[Release]:
         """Releases numbered in (after_number, up_to_number], ascending: what a rollback or promote spans."""
         query = (
@@ -617,6 +633,22 @@ class Ledger:
                     .returning(*leases.c)
                 ).one()
                 return LeaseAttempt(acquired=True, holder=_lease(row), taken_over=_lease(current))
+
+    def seize_lease(self, *, app: str, env: str, holder: str, actor: str, operation: str, ttl: float) -> Lease | None:
+        """Take app+env's lease even though it has not expired (`conveyor recover --force`: its holder is
+        known to be stuck); returns the lease it replaced, or None when there was none."""
+        now = _now()
+        mine = dict(app=app, env=env, holder=holder, actor=actor, operation=operation, release_id=None,
+                    acquired_at=now, heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
+        with self._write() as conn:
+            current = conn.execute(
+                select(leases).where(leases.c.app == app, leases.c.env == env).with_for_update()
+            ).one_or_none()
+            if current is None:
+                conn.execute(insert(leases).values(**mine))
+                return None
+            conn.execute(update(leases).where(leases.c.app == app, leases.c.env == env).values(**mine))
+        return _lease(current)
 
     def heartbeat(self, *, app: str, env: str, holder: str, ttl: float) -> bool:
         """Push our lease's expiry ttl seconds ahead; False means someone took it over (stop working)."""

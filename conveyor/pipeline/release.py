@@ -294,6 +294,14 @@ class _Recorder:
         self, status: str, error: str, *, outbox_items: list[tuple[str, dict[str, Any]]] | None = None,
         finished_at: Any = None,
     ) -> Release:
+        if status != "succeeded":
+            current = self.ws.ledger.get_release_by_id(self.release.id)
+            if current is not None and current.status not in ("pending", "running"):
+                # Already finished by whoever took the lease over (recover, a takeover): that record
+                # stands; what this process saw is added to it.
+                self.release = current
+                self.event("finished", "info", f"this operation then stopped too ({status}): {error}")
+                return current
         self.release = self.ws.ledger.update_release(
             self.release.id, status=status, error=error, finished=True, outbox_items=outbox_items,
             finished_at=finished_at,

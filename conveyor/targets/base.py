@@ -76,3 +76,14 @@ class Target(Protocol):
 
     def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter) -> int:
         """`conveyor run`: a one-off workload with the spec's image and settings; returns its exit code."""
+
+    def probe(self, spec: dict[str, Any]) -> str | None:
+        """Whether the release `spec` describes really answers (quickly, through its stable address):
+        None when it does, else the outage in one line."""
+
+    def restore(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
+        """`conveyor up`: make the stored spec serve again (restart the proxy, re-apply the spec if its
+        workload is gone) without it being a new release."""
+
+    def retire(self, app: str, env: str, report: Reporter) -> None:
+        """`conveyor retire`: stop and remove everything that serves app/env here."""
