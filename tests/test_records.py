@@ -96,7 +96,7 @@ def status_json(app: App) -> tuple[int, dict[str, Any]]:
 # ---------------------------------------------------------------------------------------------- 1. signals
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_the_drain_finishes_the_release_it_switched_to(app: App, signum: int) -> None:
     app.ok("deploy", "staging", "v1")
     commit_config(app, in_env("staging", "drain_seconds: 120"), "a long drain")
@@ -124,7 +124,7 @@ def test_a_signal_during_the_drain_finishes_the_release_it_switched_to(app: App,
     assert len(containers) == 1
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_before_the_switch_records_interrupted_and_keeps_the_old_release(app: App, signum: int) -> None:
     app.ok("deploy", "staging", "v1")
     with held_task(app) as (listener, accepted):

@@ -4,6 +4,8 @@ preflight → lease → record `pending` → pre-deploy tasks (new artifact) →
 → record `succeeded` or `failed` → release the lease.
 
 The ledger is written before and after every step, so a crash leaves a record that says how far it got.
+A signal (Ctrl-C, SIGTERM) before the target reports the switch records `interrupted`; after it the new
+version serves, so the release is finished and recorded `succeeded`.
 """
 
 from __future__ import annotations
@@ -145,17 +147,15 @@ def _record_and_run(
         promoted_from_id=plan.source.id if plan.source else None, holder=lease.holder,
     )
     recorder = _Recorder(ws, release)
-    recorder.event("recorded", "ok", f"release {plan.env.name}#{release.number} recorded as pending",
-                   {"kind": plan.kind, "sha": plan.artifact.sha, "digest": plan.artifact.digest})
-    _record_overrides(recorder, plan, ignored_blocks)
     try:
+        recorder.event("recorded", "ok", f"release {plan.env.name}#{release.number} recorded as pending",
+                       {"kind": plan.kind, "sha": plan.artifact.sha, "digest": plan.artifact.digest})
+        _record_overrides(recorder, plan, ignored_blocks)
         return _run_steps(ws, plan, release, recorder, lease, target, signals)
     except (_Interrupted, KeyboardInterrupt) as exc:
-        signals.finishing = True
         cause = exc.cause if isinstance(exc, _Interrupted) else "interrupted by the user (Ctrl-C)"
-        if recorder.switched:
-            return recorder.succeed_after_switch(ws, cause)
-        recorder.finish("interrupted", cause)
+        if _stopped(ws, recorder, signals, "interrupted", cause):
+            return recorder.release
         if not isinstance(exc, _Interrupted):
             raise
         if exc.by_user:
@@ -163,18 +163,25 @@ def _record_and_run(
         raise OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted") \
             from None
     except ConveyorError as exc:
-        signals.finishing = True
-        if recorder.switched:
-            return recorder.succeed_after_switch(ws, exc.message)
-        recorder.finish("failed", exc.message)
+        if _stopped(ws, recorder, signals, "failed", exc.message):
+            return recorder.release
         raise
     except Exception as exc:
-        signals.finishing = True
-        if recorder.switched:
-            return recorder.succeed_after_switch(ws, f"{type(exc).__name__}: {exc}")
-        recorder.finish("failed", f"{type(exc).__name__}: {exc}")
+        if _stopped(ws, recorder, signals, "failed", f"{type(exc).__name__}: {exc}"):
+            return recorder.release
         raise OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}") \
             from exc
+
+
+def _stopped(ws: Workspace, recorder: _Recorder, signals: _Signals, status: str, cause: str) -> bool:
+    """Record a release that stopped before its end. True when it had already switched: then it serves,
+    and is recorded as succeeded rather than as `status`."""
+    signals.finishing = True
+    if recorder.switched:
+        recorder.succeed_after_switch(ws, cause)
+        return True
+    recorder.finish(status, cause)
+    return False
 
 
 def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Block]) -> None:
