@@ -198,13 +198,71 @@ def status(obj: Context, as_json: bool) -> None:
 
     def go() -> None:
         from conveyor.cli.render import render_status
-        from conveyor.pipeline.views import status_report
+        from conveyor.pipeline.views import has_outage, status_report
 
         data = status_report(obj.workspace())
         if as_json:
             emit_json(data)
         else:
             click.echo(render_status(data))
+        if has_outage(data):
+            sys.exit(EXIT_FAILED)
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env")
+@click.option("--reason", required=True, help="Why; recorded with the recovery.")
+@click.option("--force", is_flag=True, help="Take the lease even though its holder still heartbeats (stuck).")
+@json_option
+@click.pass_obj
+def recover(obj: Context, env: str, reason: str, force: bool, as_json: bool) -> None:
+    """Take ENV's lease over now from a holder that died (its lease expired) and record its release as
+    interrupted, instead of waiting for the next operation to do it."""
+
+    def go() -> None:
+        from conveyor.pipeline.repair import recover as recover_op
+        from conveyor.pipeline.views import release_view
+
+        releases = recover_op(obj.workspace(), env, reason, force=force)
+        if as_json:
+            emit_json({"interrupted": [release_view(r) for r in releases]})
+        else:
+            click.echo(f"recovered {env}: " + (", ".join(f"{env}#{r.number} marked interrupted" for r in releases)
+                                                or "no release was left unfinished"))
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env", required=False)
+@click.pass_obj
+def up(obj: Context, env: str | None) -> None:
+    """Make ENV (default: every environment) serve its live release again: start the proxy if it is down,
+    re-apply the live release's stored spec if its workload is gone. Records no new release."""
+
+    def go() -> None:
+        from conveyor.pipeline.repair import up as up_op
+
+        for line in up_op(obj.workspace(), env):
+            click.echo(line)
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
+@click.argument("env")
+@click.option("--reason", required=True, help="Why; recorded with the retirement.")
+@click.pass_obj
+def retire(obj: Context, env: str, reason: str) -> None:
+    """Stop and remove ENV, an environment no longer in conveyor.yml that still serves; its history stays."""
+
+    def go() -> None:
+        from conveyor.pipeline.repair import retire as retire_op
+
+        live = retire_op(obj.workspace(), env, reason)
+        click.echo(f"retired {env} (was serving {env}#{live.number})")
 
     run(go)
 

@@ -33,17 +33,40 @@ def render_status(data: dict[str, Any]) -> str:
         if behind and behind["commits"] is not None:
             out.append(f"  {behind['commits']} commit(s) behind {behind['stage']}")
         if row["lease"]:
-            lease = row["lease"]
-            out.append(f"  locked: {lease['holder_actor']} is running '{lease['operation']}' "
-                       f"since {_when(lease['acquired_at'])}")
+            out.append(_lease_line(row["env"], row["lease"]))
         for block in row["blocks"]:
             until = f" until {_when(block['until'])}" if block["until"] else ""
             out.append(f"  blocked ({block['scope']}) by {block['actor']}{until}: {block['reason']}")
         if row["drift"]:
             out.append(f"  DRIFT: the target serves {row['serving'] or 'nothing'}, not the ledger's live release")
+        if row.get("outage"):
+            out.append(f"  OUTAGE: {row['outage']}; `conveyor up {row['env']}` restores it from the ledger")
+    for row in data.get("retired_from_config", []):
+        live = row["live"]
+        if row["serving"]:
+            out.append(f"{row['env']}: RETIRED FROM CONFIG BUT STILL SERVING #{live['number']} "
+                       f"({row['serving']}); `conveyor retire {row['env']} --reason TEXT` stops it")
+        else:
+            out.append(f"{row['env']}: retired from config; nothing serves it, but it was never retired: "
+                       f"`conveyor retire {row['env']} --reason TEXT` closes it")
     if data["outbox"]:
         out.append(render_outbox(data["outbox"]))
     return "\n".join(out)
+
+
+def _lease_line(env: str, lease: dict[str, Any]) -> str:
+    if lease["holder_gone_since"]:
+        return (f"  HOLDER GONE since {_when(lease['holder_gone_since'])}: {lease['holder_actor']}'s "
+                f"'{lease['operation']}' stopped heartbeating and its lease expired; "
+                f"`conveyor recover {env} --reason TEXT` takes it over and marks its release interrupted")
+    return (f"  locked: {lease['holder_actor']} is running '{lease['operation']}' "
+            f"since {_when(lease['acquired_at'])}")
+
+
+def _status_word(release: dict[str, Any]) -> str:
+    if release.get("holder_gone_since"):
+        return f"{release['status']} (holder gone since {_when(release['holder_gone_since'])})"
+    return str(release["status"])
 
 
 def render_outbox(items: list[dict[str, Any]]) -> str:
@@ -90,7 +113,7 @@ def render_history(rows: list[dict[str, Any]]) -> str:
         return "no releases yet"
     table = [
         [
-            f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), r["status"],
+            f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), _status_word(r),
             r["sha"][:12], r["digest"][:19] + "…", r["actor"], _when(r["finished_at"] or r["created_at"]),
             _why(r),
         ]

@@ -38,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError, ProgrammingError
 
-from conveyor.errors import BadInput, InfrastructureMissing
+from conveyor.errors import BadInput, InfrastructureMissing, Refused
 from conveyor.ledger import redact_url
 from conveyor.ledger.models import (
     BLOCK_SCOPES,
@@ -362,11 +362,19 @@ class Ledger:
         forced: bool,
         previous_number: int | None,
         promoted_from_id: int | None,
+        holder: str | None = None,
     ) -> Release:
-        """Record a new pending release with the next gapless number for app+env."""
+        """Record a new pending release with the next gapless number for app+env.
+
+        With `holder`, the release is attached to app+env's lease in the same transaction, so a process
+        killed at any instant leaves either no release or one its lease names (a takeover finds it); when
+        `holder` does not hold that lease, nothing is recorded (Refused). Only ledger tests and benchmarks
+        record releases without a lease."""
         if kind not in RELEASE_KINDS:
             raise ValueError(f"release kind {kind!r} is not one of {RELEASE_KINDS}")
         with self._write() as conn:
+            if holder is not None:
+                self._lock_own_lease(conn, app, env, holder)
             number = self._next_number(conn, app, env)
             row = conn.execute(
                 insert(releases)
@@ -379,7 +387,25 @@ class Ledger:
                 )
                 .returning(*releases.c)
             ).one()
+            if holder is not None:
+                conn.execute(
+                    update(leases)
+                    .where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
+                    .values(release_id=row.id)
+                )
         return _release(row)
+
+    @staticmethod
+    def _lock_own_lease(conn: Connection, app: str, env: str, holder: str) -> None:
+        """Row-lock app+env's lease in the caller's transaction; Refused unless `holder` holds it."""
+        held = conn.execute(
+            select(leases.c.holder)
+            .where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
+            .with_for_update()
+        ).one_or_none()
+        if held is None:
+            raise Refused(f"{app}/{env}: this operation no longer holds the lease (it expired and was taken "
+                          "over); nothing was recorded")
 
     def _next_number(self, conn: Connection, app: str, env: str) -> int:
         """Increment app+env's counter in the caller's transaction; the upsert row-locks it until commit.
@@ -480,6 +506,22 @@ class Ledger:
         query = query.order_by(releases.c.id.desc()).limit(limit)
         with self._read() as conn:
             return [_release(row) for row in conn.execute(query)]
+
+    def unfinished_releases(self, app: str, env: str) -> list[Release]:
+        """Releases of app+env still recorded pending or running, oldest first."""
+        query = (
+            select(releases)
+            .where(releases.c.app == app, releases.c.env == env, releases.c.status.in_(("pending", "running")))
+            .order_by(releases.c.number)
+        )
+        with self._read() as conn:
+            return [_release(row) for row in conn.execute(query)]
+
+    def release_envs(self, app: str) -> list[str]:
+        """Every environment the ledger holds a release of for app (also ones no longer configured)."""
+        query = select(releases.c.env).where(releases.c.app == app).distinct().order_by(releases.c.env)
+        with self._read() as conn:
+            return [str(env) for env in conn.execute(query).scalars()]
 
     def releases_between(self, app: str, env: str, after_number: int, up_to_number: int) -> list[Release]:
         """Releases numbered in (after_number, up_to_number], ascending: what a rollback or promote spans."""
@@ -610,6 +652,22 @@ class Ledger:
                     .returning(*leases.c)
                 ).one()
                 return LeaseAttempt(acquired=True, holder=_lease(row), taken_over=_lease(current))
+
+    def seize_lease(self, *, app: str, env: str, holder: str, actor: str, operation: str, ttl: float) -> Lease | None:
+        """Take app+env's lease even though it has not expired (`conveyor recover --force`: its holder is
+        known to be stuck); returns the lease it replaced, or None when there was none."""
+        now = _now()
+        mine = dict(app=app, env=env, holder=holder, actor=actor, operation=operation, release_id=None,
+                    acquired_at=now, heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
+        with self._write() as conn:
+            current = conn.execute(
+                select(leases).where(leases.c.app == app, leases.c.env == env).with_for_update()
+            ).one_or_none()
+            if current is None:
+                conn.execute(insert(leases).values(**mine))
+                return None
+            conn.execute(update(leases).where(leases.c.app == app, leases.c.env == env).values(**mine))
+        return _lease(current)
 
     def heartbeat(self, *, app: str, env: str, holder: str, ttl: float) -> bool:
         """Push our lease's expiry ttl seconds ahead; False means someone took it over (stop working)."""

@@ -10,7 +10,7 @@ from datetime import UTC
 from types import TracebackType
 
 from conveyor.errors import Refused
-from conveyor.ledger.models import Lease
+from conveyor.ledger.models import Lease, Release
 from conveyor.pipeline.workspace import Workspace
 from conveyor.settings import lease_ttl
 
@@ -23,8 +23,11 @@ def describe_lease(lease: Lease) -> str:
 class LeaseKeeper:
     """Context manager: acquires on enter, heartbeats in a thread, releases on exit."""
 
-    def __init__(self, ws: Workspace, env: str, operation: str, *, wait: bool) -> None:
+    def __init__(self, ws: Workspace, env: str, operation: str, *, wait: bool, seize: bool = False) -> None:
+        """seize: take the lease even from a holder that still looks alive (`recover --force`)."""
         self.ws = ws
+        self.seize = seize
+        self.interrupted: list[Release] = []  # releases of dead holders this keeper marked interrupted
         self.app = ws.config.app
         self.env = env
         self.operation = operation
@@ -53,9 +56,6 @@ class LeaseKeeper:
             self._thread.join(timeout=5)
         self.ws.ledger.release_lease(app=self.app, env=self.env, holder=self.holder)
 
-    def attach_release(self, release_id: int) -> None:
-        self.ws.ledger.set_lease_release(app=self.app, env=self.env, holder=self.holder, release_id=release_id)
-
     def _try(self) -> bool:
         attempt = self.ws.ledger.try_acquire_lease(
             app=self.app, env=self.env, holder=self.holder, actor=self.ws.identity.actor,
@@ -68,12 +68,25 @@ class LeaseKeeper:
         return attempt.acquired
 
     def _acquire_or_refuse(self) -> None:
-        if not self._try():
-            assert self._current is not None
-            raise Refused(
-                f"{self.app}/{self.env} is locked: {describe_lease(self._current)}. "
-                "Try again when it finishes, or pass --wait to queue behind it."
-            )
+        if self._try():
+            return
+        if self.seize:
+            self._seize()
+            return
+        assert self._current is not None
+        raise Refused(
+            f"{self.app}/{self.env} is locked: {describe_lease(self._current)}. "
+            "Try again when it finishes, or pass --wait to queue behind it."
+        )
+
+    def _seize(self) -> None:
+        replaced = self.ws.ledger.seize_lease(
+            app=self.app, env=self.env, holder=self.holder, actor=self.ws.identity.actor,
+            operation=self.operation, ttl=self.ttl,
+        )
+        if replaced is not None:
+            self._recover_from(replaced, f"took over the lease of {replaced.actor} ('{replaced.operation}'), "
+                                         "declared stuck")
 
     def _acquire_in_turn(self) -> None:
         """First come, first served: only the oldest live waiter may take the lease when it frees up."""
@@ -100,23 +113,28 @@ class LeaseKeeper:
         finally:
             ledger.remove_waiter(ticket)
 
-    def _recover_from(self, dead: Lease) -> None:
+    def _recover_from(self, dead: Lease, message: str = "") -> None:
         """The previous holder stopped heartbeating (killed): mark its release interrupted, in the record."""
-        ledger = self.ws.ledger
-        message = f"took over an expired lease from {dead.actor} ('{dead.operation}')"
+        message = message or f"took over an expired lease from {dead.actor} ('{dead.operation}')"
         self.ws.say(message)
         if dead.release_id is not None:
-            release = ledger.get_release_by_id(dead.release_id)
+            release = self.ws.ledger.get_release_by_id(dead.release_id)
             if release is not None and release.status in ("pending", "running"):
-                ledger.update_release(
-                    release.id, status="interrupted", finished=True,
-                    error=f"holder stopped heartbeating during step '{release.step}'",
-                )
-                ledger.append_event(
-                    app=self.app, env=self.env, release_id=release.id, step="interrupted", status="failed",
-                    message=f"interrupted at step '{release.step}'; {message}",
-                )
-                self.ws.say(f"release {self.env}#{release.number} was interrupted at step '{release.step}'")
+                self.mark_interrupted(release, message)
+
+    def mark_interrupted(self, release: Release, message: str) -> None:
+        """Record a release whose holder is gone as interrupted at the step it reached."""
+        ledger = self.ws.ledger
+        ledger.update_release(
+            release.id, status="interrupted", finished=True,
+            error=f"holder stopped heartbeating during step '{release.step}'",
+        )
+        ledger.append_event(
+            app=self.app, env=self.env, release_id=release.id, step="interrupted", status="failed",
+            message=f"interrupted at step '{release.step}'; {message}",
+        )
+        self.interrupted.append(release)
+        self.ws.say(f"release {self.env}#{release.number} was interrupted at step '{release.step}'")
 
     def _beat(self) -> None:
         interval = max(self.ttl / 3, 0.2)

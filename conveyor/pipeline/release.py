@@ -4,6 +4,8 @@ preflight → lease → record `pending` → pre-deploy tasks (new artifact) →
 → record `succeeded` or `failed` → release the lease.
 
 The ledger is written before and after every step, so a crash leaves a record that says how far it got.
+A signal (Ctrl-C, SIGTERM) before the target reports the switch records `interrupted`; after it the new
+version serves, so the release is finished and recorded `succeeded`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from conveyor.ledger.models import Block, Release
 from conveyor.pipeline.guards import check_blocks, describe_block
 from conveyor.pipeline.lease import LeaseKeeper
 from conveyor.pipeline.workspace import Workspace
-from conveyor.targets.base import Artifact
+from conveyor.targets.base import SWITCHED, Artifact
 
 
 @dataclass
@@ -61,23 +63,38 @@ class ReleasePlan:
 
 
 class _Interrupted(BaseException):
-    """SIGTERM, turned into an exception so the release is recorded as interrupted and the lease freed."""
+    """SIGTERM or SIGINT, turned into an exception so the release is recorded and the lease freed."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.by_user = signum == signal.SIGINT
+        self.cause = "interrupted by the user (Ctrl-C)" if self.by_user else "terminated by a signal"
+
+
+@dataclass
+class _Signals:
+    """What a signal does at this point of a release: raise _Interrupted, or, once the outcome is being
+    recorded, nothing (recording it takes milliseconds; cutting it short would leave a false record)."""
+
+    finishing: bool = False
 
 
 @contextmanager
-def _sigterm_raises() -> Iterator[None]:
+def _signals_raise(signals: _Signals) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted()
+        if not signals.finishing:
+            raise _Interrupted(signum)
 
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread (tests drive the pipeline from threads)
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, earlier in previous.items():
+            signal.signal(number, earlier)
 
 
 def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> Release | None:
@@ -105,39 +122,67 @@ def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> R
 def _execute_under_lease(
     ws: Workspace, plan: ReleasePlan, operation: str, target: Any, ignored_blocks: list[Block], *, wait: bool
 ) -> Release:
+    signals = _Signals()
+    try:
+        with _signals_raise(signals), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
+            return _record_and_run(ws, plan, target, ignored_blocks, lease, signals)
+    except _Interrupted as exc:  # before anything was recorded (waiting for the lease)
+        if exc.by_user:
+            raise KeyboardInterrupt from None
+        raise OperationFailed(f"{exc.cause} before anything was recorded") from None
+
+
+def _record_and_run(
+    ws: Workspace, plan: ReleasePlan, target: Any, ignored_blocks: list[Block], lease: LeaseKeeper,
+    signals: _Signals,
+) -> Release:
     app = ws.config.app
     ledger = ws.ledger
-    with _sigterm_raises(), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
-        live = ledger.live_release(app, plan.env.name)  # re-read: a queued run may have waited behind one
-        release = ledger.create_release(
-            app=app, env=plan.env.name, kind=plan.kind, sha=plan.artifact.sha, digest=plan.artifact.digest,
-            image=plan.artifact.image, spec=plan.spec, config_digest=ws.config_digest,
-            config_source=ws.config_source.recorded_as,
-            actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
-            previous_number=live.number if live else None,
-            promoted_from_id=plan.source.id if plan.source else None,
-        )
-        lease.attach_release(release.id)
-        recorder = _Recorder(ws, release)
+    live = ledger.live_release(app, plan.env.name)  # re-read: a queued run may have waited behind one
+    release = ledger.create_release(
+        app=app, env=plan.env.name, kind=plan.kind, sha=plan.artifact.sha, digest=plan.artifact.digest,
+        image=plan.artifact.image, spec=plan.spec, config_digest=ws.config_digest,
+        config_source=ws.config_source.recorded_as,
+        actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
+        previous_number=live.number if live else None,
+        promoted_from_id=plan.source.id if plan.source else None, holder=lease.holder,
+    )
+    recorder = _Recorder(ws, release)
+    try:
         recorder.event("recorded", "ok", f"release {plan.env.name}#{release.number} recorded as pending",
                        {"kind": plan.kind, "sha": plan.artifact.sha, "digest": plan.artifact.digest})
         _record_overrides(recorder, plan, ignored_blocks)
-        try:
-            return _run_steps(ws, plan, release, recorder, lease, target)
-        except _Interrupted:
-            recorder.finish("interrupted", "terminated by a signal")
-            raise OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted") \
-                from None
-        except KeyboardInterrupt:
-            recorder.finish("interrupted", "interrupted by the user (Ctrl-C)")
+        return _run_steps(ws, plan, release, recorder, lease, target, signals)
+    except (_Interrupted, KeyboardInterrupt) as exc:
+        cause = exc.cause if isinstance(exc, _Interrupted) else "interrupted by the user (Ctrl-C)"
+        if _stopped(ws, recorder, signals, "interrupted", cause):
+            return recorder.release
+        if not isinstance(exc, _Interrupted):
             raise
-        except ConveyorError as exc:
-            recorder.finish("failed", exc.message)
-            raise
-        except Exception as exc:
-            recorder.finish("failed", f"{type(exc).__name__}: {exc}")
-            raise OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}") \
-                from exc
+        if exc.by_user:
+            raise KeyboardInterrupt from None
+        raise OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted") \
+            from None
+    except ConveyorError as exc:
+        if _stopped(ws, recorder, signals, "failed", exc.message):
+            return recorder.release
+        raise
+    except Exception as exc:
+        if _stopped(ws, recorder, signals, "failed", f"{type(exc).__name__}: {exc}"):
+            return recorder.release
+        raise OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}") \
+            from exc
+
+
+def _stopped(ws: Workspace, recorder: _Recorder, signals: _Signals, status: str, cause: str) -> bool:
+    """Record a release that stopped before its end. True when it had already switched: then it serves,
+    and is recorded as succeeded rather than as `status`."""
+    signals.finishing = True
+    if recorder.switched:
+        recorder.succeed_after_switch(ws, cause)
+        return True
+    recorder.finish(status, cause)
+    return False
 
 
 def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Block]) -> None:
@@ -151,7 +196,8 @@ def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Bloc
 
 
 def _run_steps(
-    ws: Workspace, plan: ReleasePlan, release: Release, recorder: _Recorder, lease: LeaseKeeper, target: Any
+    ws: Workspace, plan: ReleasePlan, release: Release, recorder: _Recorder, lease: LeaseKeeper, target: Any,
+    signals: _Signals,
 ) -> Release:
     for task in plan.tasks:
         _check_lease(lease)
@@ -164,6 +210,7 @@ def _run_steps(
     recorder.step("deploy", status="running", started=True)
     outcome = target.deploy(plan.spec, f"{plan.env.name}#{release.number}", recorder.report)
     if outcome.succeeded:
+        signals.finishing = True
         return recorder.succeed(ws)
     for line in outcome.logs:
         recorder.event("logs", "info", line)
@@ -207,6 +254,7 @@ class _Recorder:
     def __init__(self, ws: Workspace, release: Release) -> None:
         self.ws = ws
         self.release = release
+        self.switched = False  # the target reported that the new version took the traffic
 
     def event(self, step: str, status: str, message: str, data: dict[str, Any] | None = None) -> None:
         self.ws.ledger.append_event(
@@ -215,6 +263,8 @@ class _Recorder:
         )
 
     def report(self, step: str, message: str) -> None:
+        if step == SWITCHED:
+            self.switched = True  # first: an interruption while this is written already counts as switched
         self.ws.say(f"  {step}: {message}")
         self.event(step, "info", message)
 
@@ -233,10 +283,33 @@ class _Recorder:
             items.append((GIT_REFS, git_refs_payload(ws, ws.config, self.release, finished_at)))
         return self.finish("succeeded", "", outbox_items=items, finished_at=finished_at)
 
+    def succeed_after_switch(self, ws: Workspace, cause: str) -> Release:
+        """Stopped after the switch: the new version serves, so the record says so (what follows the switch
+        is clean-up). Finishing is honest; reverting the switch would need the very steps just cut short."""
+        current = ws.ledger.get_release_by_id(self.release.id)
+        if current is not None and current.status == "succeeded":
+            self.release = current  # the signal came after success was recorded
+        else:
+            self.succeed(ws)
+        label = f"{self.release.env}#{self.release.number}"
+        message = (f"{cause} after the switch: {label} serves, so it is recorded as succeeded; what follows "
+                   "the switch (the drain, retiring the previous version) was cut short")
+        ws.say(message)
+        self.event("interrupted", "info", message)
+        return self.release
+
     def finish(
         self, status: str, error: str, *, outbox_items: list[tuple[str, dict[str, Any]]] | None = None,
         finished_at: Any = None,
     ) -> Release:
+        if status != "succeeded":
+            current = self.ws.ledger.get_release_by_id(self.release.id)
+            if current is not None and current.status not in ("pending", "running"):
+                # Already finished by whoever took the lease over (recover, a takeover): that record
+                # stands; what this process saw is added to it.
+                self.release = current
+                self.event("finished", "info", f"this operation then stopped too ({status}): {error}")
+                return current
         self.release = self.ws.ledger.update_release(
             self.release.id, status=status, error=error, finished=True, outbox_items=outbox_items,
             finished_at=finished_at,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from conveyor.ledger.models import Block, Lease, Release
@@ -13,7 +13,9 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def release_view(release: Release) -> dict[str, Any]:
+def release_view(release: Release, holder_gone_since: datetime | None = None) -> dict[str, Any]:
+    """`holder_gone_since`: for a pending or running release whose process stopped heartbeating, when it
+    was last heard from (the record itself is only rewritten by `recover` or a takeover, never by a view)."""
     return {
         "app": release.app,
         "env": release.env,
@@ -36,16 +38,35 @@ def release_view(release: Release) -> dict[str, Any]:
         "created_at": _iso(release.created_at),
         "started_at": _iso(release.started_at),
         "finished_at": _iso(release.finished_at),
+        "holder_gone_since": _iso(holder_gone_since),
     }
 
 
 def lease_view(lease: Lease) -> dict[str, Any]:
+    """`holder_gone_since` is set once the lease expired: its holder stopped heartbeating (it died)."""
     return {
         "holder_actor": lease.actor,
         "operation": lease.operation,
         "acquired_at": _iso(lease.acquired_at),
         "expires_at": _iso(lease.expires_at),
+        "holder_gone_since": _iso(lease.heartbeat_at) if _expired(lease) else None,
     }
+
+
+def _expired(lease: Lease) -> bool:
+    return lease.expires_at < datetime.now(UTC)
+
+
+def holder_gone_since(ws: Workspace, release: Release, leases: list[Lease]) -> datetime | None:
+    """When an unfinished release's holder was last heard from, if it is gone: its lease expired, or no
+    lease names the release at all. None for a finished release or one whose holder still heartbeats."""
+    if release.status not in ("pending", "running"):
+        return None
+    lease = next((le for le in leases if le.release_id == release.id), None)
+    if lease is not None:
+        return lease.heartbeat_at if _expired(lease) else None
+    last = ws.ledger.events(release_id=release.id)
+    return last[-1].at if last else release.created_at
 
 
 def block_view(block: Block) -> dict[str, Any]:
@@ -82,9 +103,11 @@ def status(ws: Workspace, *, check_live: bool = True) -> list[dict[str, Any]]:
             "blocks": [block_view(b) for b in ws.ledger.active_blocks(app, env.name)],
             "serving": None,
             "drift": None,
+            "outage": None,
         }
         if check_live:
             row["serving"], row["drift"] = _serving(ws, env.target.type, app, env.name, live)
+            row["outage"] = _outage(ws, live)
         rows.append(row)
         previous, previous_name = live, env.name
     return rows
@@ -100,16 +123,44 @@ def _serving(ws: Workspace, kind: str, app: str, env: str, live: Release | None)
     return state.image, live is None or state.image != live.image
 
 
+def _outage(ws: Workspace, live: Release | None) -> str | None:
+    """Why the live release does not answer, or None when it does (or nothing is deployed)."""
+    if live is None:
+        return None
+    try:
+        return ws.target(live.spec["target"]).probe(live.spec)
+    except Exception as exc:  # the probe itself failing is an outage of what it needs
+        return f"cannot check that {live.env}#{live.number} answers: {exc}"
+
+
+def retired_view(ws: Workspace) -> list[dict[str, Any]]:
+    """Environments the config no longer has whose last release was never retired, and what serves them."""
+    from conveyor.pipeline.repair import retired_envs
+
+    rows = []
+    for live in retired_envs(ws):
+        serving, _ = _serving(ws, live.spec["target"], live.app, live.env, live)
+        rows.append({"env": live.env, "live": release_view(live), "serving": serving})
+    return rows
+
+
 def status_report(ws: Workspace) -> dict[str, Any]:
-    """`conveyor status`: every environment, and what the outbox still owes."""
-    return {"environments": status(ws), "outbox": outbox_view(ws)}
+    """`conveyor status`: every environment, ones retired from the config, and what the outbox owes."""
+    return {"environments": status(ws), "retired_from_config": retired_view(ws), "outbox": outbox_view(ws)}
+
+
+def has_outage(report: dict[str, Any]) -> bool:
+    """`conveyor status` exits 1 when a live release does not answer."""
+    return any(row["outage"] for row in report["environments"])
 
 
 def history(ws: Workspace, env: str | None, limit: int, *, before_id: int | None = None) -> list[dict[str, Any]]:
     """Newest first (by the order they were recorded); before_id continues from a page's last release."""
     if env is not None:
         ws.config.environment(env)
-    return [release_view(r) for r in ws.ledger.list_releases(ws.config.app, env, limit, before_id=before_id)]
+    leases = ws.ledger.list_leases()
+    return [release_view(r, holder_gone_since(ws, r, leases))
+            for r in ws.ledger.list_releases(ws.config.app, env, limit, before_id=before_id)]
 
 
 def outbox_view(ws: Workspace) -> list[dict[str, Any]]:

@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 # report(step, message): progress lines the pipeline prints and appends to the ledger as events.
 Reporter = Callable[[str, str], None]
+# The step a target reports at the instant the new version takes the traffic. From then on the release
+# serves: the pipeline records it as succeeded even when what follows (a drain, clean-up) is interrupted.
+SWITCHED = "switch"
 
 
 @dataclass(frozen=True)
@@ -78,3 +81,14 @@ class Target(Protocol):
                     stdin: bool = False, tty: bool = False) -> int:
         """`conveyor run`: a one-off workload with the spec's image and settings; returns its exit code.
         stdin/tty attach the caller's terminal instead of streaming output through report."""
+
+    def probe(self, spec: dict[str, Any]) -> str | None:
+        """Whether the release `spec` describes really answers (quickly, through its stable address):
+        None when it does, else the outage in one line."""
+
+    def restore(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
+        """`conveyor up`: make the stored spec serve again (restart the proxy, re-apply the spec if its
+        workload is gone) without it being a new release."""
+
+    def retire(self, app: str, env: str, report: Reporter) -> None:
+        """`conveyor retire`: stop and remove everything that serves app/env here."""

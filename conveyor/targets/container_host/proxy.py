@@ -396,6 +396,22 @@ class HAProxy:
             else:
                 self._reload(binary, {**sites, name: wanted})
 
+    def remove(self, app: str, env: str) -> None:
+        """Stop serving app+env: its listener goes (a seamless reload); with no app+env left, HAProxy stops."""
+        name = site_name(app, env)
+        binary = haproxy_binary()
+        with self._locked():
+            sites = self.sites()
+            if name not in sites:
+                return
+            remaining = {other: site for other, site in sites.items() if other != name}
+            if remaining and self.answering():
+                self._reload(binary, remaining)
+                return
+            self._write_sites(remaining)
+        if not remaining:
+            self.stop()
+
     def held_by_old_workers(self, app: str, env: str) -> int:
         """How many client connections of app+env workers left by a reload still hold. They route their
         remaining requests to the upstream that served when the reload happened (runtime changes do not
@@ -513,7 +529,7 @@ class HAProxy:
         """Return once every site's listener accepts connections and the current worker serves it."""
         deadline = time.monotonic() + START_TIMEOUT
         for name, site in sites.items():
-            host = _dial_host(str(site["bind"]))
+            host = dial_host(str(site["bind"]))
             while True:
                 try:
                     with socket.create_connection((host, int(site["port"])), timeout=1.0):
@@ -668,7 +684,7 @@ def _bind(bind: str, port: int) -> str:
     return listen_address(bind, port)
 
 
-def _dial_host(bind: str) -> str:
+def dial_host(bind: str) -> str:
     """Where to connect to reach a listener bound to `bind` (a wildcard is reached through loopback)."""
     host = bind.strip("[]")
     if host in ("", "*", "0.0.0.0"):

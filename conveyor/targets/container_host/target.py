@@ -23,9 +23,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
-from conveyor.targets.base import Artifact, LiveState, Outcome, Reporter, release_values
+from conveyor.targets.base import SWITCHED, Artifact, LiveState, Outcome, Reporter, release_values
 from conveyor.targets.container_host.engine import Container, Engine
-from conveyor.targets.container_host.proxy import CLIENT_TIMEOUT, HAProxy, haproxy_binary, listen_address
+from conveyor.targets.container_host.proxy import (
+    CLIENT_TIMEOUT,
+    HAProxy,
+    dial_host,
+    haproxy_binary,
+    listen_address,
+)
 
 if TYPE_CHECKING:  # only for annotations: importing config (pydantic) is not needed to deploy a spec
     from conveyor.config.models import AppConfig, Environment
@@ -40,6 +46,7 @@ L_PORT, L_IMAGE = "conveyor.port", "conveyor.image"
 # How long the previous container is kept for connections a reloaded HAProxy worker still routes to it:
 # such a connection ends at its next request, or after the proxy's idle timeout.
 OLD_WORKER_WAIT = CLIENT_TIMEOUT + 5.0
+PROBE_TIMEOUT = 2.0  # `conveyor status` asks every live release to answer; it must stay quick
 
 
 class ContainerHost:
@@ -255,6 +262,7 @@ class ContainerHost:
         report("health", f"{name} healthy after {time.monotonic() - start_began:.2f}s (start + health check)")
 
         upstream = f"127.0.0.1:{port}"
+        stable = listen_address(spec["bind"], int(spec["port"]))
         try:
             proxy.switch(app, env, spec["bind"], int(spec["port"]), upstream)
         except TargetError as exc:
@@ -272,19 +280,44 @@ class ContainerHost:
                 engine.remove(name)
                 return self._failed(report, f"proxy switch failed: {exc.message}", logs)
             # The change was applied after all (e.g. the answer was lost): carry on.
-        stable = listen_address(spec["bind"], int(spec["port"]))
-        report("switch", f"{stable} now proxies to {name} ({upstream})")
+        except BaseException:
+            self._settle_interrupted_switch(engine, proxy, spec, name, upstream, report)
+            raise
         self._write_record(spec, engine, upstream, name, release_label)
+        report(SWITCHED, f"{stable} now proxies to {name} ({upstream})")
+        try:
+            self._drain(proxy, spec, report)
+        finally:
+            # Also when the drain is interrupted: the new release serves, so the previous containers are
+            # retired now instead of running unseen until the next deploy.
+            for old in engine.list(own):
+                if old.name != name:
+                    self._retire(engine, old, int(spec["stop_timeout"]), report)
+        report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
+        return Outcome(True)
 
+    def _drain(self, proxy: HAProxy, spec: dict[str, Any], report: Reporter) -> None:
         if float(spec["drain_seconds"]) > 0:
             report("drain", f"letting requests to the previous container finish for {spec['drain_seconds']}s")
             time.sleep(float(spec["drain_seconds"]))
-        self._await_old_workers(proxy, app, env, report)
-        for old in engine.list(own):
-            if old.name != name:
-                self._retire(engine, old, int(spec["stop_timeout"]), report)
-        report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
-        return Outcome(True)
+        self._await_old_workers(proxy, spec["app"], spec["env"], report)
+
+    @staticmethod
+    def _settle_interrupted_switch(
+        engine: Engine, proxy: HAProxy, spec: dict[str, Any], name: str, upstream: str, report: Reporter
+    ) -> None:
+        """Interrupted while switching: report the switch if it took effect (the new version serves, and
+        the record must say so), else remove the new container, which serves nothing."""
+        try:
+            switched = proxy.upstream(spec["app"], spec["env"]) == upstream
+        except Exception:
+            return  # cannot tell: keep the container; the next deploy or `conveyor up` settles it
+        if switched:
+            stable = listen_address(spec["bind"], int(spec["port"]))
+            report(SWITCHED, f"{stable} now proxies to {name} ({upstream})")
+        else:
+            with contextlib.suppress(Exception):
+                engine.remove(name)
 
     @staticmethod
     def _await_old_workers(proxy: HAProxy, app: str, env: str, report: Reporter) -> None:
@@ -349,6 +382,63 @@ class ContainerHost:
             release_label=current.labels.get(L_RELEASE, ""),
             detail=f"container {current.name} on {upstream} ({state}){note}",
         )
+
+    # -- status probe, up, retire ---------------------------------------------------------------------
+
+    def probe(self, spec: dict[str, Any]) -> str | None:
+        """GET the health path through the stable port, with a short timeout; on no good answer, say why
+        (the proxy is down, or the live container is gone or stopped)."""
+        import httpx
+
+        _check_spec(spec)
+        proxy = self._proxy()
+        stable = listen_address(spec["bind"], int(spec["port"]))
+        if not proxy.answering():
+            return f"HAProxy ({proxy.dir}) is not running: nothing answers on {stable}"
+        health = spec["health"]
+        url = f"http://{listen_address(dial_host(spec['bind']), int(spec['port']))}{health['path']}"
+        try:
+            answer = httpx.get(url, timeout=PROBE_TIMEOUT)
+            if answer.status_code == int(health["expect_status"]):
+                return None
+            problem = f"GET {health['path']} on {stable} answers {answer.status_code}"
+        except httpx.HTTPError as exc:
+            problem = f"GET {health['path']} on {stable} got no answer ({type(exc).__name__})"
+        state = self.live(spec["app"], spec["env"])
+        if state is None:
+            return f"{problem}: the live container is gone"
+        return f"{problem}: {state.detail}"
+
+    def restore(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
+        """Start HAProxy from its state if it is down; if the live release still does not answer (its
+        container is gone or stopped), re-apply its stored spec (start, health check, switch)."""
+        proxy = self._proxy()
+        if not proxy.answering():
+            proxy.ensure_running()
+            report("proxy", f"started HAProxy ({proxy.dir}) from its state")
+        problem = self.probe(spec)
+        if problem is None:
+            return Outcome(True)
+        report("restore", f"{problem}; re-applying {release_label}'s stored spec")
+        return self.deploy(spec, release_label, report)
+
+    def retire(self, app: str, env: str, report: Reporter) -> None:
+        """Remove app+env's listener from HAProxy, then its containers and its deploy record."""
+        proxy = self._proxy()
+        if proxy.listens(app, env):
+            proxy.remove(app, env)
+            report("proxy", f"HAProxy no longer listens for {app}/{env}")
+        record = self._read_record(app, env)
+        try:
+            engine = self._engine(record.get("engine", "auto"))
+        except InfrastructureMissing:
+            if record:
+                raise
+            return
+        for container in engine.list({L_APP: app, L_ENV: env}):
+            engine.remove(container.id)
+            report("retire", f"removed {container.name}")
+        self._record_path(app, env).unlink(missing_ok=True)
 
     # -- helpers --------------------------------------------------------------------------------------
 

@@ -269,6 +269,22 @@ class Kubernetes:
         return run.exit_code
 
 
+    # -- status probe, up, retire --------------------------------------------------------------------
+
+    def probe(self, spec: dict[str, Any]) -> str | None:
+        """Not probed: the cluster's controllers restart what dies, and `live` (drift) shows a changed or
+        deleted workload."""
+        return None
+
+    def restore(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
+        raise BadInput("conveyor up is not supported on kubernetes yet: `conveyor rollback ENV --to N` "
+                       "re-applies a release's stored manifests")
+
+    def retire(self, app: str, env: str, report: Reporter) -> None:
+        raise BadInput("conveyor retire is not supported on kubernetes yet: delete the environment's "
+                       "objects with kubectl")
+
+
 _RUN_TIMEOUT = 3600.0  # `conveyor run`: a one-off command (a console, a backfill) may take a while
 
 
