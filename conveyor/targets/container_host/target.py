@@ -84,17 +84,26 @@ class ContainerHost:
 
     # -- preflight ------------------------------------------------------------------------------------
 
-    def preflight(self, spec: dict[str, Any]) -> None:
+    def preflight(self, spec: dict[str, Any]) -> list[str]:
+        """Everything that can be checked before the first side effect; returns what was checked."""
         _check_spec(spec)
         self._require_secrets(spec)
-        self._engine(spec["engine"])
-        haproxy_binary()
-        bind, port = spec["bind"], int(spec["port"])
+        engine = self._engine(spec["engine"])
+        haproxy = haproxy_binary()
         proxy = self._proxy()
+        proxy.check_paths()  # before any task runs: HAProxy is only started at the switch
+        bind, port = spec["bind"], int(spec["port"])
         ours = proxy.answering() and listen_address(bind, port) in proxy.listens(spec["app"], spec["env"])
         if not ours and not _port_free(bind, port):
             raise BadInput(f"port {port} is in use by another process; choose another target.port for "
                            f"{spec['env']}")
+        secrets = ", ".join(spec["secrets"])
+        return [
+            f"secrets set in the environment: {secrets}" if secrets else "no secrets needed",
+            f"container engine: {engine.name} ({engine.binary})",
+            f"haproxy: {haproxy}; state dir {proxy.dir} fits its socket paths",
+            f"port {listen_address(bind, port)}: " + ("served by this proxy already" if ours else "free"),
+        ]
 
     # -- tasks ----------------------------------------------------------------------------------------
 
