@@ -262,13 +262,13 @@ class ContainerHost:
         report("switch", f"{stable} now proxies to {name} ({upstream})")
         self._write_record(spec, engine, upstream, name, release_label)
 
-        if float(spec["drain_seconds"]) > 0:
+        previous = [old for old in engine.list(own) if old.name != name]
+        if previous and float(spec["drain_seconds"]) > 0:  # an environment's first deploy has nothing to drain
             report("drain", f"letting requests to the previous container finish for {spec['drain_seconds']}s")
             time.sleep(float(spec["drain_seconds"]))
         self._await_old_workers(proxy, app, env, report)
-        for old in engine.list(own):
-            if old.name != name:
-                self._retire(engine, old, int(spec["stop_timeout"]), report)
+        for old in previous:
+            self._retire(engine, old, int(spec["stop_timeout"]), report)
         report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
         return Outcome(True)
 
