@@ -169,23 +169,23 @@ def _execute_under_lease(
             return _run_steps(ws, plan, release, recorder, lease, target)
         except _Interrupted:
             recorder.finish("interrupted", "terminated by a signal")
-            raise _reached(OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as "
-                                           "interrupted"), recorder) from None
+            interrupted = OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted")
+            raise _with_release(interrupted, recorder) from None
         except KeyboardInterrupt as exc:
             recorder.finish("interrupted", "interrupted by the user (Ctrl-C)")
-            _reached(exc, recorder)
+            _with_release(exc, recorder)
             raise
         except ConveyorError as exc:
             recorder.finish("failed", exc.message)
-            _reached(exc, recorder)
+            _with_release(exc, recorder)
             raise
         except Exception as exc:
             recorder.finish("failed", f"{type(exc).__name__}: {exc}")
-            raise _reached(OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: "
-                                           f"{exc}"), recorder) from exc
+            failed = OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}")
+            raise _with_release(failed, recorder) from exc
 
 
-def _reached(exc: BaseException, recorder: _Recorder) -> BaseException:
+def _with_release(exc: BaseException, recorder: _Recorder) -> BaseException:
     """Attach the release as recorded, so a --json failure can show what the operation reached."""
     exc.release = recorder.release  # type: ignore[attr-defined]  # also on KeyboardInterrupt
     return exc
