@@ -7,6 +7,8 @@ import signal
 import time
 from typing import Any
 
+import pytest
+
 from tests.e2e import App, Result
 
 
@@ -57,13 +59,16 @@ def test_outbox_flush_that_leaves_items_is_a_failure_object_listing_them(app: Ap
     assert len(data["outbox"]) == 1 and data["outbox"][0]["env"] == "staging"
 
 
-def test_ctrl_c_gives_an_interrupted_failure_with_the_release(app: App) -> None:
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 1)])
+def test_an_interrupted_release_gives_an_interrupted_failure_with_the_release(
+    app: App, signum: int, exit_code: int
+) -> None:
     app.ok("deploy", "staging", "v1")
     proc = app.start("deploy", "staging", "broken", "--json")
     _wait_for_step(app, "staging", "deploy")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=60)
-    data = failure(Result(proc.returncode, out, err), 130, "interrupted")
+    data = failure(Result(proc.returncode, out, err), exit_code, "interrupted")
     assert data["release"]["status"] == "interrupted" and data["release"]["number"] == 2
 
 
