@@ -404,12 +404,12 @@ class HAProxy:
         for path in (self.master_socket, self.stats_socket):
             if len(str(path).encode()) > MAX_SOCKET_PATH:
                 raise BadInput(f"the state dir {self.dir} is too long a path for haproxy's unix sockets "
-                                  f"({len(str(path).encode())} > {MAX_SOCKET_PATH} bytes): use a shorter "
-                                  "CONVEYOR_HOME")
+                               f"({len(str(path).encode())} > {MAX_SOCKET_PATH} bytes): use a shorter "
+                               "CONVEYOR_HOME")
         if re.search(r"[,'\s\\]", str(self.dir)):
             # `-S` separates socket options with commas; the config quotes paths with single quotes.
             raise BadInput(f"the state dir {self.dir} holds a comma, quote, backslash or white space, "
-                              "which haproxy's socket options cannot carry: use another CONVEYOR_HOME")
+                           "which haproxy's socket options cannot carry: use another CONVEYOR_HOME")
 
     def master_pid(self) -> int | None:
         """The master's pid from the pid file, when that process is alive and is this state dir's HAProxy."""
