@@ -15,6 +15,9 @@ class ConveyorError(Exception):
     """A failure with one readable message for the user."""
 
     exit_code = EXIT_FAILED
+    # The ledger's Release as recorded when the failure happened inside a release, else None: the CLI's
+    # --json failure object shows it.
+    release: object | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -109,14 +109,14 @@ def test_production_accepts_only_promotions_unless_hotfix(app: App) -> None:
 
 def test_dry_run_prints_every_step_and_changes_nothing(app: App) -> None:
     result = app.ok("deploy", "staging", "v1", "--dry-run")
-    assert "dry run" in result.err
+    assert "dry run" in result.out
     for step in ("acquire the lease", "pre-deploy task 'migrate'", "health check", "record"):
-        assert step in result.err
+        assert step in result.out
     assert app.history() == []
     assert _containers(app) == []
     app.ok("deploy", "staging", "v1")
-    assert "dry run" in app.ok("promote", "--dry-run").err
-    assert "dry run" in app.ok("rollback", "staging", "--to", "1", "--dry-run").err
+    assert "dry run" in app.ok("promote", "--dry-run").out
+    assert "dry run" in app.ok("rollback", "staging", "--to", "1", "--dry-run").out
     assert len(app.history()) == 1
 
 

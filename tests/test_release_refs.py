@@ -209,6 +209,7 @@ def test_a_promotion_racing_a_staging_deploy_names_only_the_promoted_commit(app:
     v1 = app.reconfigure(slow_production_drain, on="v1")
     v2 = app.git("rev-parse", "v2")
     app.ok("deploy", "staging", v1)
+    app.ok("deploy", "production", v1, "--hotfix", "--reason", "a previous container, so the promotion drains")
     promotion = app.start("promote")
     _wait_for_event(app, "production", "drain")  # applied, not yet recorded or tagged
     app.ok("deploy", "staging", "v2")  # completes while the promotion is still in flight

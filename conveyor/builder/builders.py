@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
 from conveyor.errors import InfrastructureMissing, OperationFailed
 
 AUTO_ORDER = ("buildah", "podman", "docker")
+TAIL_LINES = 5  # the builder's last lines a failure message repeats
 
 
 def detect_builder(configured: str) -> str:
@@ -44,13 +46,17 @@ def build_and_push(
 
 
 def _run(command: list[str], what: str, log: Callable[[str], None]) -> None:
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """Run a builder command, handing every output line to `log` as it comes; on failure the message
+    carries the last lines (the reason is rarely the very last one)."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
     assert proc.stdout is not None
-    tail: list[str] = []
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
     for line in proc.stdout:
         line = line.rstrip()
         log(line)
-        tail = [*tail[-19:], line]
+        if line.strip():
+            tail.append(line)
     if proc.wait() != 0:
-        last = next((t for t in reversed(tail) if t.strip()), "")
-        raise OperationFailed(f"{what} failed (exit {proc.returncode}): {last}")
+        lines = "".join(f"\n    {line}" for line in tail)
+        raise OperationFailed(f"{what} failed (exit {proc.returncode}); its last lines:{lines}")

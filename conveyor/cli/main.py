@@ -14,7 +14,14 @@ from typing import Any, TypeVar
 
 import click
 
-from conveyor.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConveyorError
+from conveyor.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    BadInput,
+    ConveyorError,
+    InfrastructureMissing,
+    Refused,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,16 +49,60 @@ class Context:
             self._ws.close()
 
 
+EXIT_INTERRUPTED = 130
+
+
 def run(fn: Callable[[], Any]) -> Any:
-    """Turn conveyor's errors into one readable message and the documented exit code."""
+    """Turn conveyor's errors into one readable message and the documented exit code; with --json, also
+    into the one JSON failure object on stdout (the only place errors become output)."""
     try:
         return fn()
     except ConveyorError as exc:
         click.echo(f"error: {exc.message}", err=True)
+        if _wants_json():
+            emit_json(json_failure(exc.exit_code, _error_kind(exc), exc.message, release=exc.release))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        if _wants_json():
+            emit_json(json_failure(EXIT_INTERRUPTED, "interrupted", "interrupted by the user (Ctrl-C)",
+                                   release=getattr(exc, "release", None)))  # pipeline/release.py attaches it
+        sys.exit(EXIT_INTERRUPTED)
+
+
+def json_failure(exit_code: int, kind: str, message: str, *, release: Any = None,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The --json shape of every failure: ok false, the exit code, a stable error kind, and the release as
+    recorded when the failure came after one was (else null)."""
+    view = None
+    if release is not None:
+        from conveyor.pipeline.views import release_view
+
+        view = release_view(release)
+    return {"ok": False, "exit_code": exit_code, "error": {"kind": kind, "message": message}, "release": view,
+            **(extra or {})}
+
+
+def _error_kind(exc: ConveyorError) -> str:
+    """One stable word per error class (subclasses first); `failed` covers every OperationFailed."""
+    if getattr(exc.release, "status", None) == "interrupted":
+        return "interrupted"
+    for cls, kind in ((InfrastructureMissing, "infrastructure_missing"), (BadInput, "bad_input"),
+                      (Refused, "refused")):
+        if isinstance(exc, cls):
+            return kind
+    return "failed"
+
+
+def _wants_json() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.params.get("as_json"))
+
+
+def _json_in_argv() -> bool:
+    """For errors click raises before any command runs: --json among conveyor's own arguments."""
+    words = sys.argv[1:]
+    return "--json" in (words[:words.index("--")] if "--" in words else words)
 
 
 def emit_json(data: Any) -> None:
@@ -87,19 +138,32 @@ def cli(ctx: click.Context, config: Path | None) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
-def _release_result(release: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
-    if release is None:
-        if as_json:
-            emit_json({"dry_run": True, **(extra or {})})
-        return
+def _release_result(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+    """A release (deploy, promote, rollback) or, for --dry-run, its plan and checks, on stdout."""
+    from conveyor.pipeline.release import DryRun
     from conveyor.pipeline.views import release_view
 
-    view = release_view(release)
+    if isinstance(result, DryRun):
+        _dry_run_result(result, as_json, extra)
+        return
+    view = release_view(result)
     if as_json:
         emit_json({**view, **(extra or {})})
     else:
         click.echo(f"{view['env']}#{view['number']} {view['kind']} {view['status']}: "
                    f"{view['sha'][:12]} {view['digest']}")
+
+
+def _dry_run_result(dry: Any, as_json: bool, extra: dict[str, Any] | None) -> None:
+    if as_json:
+        emit_json({"ok": True, "dry_run": True, "plan": dry.steps, "checks": dry.checks, **(extra or {})})
+        return
+    click.echo("dry run: nothing will be changed. The plan:")
+    for number, line in enumerate(dry.steps, 1):
+        click.echo(f"  {number}. {line}")
+    click.echo("checks passed:")
+    for line in dry.checks:
+        click.echo(f"  - {line}")
 
 
 @cli.command(epilog=EPILOG)
@@ -345,7 +409,11 @@ def outbox_flush(obj: Context, as_json: bool) -> None:
         ws = obj.workspace()
         deliver(ws, force=True)
         items = outbox_view(ws)
-        emit_json(items) if as_json else click.echo(render_outbox(items))
+        if items and as_json:
+            message = f"{len(items)} item(s) still undelivered"
+            emit_json(json_failure(EXIT_FAILED, "failed", message, extra={"outbox": items}))
+        else:
+            emit_json(items) if as_json else click.echo(render_outbox(items))
         if items:
             sys.exit(EXIT_FAILED)
 
@@ -432,6 +500,8 @@ def _run_cli() -> None:
         cli.main(standalone_mode=False)
     except click.exceptions.UsageError as exc:
         exc.show()
+        if _json_in_argv():
+            emit_json(json_failure(EXIT_BAD_INPUT, "usage", exc.format_message()))
         sys.exit(EXIT_BAD_INPUT)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -49,7 +49,7 @@ def build(ws: Workspace, ref: str) -> tuple[Artifact, bool]:
         build_and_push(
             builder, context, dockerfile, image, build_args=settings.args,
             labels={"org.opencontainers.image.revision": sha}, insecure=ws.config.registry.insecure,
-            log=lambda line: None,
+            log=lambda line: ws.say(f"  {builder}: {line}"),  # the builder's own progress, as it comes
         )
     artifact = find_artifact(ws, sha)
     if artifact is None:

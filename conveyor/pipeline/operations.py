@@ -6,7 +6,7 @@ from conveyor.errors import BadInput, Refused
 from conveyor.ledger.models import Release
 from conveyor.pipeline.artifacts import require_artifact
 from conveyor.pipeline.guards import check_promotion_policy
-from conveyor.pipeline.release import ReleasePlan, execute
+from conveyor.pipeline.release import DryRun, ReleasePlan, execute
 from conveyor.pipeline.stages import stage_pair
 from conveyor.pipeline.workspace import Workspace
 from conveyor.targets.base import Artifact
@@ -27,7 +27,7 @@ def _refuse_going_backwards(ws: Workspace, source: str, target: str, *, forced: 
 def deploy(
     ws: Workspace, env_name: str, ref: str, *, reason: str = "", hotfix: bool = False, force: bool = False,
     wait: bool = False, dry_run: bool = False,
-) -> Release | None:
+) -> Release | DryRun:
     if hotfix:
         _require_reason(reason, "--hotfix")
     if force:
@@ -46,7 +46,7 @@ def deploy(
 def promote(
     ws: Workspace, source_env: str | None, target_env: str | None, *, only: str | None = None, reason: str = "",
     force: bool = False, wait: bool = False, dry_run: bool = False,
-) -> Release | None:
+) -> Release | DryRun:
     source_env, target_env = stage_pair(ws, source_env, target_env, "promote")
     source_cfg = ws.config.environment(source_env)
     ws.config.environment(target_env)
@@ -117,7 +117,7 @@ def tasks_not_undone(ws: Workspace, env_name: str, target: Release, live: Releas
 def rollback(
     ws: Workspace, env_name: str, *, to: int | None = None, reason: str = "", force: bool = False,
     wait: bool = False, dry_run: bool = False,
-) -> tuple[Release | None, list[str]]:
+) -> tuple[Release | DryRun, list[str]]:
     env = ws.config.environment(env_name)
     if force:
         _require_reason(reason, "--force")

@@ -118,12 +118,16 @@ def _deliver(ws: Workspace, *, force: bool) -> list[OutboxItem]:
 
 
 def _try_push(ws: Workspace, item: OutboxItem, push: Any) -> str | None:
+    from conveyor.vcs.git import RemoteMissing
+
     error = None
     for delay in (0.0, *IN_RUN_RETRY_DELAYS):
         time.sleep(delay)
         try:
             push(ws.repo, item.payload["remote"], refspecs(item.payload))
             return None
+        except RemoteMissing as exc:
+            return exc.message  # retrying in this run cannot help
         except ConveyorError as exc:
             error = exc.message
     return error

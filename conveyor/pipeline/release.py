@@ -11,16 +11,17 @@ version serves, so the release is finished and recorded `succeeded`.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
 from conveyor.config.models import Environment
-from conveyor.errors import ConveyorError, OperationFailed
+from conveyor.errors import ConveyorError, OperationFailed, Refused
 from conveyor.ledger.models import Block, Release
-from conveyor.pipeline.guards import check_blocks, describe_block
+from conveyor.pipeline.guards import check_blocks, check_promotion_policy, describe_block
 from conveyor.pipeline.lease import LeaseKeeper
 from conveyor.pipeline.workspace import Workspace
 from conveyor.targets.base import SWITCHED, Artifact
@@ -97,26 +98,69 @@ def _signals_raise(signals: _Signals) -> Iterator[None]:
             signal.signal(number, earlier)
 
 
-def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> Release | None:
+@dataclass(frozen=True)
+class DryRun:
+    """What `--dry-run` found: the steps a real run would take, and the checks that passed."""
+
+    steps: list[str]
+    checks: list[str]
+
+
+NOTHING_TO_FORCE = "--force: nothing to override (no block or policy stands in the way); not recorded as forced"
+
+
+def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> Release | DryRun:
+    started = time.monotonic()
     app = ws.config.app
-    ledger = ws.ledger
     overridden = plan.forced or plan.kind == "hotfix"
     ignored_blocks = check_blocks(ws, plan.env, overridden=overridden)
-    live = ledger.live_release(app, plan.env.name)
-    if dry_run:
-        ws.say("dry run: nothing will be changed. The plan:")
-        for number, line in enumerate(plan.steps(app, live), 1):
-            ws.say(f"  {number}. {line}")
-        return None
+    if plan.forced and not ignored_blocks and not _policy_overridden(plan):
+        plan = replace(plan, forced=False, notes=[*plan.notes, NOTHING_TO_FORCE])
+    live = ws.ledger.live_release(app, plan.env.name)
     target = ws.target(plan.spec["target"])
-    target.preflight(plan.spec)
+    # Every check that needs no side effect, before the first one: a dry run runs them too.
+    checks = [
+        f"artifact {plan.artifact.image} is in the registry",
+        _blocks_check(plan, ignored_blocks),
+        *(target.preflight(plan.spec) or []),
+    ]
+    if dry_run:
+        return DryRun(plan.steps(app, live), checks)
     operation = f"{plan.kind} {plan.env.name} {plan.artifact.sha[:12]}"
     try:
-        return _execute_under_lease(ws, plan, operation, target, ignored_blocks, wait=wait)
+        release = _execute_under_lease(ws, plan, operation, target, ignored_blocks, wait=wait)
     finally:
         from conveyor.pipeline.outbox import deliver
 
         deliver(ws)  # this release's refs, and anything an earlier run still owes
+    ws.say(_timing(release, time.monotonic() - started))
+    return release
+
+
+def _policy_overridden(plan: ReleasePlan) -> bool:
+    """Whether the environment's promotion policy would have refused this run without --force."""
+    source_env = plan.source.env if plan.source is not None and plan.kind == "promote" else None
+    try:
+        check_promotion_policy(plan.env, kind=plan.kind, source_env=source_env, forced=False)
+    except Refused:
+        return True
+    return False
+
+
+def _blocks_check(plan: ReleasePlan, ignored: list[Block]) -> str:
+    if not ignored:
+        return f"no block on {plan.env.name}"
+    why = "--hotfix" if plan.kind == "hotfix" else "--force"
+    return f"{len(ignored)} block(s) on {plan.env.name} overridden by {why}, on record"
+
+
+def _timing(release: Release, seconds: float) -> str:
+    """The whole operation's time (tasks, deploy, delivery), and the deploy step's from the ledger record."""
+    label = f"{release.env}#{release.number} {release.status}"
+    if release.started_at and release.finished_at:
+        deploy = (release.finished_at - release.started_at).total_seconds()
+        return f"{label} in {seconds:.1f}s (the deploy step {deploy:.1f}s)"
+    return f"{label} in {seconds:.1f}s"
 
 
 def _execute_under_lease(
@@ -158,31 +202,41 @@ def _record_and_run(
         if _stopped(ws, recorder, signals, "interrupted", cause):
             return recorder.release
         if not isinstance(exc, _Interrupted):
+            _with_release(exc, recorder)
             raise
         if exc.by_user:
-            raise KeyboardInterrupt from None
-        raise OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted") \
-            from None
+            raise _with_release(KeyboardInterrupt(), recorder) from None
+        interrupted = OperationFailed(f"interrupted: {plan.env.name}#{release.number} recorded as interrupted")
+        raise _with_release(interrupted, recorder) from None
     except ConveyorError as exc:
         if _stopped(ws, recorder, signals, "failed", exc.message):
             return recorder.release
+        _with_release(exc, recorder)
         raise
     except Exception as exc:
         if _stopped(ws, recorder, signals, "failed", f"{type(exc).__name__}: {exc}"):
             return recorder.release
-        raise OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}") \
-            from exc
+        failed = OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}")
+        raise _with_release(failed, recorder) from exc
 
 
 def _stopped(ws: Workspace, recorder: _Recorder, signals: _Signals, status: str, cause: str) -> bool:
     """Record a release that stopped before its end. True when it had already switched: then it serves,
-    and is recorded as succeeded rather than as `status`."""
+    and is recorded as succeeded rather than as `status`. A release the steps already recorded as finished
+    (a failed deploy) is left as it is."""
     signals.finishing = True
     if recorder.switched:
         recorder.succeed_after_switch(ws, cause)
         return True
-    recorder.finish(status, cause)
+    if recorder.release.finished_at is None:
+        recorder.finish(status, cause)
     return False
+
+
+def _with_release(exc: BaseException, recorder: _Recorder) -> BaseException:
+    """Attach the release as recorded, so a --json failure can show what the operation reached."""
+    exc.release = recorder.release  # type: ignore[attr-defined]  # also on KeyboardInterrupt
+    return exc
 
 
 def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Block]) -> None:

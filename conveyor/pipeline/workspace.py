@@ -103,7 +103,7 @@ class Workspace:
         settings = self.config.registry
         return Registry(
             self.config.image, insecure=settings.insecure, username_env=settings.username_env,
-            password_env=settings.password_env,
+            password_env=settings.password_env, say=self.say,
         )
 
     @cached_property

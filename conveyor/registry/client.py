@@ -5,6 +5,9 @@ most hosted registries use)."""
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -19,6 +22,7 @@ MANIFEST_TYPES = ", ".join(
         "application/vnd.docker.distribution.manifest.v2+json",
     ]
 )
+PATIENCE = 1.5  # seconds of silence from the registry before conveyor says what it is waiting for
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,11 @@ class RepositoryName:
 class Registry:
     def __init__(
         self, repository: str, *, insecure: bool = False, username_env: str | None = None,
-        password_env: str | None = None, timeout: float = 10.0,
+        password_env: str | None = None, timeout: float = 10.0, say: Callable[[str], None] | None = None,
     ) -> None:
         self.repository = repository
+        self.timeout = timeout
+        self._say = say
         self.name = RepositoryName.parse(repository)
         scheme = "http" if insecure else "https"
         self.base = f"{scheme}://{self.name.host}/v2/{self.name.path}"
@@ -60,7 +66,7 @@ class Registry:
         return self._head_manifest(digest) is not None
 
     def _head_manifest(self, reference: str) -> str | None:
-        response = self._request("HEAD", f"{self.base}/manifests/{reference}")
+        response = self._request("HEAD", f"{self.base}/manifests/{reference}", reference)
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
@@ -71,19 +77,25 @@ class Registry:
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             # Some registries omit the header on HEAD; the body's digest is then computed by GET.
-            body = self._request("GET", f"{self.base}/manifests/{reference}")
+            body = self._request("GET", f"{self.base}/manifests/{reference}", reference)
             import hashlib
 
             digest = "sha256:" + hashlib.sha256(body.content).hexdigest()
         return digest
 
-    def _request(self, method: str, url: str) -> httpx.Response:
+    def _request(self, method: str, url: str, reference: str) -> httpx.Response:
         headers = {"Accept": MANIFEST_TYPES}
+        what = f"the manifest of {self.repository}:{reference}"
         try:
-            response = self._send(method, url, headers)
-            if response.status_code == 401:
-                self._authenticate(response)
+            with self._announce_when_slow(what):
                 response = self._send(method, url, headers)
+                if response.status_code == 401:
+                    self._authenticate(response)
+                    response = self._send(method, url, headers)
+        except httpx.TimeoutException:
+            raise InfrastructureMissing(
+                f"registry {self.name.host} did not answer within {self.timeout:g}s (asked for {what})"
+            ) from None
         except httpx.TransportError as exc:
             raise InfrastructureMissing(
                 f"registry {self.name.host} is unreachable: {_transport_reason(exc)}"
@@ -91,6 +103,22 @@ class Registry:
         if response.status_code == 401:
             raise BadInput(f"registry {self.name.host} rejected the credentials for {self.repository}")
         return response
+
+    @contextmanager
+    def _announce_when_slow(self, what: str) -> Iterator[None]:
+        """A silent registry must not make a silent conveyor: after PATIENCE seconds, say what it waits for."""
+        if self._say is None:
+            yield
+            return
+        notice = f"waiting for registry {self.name.host} to answer (asked for {what}; gives up after " \
+                 f"{self.timeout:g}s)"
+        timer = threading.Timer(PATIENCE, self._say, [notice])
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def _send(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
         if self._token:

@@ -62,8 +62,9 @@ class LiveState:
 class Target(Protocol):
     def render(self, app: Any, env: Any, artifact: Artifact) -> dict[str, Any]: ...
 
-    def preflight(self, spec: dict[str, Any]) -> None:
-        """Raise a ConveyorError when the spec cannot be applied here (engine missing, port taken)."""
+    def preflight(self, spec: dict[str, Any]) -> list[str] | None:
+        """Raise a ConveyorError when the spec cannot be applied here (engine missing, port taken). Runs
+        before the first side effect, also for --dry-run; may return what it checked, to show there."""
 
     def run_task(self, spec: dict[str, Any], task: dict[str, Any], report: Reporter) -> None:
         """Run one pre-deploy task with the spec's image; raise TargetError when it fails."""

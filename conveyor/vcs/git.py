@@ -159,6 +159,10 @@ class History:
         return self.repo.config_value(f"remote.{remote}.url")
 
 
+class RemoteMissing(OperationFailed):
+    """The remote to push to is neither a remote of the repo nor a URL or path: no retry can help."""
+
+
 def push_refs(repo: Repo, remote: str, refspecs: list[str], timeout: float = 60) -> None:
     """Push refspecs without running any of the user's hooks and without prompting for credentials."""
     command = ["git", "-c", "core.hooksPath=/dev/null", "-C", str(repo.path), "push", "--no-verify",
@@ -169,8 +173,22 @@ def push_refs(repo: Repo, remote: str, refspecs: list[str], timeout: float = 60)
     except subprocess.TimeoutExpired:
         raise OperationFailed(f"git push to {remote} timed out after {timeout:.0f}s") from None
     if result.returncode != 0:
+        if not _names_a_remote(repo, remote):
+            raise RemoteMissing(
+                f"this repo has no git remote '{remote}': add it, or set `release_refs: false` (or "
+                "`release_refs: {remote: NAME}`) in conveyor.yml"
+            )
         lines = [line.strip() for line in (result.stderr + result.stdout).splitlines() if line.strip()]
-        # What the remote said (a hook's message) matters most, then git's own verdict.
+        # What the remote said (a hook's message) matters most, then git's own words: every fatal or
+        # error line (the first says why; the last is often only "Could not read from remote repository").
         said = [line.removeprefix("remote:").strip() for line in lines if line.startswith("remote:")]
-        verdict = [line for line in lines if line.startswith(("fatal:", "!"))] or lines[-1:]
-        raise OperationFailed(f"git push to {remote} failed: {' | '.join([*said[-3:], *verdict[-1:]])}")
+        verdict = [line for line in lines if line.startswith(("fatal:", "error:", "!"))] or lines[-1:]
+        raise OperationFailed(f"git push to {remote} failed: {' | '.join([*said[-3:], *verdict[-3:]])}")
+
+
+def _names_a_remote(repo: Repo, remote: str) -> bool:
+    """A configured remote, or a URL or path git can push to directly."""
+    if "/" in remote or ":" in remote:
+        return True
+    result = subprocess.run(["git", "-C", str(repo.path), "remote"], capture_output=True, text=True)
+    return result.returncode != 0 or remote in result.stdout.split()

@@ -264,7 +264,7 @@ class HAProxy:
             self._write_sites(sites)
 
     def _start(self, binary: str) -> None:
-        self._check_paths()
+        self.check_paths()
         with contextlib.suppress(OSError, ValueError):
             _reap(int(self.pid_file.read_text().strip()))  # a master of ours that died: collect it
         lingering = self.master_pid()
@@ -310,16 +310,17 @@ class HAProxy:
             time.sleep(0.05)
         self._await_listeners(sites)
 
-    def _check_paths(self) -> None:
+    def check_paths(self) -> None:
+        """Whether HAProxy can use this state dir at all: its unix socket paths have a length limit."""
         for path in (self.master_socket, self.stats_socket):
             if len(str(path).encode()) > MAX_SOCKET_PATH:
-                raise TargetError(f"the state dir {self.dir} is too long a path for haproxy's unix sockets "
-                                  f"({len(str(path).encode())} > {MAX_SOCKET_PATH} bytes): use a shorter "
-                                  "CONVEYOR_HOME")
+                raise BadInput(f"the state dir {self.dir} is too long a path for haproxy's unix sockets "
+                               f"({len(str(path).encode())} > {MAX_SOCKET_PATH} bytes): use a shorter "
+                               "CONVEYOR_HOME")
         if re.search(r"[,'\s\\]", str(self.dir)):
             # `-S` separates socket options with commas; the config quotes paths with single quotes.
-            raise TargetError(f"the state dir {self.dir} holds a comma, quote, backslash or white space, "
-                              "which haproxy's socket options cannot carry: use another CONVEYOR_HOME")
+            raise BadInput(f"the state dir {self.dir} holds a comma, quote, backslash or white space, "
+                           "which haproxy's socket options cannot carry: use another CONVEYOR_HOME")
 
     def master_pid(self) -> int | None:
         """The master's pid from the pid file, when that process is alive and is this state dir's HAProxy."""

@@ -94,17 +94,26 @@ class ContainerHost:
 
     # -- preflight ------------------------------------------------------------------------------------
 
-    def preflight(self, spec: dict[str, Any]) -> None:
+    def preflight(self, spec: dict[str, Any]) -> list[str]:
+        """Everything that can be checked before the first side effect; returns what was checked."""
         _check_spec(spec)
         self._require_secrets(spec)
-        self._engine(spec["engine"])
-        haproxy_binary()
-        bind, port = spec["bind"], int(spec["port"])
+        engine = self._engine(spec["engine"])
+        haproxy = haproxy_binary()
         proxy = self._proxy()
+        proxy.check_paths()  # before any task runs: HAProxy is only started at the switch
+        bind, port = spec["bind"], int(spec["port"])
         ours = proxy.answering() and listen_address(bind, port) in proxy.listens(spec["app"], spec["env"])
         if not ours and not _port_free(bind, port):
             raise BadInput(f"port {port} is in use by another process; choose another target.port for "
                            f"{spec['env']}")
+        secrets = ", ".join(spec["secrets"])
+        return [
+            f"secrets set in the environment: {secrets}" if secrets else "no secrets needed",
+            f"container engine: {engine.name} ({engine.binary})",
+            f"haproxy: {haproxy}; state dir {proxy.dir} fits its socket paths",
+            f"port {listen_address(bind, port)}: " + ("served by this proxy already" if ours else "free"),
+        ]
 
     # -- tasks ----------------------------------------------------------------------------------------
 
@@ -285,19 +294,19 @@ class ContainerHost:
             raise
         self._write_record(spec, engine, upstream, name, release_label)
         report(SWITCHED, f"{stable} now proxies to {name} ({upstream})")
+        previous = [old for old in engine.list(own) if old.name != name]
         try:
-            self._drain(proxy, spec, report)
+            self._drain(proxy, spec, bool(previous), report)
         finally:
             # Also when the drain is interrupted: the new release serves, so the previous containers are
             # retired now instead of running unseen until the next deploy.
-            for old in engine.list(own):
-                if old.name != name:
-                    self._retire(engine, old, int(spec["stop_timeout"]), report)
+            for old in previous:
+                self._retire(engine, old, int(spec["stop_timeout"]), report)
         report("done", f"{release_label} serving; deploy took {time.monotonic() - started:.1f}s")
         return Outcome(True)
 
-    def _drain(self, proxy: HAProxy, spec: dict[str, Any], report: Reporter) -> None:
-        if float(spec["drain_seconds"]) > 0:
+    def _drain(self, proxy: HAProxy, spec: dict[str, Any], has_previous: bool, report: Reporter) -> None:
+        if has_previous and float(spec["drain_seconds"]) > 0:  # a first deploy has nothing to drain
             report("drain", f"letting requests to the previous container finish for {spec['drain_seconds']}s")
             time.sleep(float(spec["drain_seconds"]))
         self._await_old_workers(proxy, spec["app"], spec["env"], report)
