@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from conveyor.config import CONFIG_NAME
 from conveyor.errors import BadInput, OperationFailed, Refused
 from conveyor.ledger.models import Release
 from conveyor.pipeline.lease import LeaseKeeper, describe_lease
@@ -87,7 +88,7 @@ def retire(ws: Workspace, env: str, reason: str) -> Release:
     """Stop and remove ENV, which the config no longer has; the ledger keeps its history."""
     app = ws.config.app
     if env in {e.name for e in ws.config.environments}:
-        raise BadInput(f"{env} is still in {ws.config_path.name}: remove it from the config first")
+        raise BadInput(f"{env} is still in {CONFIG_NAME}: remove it from the config (and commit that) first")
     live = next((release for release in retired_envs(ws) if release.env == env), None)
     if live is None:
         raise BadInput(f"{app} has no live release in '{env}' to retire")
