@@ -292,6 +292,31 @@ def outbox_flush(obj: Context, as_json: bool) -> None:
     run(go)
 
 
+@cli.group(epilog=EPILOG)
+def audit() -> None:
+    """Check the ledger's record: the event chain, every release row, and the chain head published on git."""
+
+
+@audit.command("verify", epilog=EPILOG)
+@json_option
+@click.pass_obj
+def audit_verify(obj: Context, as_json: bool) -> None:
+    """Verify the hash chain, every release row against its chained record, and that the ledger still
+    holds the chain head the app's remote witnesses (refs/conveyor/audit/APP). Exit 1 names the first
+    bad event or release; 0 when all is intact."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_audit
+        from conveyor.pipeline.audit import verify_workspace
+
+        report = verify_workspace(obj.workspace())
+        emit_json(report.view()) if as_json else click.echo(render_audit(report.view()))
+        if not report.ok:
+            sys.exit(EXIT_FAILED)
+
+    run(go)
+
+
 @cli.command("run", epilog=EPILOG,
              context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("env")
