@@ -47,11 +47,18 @@ def run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except ConveyorError as exc:
-        click.echo(f"error: {exc.message}", err=True)
+        click.echo(f"error: {_redacted(exc.message)}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+
+
+def _redacted(message: str) -> str:
+    """An error can quote a task's or a container's output: hide secret values as Workspace.say does."""
+    context = click.get_current_context(silent=True)
+    ws = getattr(context.find_root().obj, "_ws", None) if context else None
+    return ws.redactor.text(message) if ws is not None else message
 
 
 def emit_json(data: Any) -> None:
@@ -331,7 +338,8 @@ def run_cmd(obj: Context, env: str, command: tuple[str, ...]) -> None:
 
         # Option parsing stops at ENV, so a `--` separating conveyor's arguments from the command arrives here.
         words = list(command[1:] if command[:1] == ("--",) else command)
-        return run_command(obj.workspace(), env, words, click.echo)
+        ws = obj.workspace()
+        return run_command(ws, env, words, lambda line: click.echo(ws.redactor.text(line)))
 
     sys.exit(run(go))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +69,10 @@ _MIGRATION_LOCK_KEY = 0x636F6E76  # "conv": PostgreSQL advisory lock serialising
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- opening
@@ -314,6 +318,9 @@ class Ledger:
 
     def __init__(self, engine: Engine, url: str) -> None:
         self.url = url  # redacted: safe to print
+        # Applied to what callers write as text (event messages and data, release reasons and errors), so
+        # a secret's value quoted by a task or a container never lands in the ledger. Set by the Workspace.
+        self.redact: Callable[[Any], Any] = _unchanged
         self._engine = engine
         self._writer = engine.execution_options(ledger_write=True)
 
@@ -379,7 +386,7 @@ class Ledger:
                 .values(
                     app=app, env=env, number=number, kind=kind, status="pending", sha=sha, digest=digest,
                     image=image, spec=_canonical(spec), config_digest=config_digest, actor=actor,
-                    origin=origin, reason=reason, forced=forced, step="recorded", error="",
+                    origin=origin, reason=self.redact(reason), forced=forced, step="recorded", error="",
                     previous_number=previous_number, promoted_from_id=promoted_from_id, created_at=_now(),
                 )
                 .returning(*releases.c)
@@ -424,7 +431,7 @@ class Ledger:
         if step is not None:
             values["step"] = step
         if error is not None:
-            values["error"] = error
+            values["error"] = self.redact(error)
         if started:
             values["started_at"] = _now()
         if finished:
@@ -517,7 +524,7 @@ class Ledger:
         with self._write() as conn:
             self._lock_chain(conn)
             return self._append(conn, app=app, env=env, release_id=release_id, step=step, status=status,
-                                message=message, data=data)
+                                message=self.redact(message), data=self.redact(data))
 
     def _lock_chain(self, conn: Connection) -> None:
         """Serialise appenders before anything else in the transaction (the same order everywhere, so two

@@ -18,6 +18,7 @@ from conveyor.vcs.git import Repo
 if TYPE_CHECKING:
     from conveyor.config.models import AppConfig
     from conveyor.ledger.store import Ledger
+    from conveyor.pipeline.redact import Redactor
     from conveyor.registry.client import Registry
 
 Say = Callable[[str], None]
@@ -27,8 +28,23 @@ class Workspace:
     def __init__(self, config_path: Path | None = None, cwd: Path | None = None, say: Say = print) -> None:
         self._config_path = config_path
         self._cwd = cwd or Path.cwd()
-        self.say = say
+        self._say = say
         self._targets: dict[str, Any] = {}
+
+    def say(self, message: str) -> None:
+        """Tell the user; configured secret values never reach the terminal (pipeline/redact.py)."""
+        self._say(self.redactor.text(message))
+
+    @cached_property
+    def redactor(self) -> Redactor:
+        from conveyor.errors import ConveyorError
+        from conveyor.pipeline.redact import Redactor, secret_values
+
+        try:
+            config = self.config
+        except ConveyorError:
+            return Redactor([])  # a config that does not load names no secrets (and its error is the story)
+        return Redactor(secret_values(config, os.environ))
 
     @cached_property
     def repo(self) -> Repo:
@@ -57,7 +73,9 @@ class Workspace:
     def ledger(self) -> Ledger:
         from conveyor.ledger import open_ledger
 
-        return open_ledger()
+        ledger = open_ledger()
+        ledger.redact = self.redactor.value  # events and release errors never hold a secret's value
+        return ledger
 
     @cached_property
     def registry(self) -> Registry:
