@@ -132,6 +132,7 @@ class ContainerHost:
         engine: Engine, spec: dict[str, Any], name: str, command: list[str], timeout: float, report: Reporter,
         step: str, what: str, stored_secrets: dict[str, str],
     ) -> tuple[int, list[str]]:
+        """Run the one-off container attached (`run --rm`), streaming its lines until it exits or times out."""
         image = spec["image"]
         labels = {L_APP: spec["app"], L_ENV: spec["env"], L_ROLE: "task", L_IMAGE: image}
         args = engine.run_args(image, name=name, labels=labels, env=spec["env_vars"],
