@@ -458,16 +458,17 @@ def test_event_chain_detects_tampering(ledger: Ledger, database_url: str) -> Non
         ledger.append_event(app="api", env="prod", release_id=None, step="deploy", status="failed",
                             message="nope", data={"why": "ünïcode"}),
     ]
-    assert appended[0].prev_hash == ""
+    record, = ledger.events(step="release-state")  # the release row's content, chained when it was created
+    assert record.prev_hash == "" and appended[0].prev_hash == record.hash
     for before, after in zip(appended, appended[1:], strict=False):
         assert after.prev_hash == before.hash and after.id > before.id
     assert appended[1].data == {"digest": "sha256:feed", "layers": [1, 2]}
     assert appended[0].data == {}
     assert all(is_utc_now(e.at) for e in appended)
 
-    assert ledger.events() == appended
-    assert ledger.events(app="web") == appended[:3]
-    assert ledger.events(app="web", env="prod") == appended[:2]
+    assert ledger.events() == [record, *appended]
+    assert ledger.events(app="web") == [record, *appended[:3]]
+    assert ledger.events(app="web", env="prod") == [record, *appended[:2]]
     assert ledger.events(release_id=release.id, step="build") == appended[:2]
     assert ledger.events(step="deploy") == appended[3:]
     assert ledger.verify_chain() == []

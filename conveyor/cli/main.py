@@ -58,9 +58,10 @@ def run(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except ConveyorError as exc:
-        click.echo(f"error: {exc.message}", err=True)
+        message = _redacted(exc.message)
+        click.echo(f"error: {message}", err=True)
         if _wants_json():
-            emit_json(json_failure(exc.exit_code, _error_kind(exc), exc.message, release=exc.release))
+            emit_json(json_failure(exc.exit_code, _error_kind(exc), message, release=exc.release))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         click.echo("interrupted", err=True)
@@ -103,6 +104,13 @@ def _json_in_argv() -> bool:
     """For errors click raises before any command runs: --json among conveyor's own arguments."""
     words = sys.argv[1:]
     return "--json" in (words[:words.index("--")] if "--" in words else words)
+
+
+def _redacted(message: str) -> str:
+    """An error can quote a task's or a container's output: hide secret values as Workspace.say does."""
+    context = click.get_current_context(silent=True)
+    ws = getattr(context.find_root().obj, "_ws", None) if context else None
+    return ws.redactor.text(message) if ws is not None else message
 
 
 def emit_json(data: Any) -> None:
@@ -420,6 +428,31 @@ def outbox_flush(obj: Context, as_json: bool) -> None:
     run(go)
 
 
+@cli.group(epilog=EPILOG)
+def audit() -> None:
+    """Check the ledger's record: the event chain, every release row, and the chain head published on git."""
+
+
+@audit.command("verify", epilog=EPILOG)
+@json_option
+@click.pass_obj
+def audit_verify(obj: Context, as_json: bool) -> None:
+    """Verify the hash chain, every release row against its chained record, and that the ledger still
+    holds the chain head the app's remote witnesses (refs/conveyor/audit/APP). Exit 1 names the first
+    bad event or release; 0 when all is intact."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_audit
+        from conveyor.pipeline.audit import verify_workspace
+
+        report = verify_workspace(obj.workspace())
+        emit_json(report.view()) if as_json else click.echo(render_audit(report.view()))
+        if not report.ok:
+            sys.exit(EXIT_FAILED)
+
+    run(go)
+
+
 @cli.command("run", epilog=EPILOG,
              context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-i", "--interactive", "stdin", is_flag=True, help="Attach your standard input (a console).")
@@ -440,8 +473,9 @@ def run_cmd(obj: Context, env: str, command: tuple[str, ...], stdin: bool, tty: 
 
         # Option parsing stops at ENV, so a `--` separating conveyor's arguments from the command arrives here.
         words = list(command[1:] if command[:1] == ("--",) else command)
-        return run_command(obj.workspace(), env, words, click.echo, force=force, reason=reason, stdin=stdin,
-                           tty=tty)
+        ws = obj.workspace()
+        return run_command(ws, env, words, lambda line: click.echo(ws.redactor.text(line)), force=force,
+                           reason=reason, stdin=stdin, tty=tty)
 
     sys.exit(run(go))
 

@@ -120,3 +120,18 @@ def render_history(rows: list[dict[str, Any]]) -> str:
         for r in rows
     ]
     return _table(["RELEASE", "KIND", "STATUS", "COMMIT", "DIGEST", "ACTOR", "WHEN", "REASON"], table)
+
+
+def render_audit(report: dict[str, Any]) -> str:
+    """What is wrong (first bad event, first bad release, witness), then one summary line."""
+    lines = []
+    for key, title in (("first_bad_event", "first bad event"), ("first_bad_release", "first bad release"),
+                       ("witness_problem", "witness")):
+        if report[key]:
+            lines.append(f"audit: {title}: {report[key]['reason']}")
+    head = report["head"]
+    head_text = f"head event #{head['id']} ({head['hash']})" if head else "no events yet"
+    verdict = "intact" if report["ok"] else "BROKEN"
+    lines.append(f"audit: {verdict}: {report['events_checked']} events, {report['releases_checked']} releases "
+                 f"checked; {head_text}; witness {report['witness']}")
+    return "\n".join(lines)

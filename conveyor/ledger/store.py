@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +69,10 @@ _MIGRATION_LOCK_KEY = 0x636F6E76  # "conv": PostgreSQL advisory lock serialising
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 # ---------------------------------------------------------------------------------------------- opening
@@ -300,6 +304,23 @@ def event_hash(
     return hashlib.sha256((prev_hash + content).encode()).hexdigest()
 
 
+RELEASE_STATE = "release-state"  # the step of the chained record written with every release change
+
+
+def release_state(release: Release) -> dict[str, Any]:
+    """A release row's content as the chain records it: every column, the spec by its sha256 (specs are
+    large and already immutable), times in ISO 8601. `audit verify` compares rows with this."""
+    state: dict[str, Any] = {}
+    for name, value in vars(release).items():
+        if name == "spec":
+            state["spec_sha256"] = hashlib.sha256(_canonical(value).encode()).hexdigest()
+        elif isinstance(value, datetime):
+            state[name] = value.astimezone(UTC).isoformat()
+        else:
+            state[name] = value
+    return state
+
+
 # ---------------------------------------------------------------------------------------------- the ledger
 
 
@@ -308,6 +329,9 @@ class Ledger:
 
     def __init__(self, engine: Engine, url: str) -> None:
         self.url = url  # redacted: safe to print
+        # Applied to what callers write as text (event messages and data, release reasons and errors), so
+        # a secret's value quoted by a task or a container never lands in the ledger. Set by the Workspace.
+        self.redact: Callable[[Any], Any] = _unchanged
         self._engine = engine
         self._writer = engine.execution_options(ledger_write=True)
 
@@ -373,6 +397,7 @@ class Ledger:
         if kind not in RELEASE_KINDS:
             raise ValueError(f"release kind {kind!r} is not one of {RELEASE_KINDS}")
         with self._write() as conn:
+            self._lock_chain(conn)  # the chain first, then the lease: every writer locks in this order
             if holder is not None:
                 self._lock_own_lease(conn, app, env, holder)
             number = self._next_number(conn, app, env)
@@ -382,7 +407,7 @@ class Ledger:
                     app=app, env=env, number=number, kind=kind, status="pending", sha=sha, digest=digest,
                     image=image, spec=_canonical(spec), config_digest=config_digest,
                     config_source=config_source, actor=actor,
-                    origin=origin, reason=reason, forced=forced, step="recorded", error="",
+                    origin=origin, reason=self.redact(reason), forced=forced, step="recorded", error="",
                     previous_number=previous_number, promoted_from_id=promoted_from_id, created_at=_now(),
                 )
                 .returning(*releases.c)
@@ -393,7 +418,9 @@ class Ledger:
                     .where(leases.c.app == app, leases.c.env == env, leases.c.holder == holder)
                     .values(release_id=row.id)
                 )
-        return _release(row)
+            release = _release(row)
+            self._record_release_state(conn, release)
+        return release
 
     @staticmethod
     def _lock_own_lease(conn: Connection, app: str, env: str, holder: str) -> None:
@@ -443,15 +470,18 @@ class Ledger:
         if step is not None:
             values["step"] = step
         if error is not None:
-            values["error"] = error
+            values["error"] = self.redact(error)
         if started:
             values["started_at"] = _now()
         if finished:
             values["finished_at"] = finished_at or _now()
         with self._write() as conn:
             if values:
+                self._lock_chain(conn)
                 stmt = update(releases).where(releases.c.id == release_id).values(**values)
                 row = conn.execute(stmt.returning(*releases.c)).one_or_none()
+                if row is not None:
+                    self._record_release_state(conn, _release(row))
             else:
                 row = conn.execute(select(releases).where(releases.c.id == release_id)).one_or_none()
             if row is not None and outbox_items:
@@ -552,28 +582,66 @@ class Ledger:
         data: dict[str, Any] | None = None,
     ) -> Event:
         """Append to the global hash chain, reading the chain head under the same lock as the insert."""
+        with self._write() as conn:
+            self._lock_chain(conn)
+            return self._append(conn, app=app, env=env, release_id=release_id, step=step, status=status,
+                                message=self.redact(message), data=self.redact(data))
+
+    def _lock_chain(self, conn: Connection) -> None:
+        """Serialise appenders before anything else in the transaction (the same order everywhere, so two
+        writers never wait on each other's locks). SQLite's BEGIN IMMEDIATE already did."""
+        if self._postgres:
+            # EXCLUSIVE blocks other appenders (and writers) but not plain SELECTs.
+            conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
+
+    def _append(
+        self, conn: Connection, *, app: str, env: str, release_id: int | None, step: str, status: str,
+        message: str, data: dict[str, Any] | None,
+    ) -> Event:
+        """Insert the next event of the chain; the caller holds the chain lock (_lock_chain)."""
         data_text = _canonical(data or {})
         data_value = json.loads(data_text)  # exactly what a later verify_chain will read back
-        with self._write() as conn:
-            if self._postgres:
-                # EXCLUSIVE blocks other appenders (and writers) but not plain SELECTs.
-                conn.execute(text("LOCK TABLE events IN EXCLUSIVE MODE"))
-            prev_hash = conn.execute(select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
-            prev_hash = prev_hash or ""
-            at = _now()
-            digest = event_hash(
-                prev_hash, app=app, env=env, release_id=release_id, at=at, step=step, status=status,
-                message=message, data=data_value,
+        prev_hash = conn.execute(select(events.c.hash).order_by(events.c.id.desc()).limit(1)).scalar()
+        prev_hash = prev_hash or ""
+        at = _now()
+        digest = event_hash(
+            prev_hash, app=app, env=env, release_id=release_id, at=at, step=step, status=status,
+            message=message, data=data_value,
+        )
+        row = conn.execute(
+            insert(events)
+            .values(
+                app=app, env=env, release_id=release_id, at=at, step=step, status=status, message=message,
+                data=data_text, prev_hash=prev_hash, hash=digest,
             )
-            row = conn.execute(
-                insert(events)
-                .values(
-                    app=app, env=env, release_id=release_id, at=at, step=step, status=status, message=message,
-                    data=data_text, prev_hash=prev_hash, hash=digest,
-                )
-                .returning(*events.c)
-            ).one()
+            .returning(*events.c)
+        ).one()
         return _event(row)
+
+    def _record_release_state(self, conn: Connection, release: Release) -> None:
+        """Chain the release row's new content in the transaction that wrote it: editing the row later
+        makes it differ from its newest record, and editing the record breaks the chain."""
+        self._append(
+            conn, app=release.app, env=release.env, release_id=release.id, step=RELEASE_STATE, status="info",
+            message=f"{release.env}#{release.number} {release.status} at step {release.step}",
+            data={"release_id": release.id, "state": release_state(release)},
+        )
+
+    def chain_head(self) -> Event | None:
+        """The newest event: what an outside witness of the chain names."""
+        with self._read() as conn:
+            row = conn.execute(select(events).order_by(events.c.id.desc()).limit(1)).one_or_none()
+        return _event(row) if row else None
+
+    def event_by_id(self, event_id: int) -> Event | None:
+        with self._read() as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).one_or_none()
+        return _event(row) if row else None
+
+    def all_releases(self) -> list[Release]:
+        """Every release of every app, by id (what `audit verify` checks against the chain)."""
+        with self._read() as conn:
+            return [_release(row) for row in conn.execute(select(releases).order_by(releases.c.id))]
 
     def events(
         self,

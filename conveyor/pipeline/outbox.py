@@ -16,6 +16,7 @@ from typing import Any
 from conveyor.config.models import AppConfig
 from conveyor.errors import ConveyorError
 from conveyor.ledger.models import OutboxItem, Release
+from conveyor.pipeline.audit import witness_ref
 from conveyor.pipeline.workspace import Workspace
 
 GIT_REFS = "git-refs"
@@ -35,6 +36,8 @@ def git_refs_payload(ws: Workspace, config: AppConfig, release: Release, finishe
         names["timestamp_tag"] = _distinct_timestamp_tag(ws, release, f"{prefix}{env}", finished_at)
     if refs.env_branch:
         names["env_branch"] = f"{prefix}{env}"
+    # The audit witness: delivery points it at the ledger's chain head as it is then (pipeline/audit.py).
+    names["audit_ref"] = witness_ref(release.app)
     return {"remote": refs.remote, "sha": release.sha, "release": f"{env}#{release.number}", **names}
 
 
@@ -51,8 +54,9 @@ def _distinct_timestamp_tag(ws: Workspace, release: Release, base: str, finished
     return name
 
 
-def refspecs(payload: dict[str, Any]) -> list[str]:
-    """Only the ENV tag and the ENV branch may be force-moved; a timestamp tag is never overwritten."""
+def refspecs(payload: dict[str, Any], witness: str | None = None) -> list[str]:
+    """Only the ENV tag and the ENV branch may be force-moved; a timestamp tag is never overwritten.
+    `witness` is the audit witness blob to point audit_ref at (it moves forward only: audit.py decides)."""
     sha = payload["sha"]
     specs = []
     if "env_tag" in payload:
@@ -61,6 +65,8 @@ def refspecs(payload: dict[str, Any]) -> list[str]:
         specs.append(f"{sha}:refs/tags/{payload['timestamp_tag']}")
     if "env_branch" in payload:
         specs.append(f"+{sha}:refs/heads/{payload['env_branch']}")
+    if witness is not None and "audit_ref" in payload:
+        specs.append(f"+{witness}:{payload['audit_ref']}")
     return specs
 
 
@@ -124,10 +130,21 @@ def _try_push(ws: Workspace, item: OutboxItem, push: Any) -> str | None:
     for delay in (0.0, *IN_RUN_RETRY_DELAYS):
         time.sleep(delay)
         try:
-            push(ws.repo, item.payload["remote"], refspecs(item.payload))
+            push(ws.repo, item.payload["remote"], refspecs(item.payload, _witness(ws, item.payload)))
             return None
         except RemoteMissing as exc:
             return exc.message  # retrying in this run cannot help
         except ConveyorError as exc:
             error = exc.message
     return error
+
+
+def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
+    if "audit_ref" not in payload:
+        return None  # queued by a conveyor without the audit witness
+    from conveyor.pipeline.audit import witness_to_publish
+
+    try:
+        return witness_to_publish(ws, payload["remote"], payload["audit_ref"])
+    except ConveyorError:
+        return None  # remote unreachable: the push reports that; the witness moves on the next delivery

@@ -21,6 +21,7 @@ from conveyor.vcs.git import Repo
 if TYPE_CHECKING:
     from conveyor.config.models import AppConfig
     from conveyor.ledger.store import Ledger
+    from conveyor.pipeline.redact import Redactor
     from conveyor.registry.client import Registry
     from conveyor.targets.base import Target
 
@@ -34,9 +35,24 @@ class Workspace:
     def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print) -> None:
         self._checkout = checkout
         self._override = config_override
-        self.say = say
+        self._say = say
         self._targets: dict[str, Target] = {}
         self._noted: set[str] = set()
+
+    def say(self, message: str) -> None:
+        """Tell the user; configured secret values never reach the terminal (pipeline/redact.py)."""
+        self._say(self.redactor.text(message))
+
+    @cached_property
+    def redactor(self) -> Redactor:
+        from conveyor.errors import ConveyorError
+        from conveyor.pipeline.redact import Redactor, secret_values
+
+        try:
+            config = self.config
+        except ConveyorError:
+            return Redactor([])  # a config that does not load names no secrets (and its error is the story)
+        return Redactor(secret_values(config, os.environ))
 
     @cached_property
     def repo(self) -> Repo:
@@ -64,7 +80,7 @@ class Workspace:
             return
         app_before = self.config.app if "config" in self.__dict__ else None
         self.__dict__["config_source"] = self._commit_config(sha)
-        for name in ("config", "config_digest"):
+        for name in ("config", "config_digest", "redactor"):
             self.__dict__.pop(name, None)
         if "registry" in self.__dict__:
             self.__dict__.pop("registry").close()
@@ -77,7 +93,7 @@ class Workspace:
         note = working_tree_note(self.repo, source)
         if note and note not in self._noted:
             self._noted.add(note)
-            self.say(note)
+            self._say(note)  # conveyor's own words, no value in them; the redactor needs the config first
         return source
 
     @cached_property
@@ -94,7 +110,10 @@ class Workspace:
     def ledger(self) -> Ledger:
         from conveyor.ledger import open_ledger
 
-        return open_ledger()
+        ledger = open_ledger()
+        # Events and release errors never hold a secret's value: of the config in force when they are written.
+        ledger.redact = lambda value: self.redactor.value(value)
+        return ledger
 
     @cached_property
     def registry(self) -> Registry:

@@ -192,3 +192,33 @@ def _names_a_remote(repo: Repo, remote: str) -> bool:
         return True
     result = subprocess.run(["git", "-C", str(repo.path), "remote"], capture_output=True, text=True)
     return result.returncode != 0 or remote in result.stdout.split()
+
+
+def _remote_git(repo: Repo, args: list[str], what: str, timeout: float, stdin: str | None = None) -> str:
+    """A git call that may talk to a remote: no hooks, no credential prompts, bounded in time."""
+    command = ["git", "-c", "core.hooksPath=/dev/null", "-C", str(repo.path), *args]
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    try:
+        result = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise OperationFailed(f"{what} timed out after {timeout:.0f}s") from None
+    if result.returncode != 0:
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        raise OperationFailed(f"{what} failed: {(lines or ['no error output'])[-1]}")
+    return result.stdout
+
+
+def write_blob(repo: Repo, content: str) -> str:
+    """Store content as a blob in the repo's object database; returns its object id."""
+    return _remote_git(repo, ["hash-object", "-w", "--stdin"], "git hash-object", 30, stdin=content).strip()
+
+
+def read_remote_blob(repo: Repo, remote: str, ref: str, timeout: float = 60) -> str | None:
+    """The content of the blob `ref` names on `remote`, or None when the remote has no such ref."""
+    listed = _remote_git(repo, ["ls-remote", "--", remote, ref], f"git ls-remote {remote}", timeout)
+    oids = [line.split("\t")[0] for line in listed.splitlines() if line.endswith(f"\t{ref}")]
+    if not oids:
+        return None
+    _remote_git(repo, ["fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", remote, oids[0]],
+                f"git fetch {ref} from {remote}", timeout)
+    return _remote_git(repo, ["cat-file", "blob", oids[0]], f"git cat-file {oids[0]}", 30)

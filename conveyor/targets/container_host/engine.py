@@ -2,17 +2,25 @@
 
 Only argument lists are passed (never a shell). Engine settings specific to a machine (ulimits, runtime,
 cgroup manager, network mode, storage) are the engine's own configuration, read by the engine from its
-config files or the environment; nothing here sets them. Secret values never appear in an argument list:
-they are passed as `-e NAME` and the engine reads the value from this process's environment.
+config files or the environment; nothing here sets them. Secret values never appear in an argument list.
+With podman each secret becomes a podman secret (`podman secret create --env`, which reads the value from
+this process's environment) created right before the container starts and removed with the container,
+passed as `--secret NAME,type=env,target=VAR`; podman 5.3 and later mask its value in `podman inspect`
+(older ones, Debian 12's 4.3 among them, still show it in Config.Env). With
+docker (whose secrets need swarm) a secret is passed as `-e NAME`: docker reads the value from this
+process's environment, and `docker inspect` shows it in the container's Config.Env.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import secrets as random_tokens
 import shutil
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.errors import InfrastructureMissing, TargetError
@@ -21,6 +29,11 @@ ENGINES = ("podman", "docker")
 # Short engine calls (inspect, ps, stop) should answer in well under a second; this bounds a hung engine.
 CALL_TIMEOUT = 60.0
 PULL_TIMEOUT = 900.0
+# podman secrets conveyor creates are named conveyor.<unix time>.<random>; one older than this is left over
+# from a run that crashed (a container reads its secrets when it starts, well within this) and is removed.
+SECRET_PREFIX = "conveyor."
+STALE_SECRET_AGE = 600.0
+SECRET_LABEL = "conveyor.container"
 
 
 @dataclass(frozen=True)
@@ -148,9 +161,11 @@ class Engine:
         detach: bool = True,
         stdin: bool = False,
         tty: bool = False,
+        stored_secrets: Mapping[str, str] | None = None,
     ) -> list[str]:
-        """The argument list for `run` (without the binary). Secrets go by NAME only. stdin/tty attach the
-        caller's terminal (`conveyor run -i -t`)."""
+        """The argument list for `run` (without the binary). Secrets go by NAME only: as the engine secret
+        `stored_secrets` names for them (see `secrets_for`), else as `-e NAME`. stdin/tty attach the caller's
+        terminal (`conveyor run -i -t`)."""
         args = ["run", "-d" if detach else "--rm", "--name", name]
         args += ["-i"] * stdin + ["-t"] * tty
         if init:
@@ -162,8 +177,12 @@ class Engine:
             args += ["-p", f"127.0.0.1:{publish}:{publish}"]
         for key, value in env.items():
             args += ["-e", f"{key}={value}"]
+        stored = stored_secrets or {}
         for secret in secret_names:
-            args += ["-e", secret]
+            if secret in stored:
+                args += ["--secret", f"{stored[secret]},type=env,target={secret}"]
+            else:
+                args += ["-e", secret]
         args.append(image)
         args += list(command or [])
         return args
@@ -180,10 +199,73 @@ class Engine:
         publish: int | None = None,
     ) -> str:
         """Start a container in the background; returns its id."""
-        args = self.run_args(image, name=name, labels=labels, env=env, secret_names=secret_names, init=init,
-                             publish=publish, detach=True)
-        done = self._run(args, f"could not start a container from {image}")
+        with self.secrets_for(name, secret_names, outlive=True) as stored:
+            args = self.run_args(image, name=name, labels=labels, env=env, secret_names=secret_names,
+                                 init=init, publish=publish, detach=True, stored_secrets=stored)
+            done = self._run(args, f"could not start a container from {image}")
         return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+
+    # -- secrets ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def secrets_for(self, container: str, names: Sequence[str], *, outlive: bool) -> Iterator[dict[str, str]]:
+        """podman: each secret env var as a podman secret labelled with its container, {VAR: secret name}.
+        They are removed when the block fails, at its end unless `outlive` (a serving container: podman
+        reads them again for `podman exec`), else with the container (`remove`). docker: {} (`-e NAME`)."""
+        if self.name != "podman" or not names:
+            yield {}
+            return
+        self._remove_orphaned_secrets()
+        created: dict[str, str] = {}
+        try:
+            for var in names:
+                secret = f"{SECRET_PREFIX}{int(time.time())}.{random_tokens.token_hex(6)}"
+                # --env: podman reads the value from our environment; it never appears in an argument list.
+                self._run(["secret", "create", "--label", f"{SECRET_LABEL}={container}", "--env", secret, var],
+                          f"could not hand secret {var} to podman")
+                created[var] = secret
+            yield created
+        except BaseException:
+            self._remove_secrets(list(created.values()))
+            raise
+        if not outlive:
+            self._remove_secrets(list(created.values()))
+
+    def _conveyor_secrets(self) -> dict[str, str]:
+        """{secret name: the container it was made for} of every podman secret conveyor created."""
+        try:
+            listed = subprocess.run([self.binary, "secret", "ls", "--format", "{{.Name}}"], capture_output=True,
+                                    text=True, timeout=CALL_TIMEOUT).stdout.split()
+            ours = [name for name in listed if name.startswith(SECRET_PREFIX)]
+            if not ours:
+                return {}
+            template = f'{{{{.Spec.Name}}}} {{{{index .Spec.Labels "{SECRET_LABEL}"}}}}'
+            done = subprocess.run([self.binary, "secret", "inspect", "--format", template, *ours],
+                                  capture_output=True, text=True, timeout=CALL_TIMEOUT)
+        except (subprocess.TimeoutExpired, OSError):
+            return {}
+        pairs = (line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+        return {secret: container for secret, container in pairs}
+
+    def _remove_secrets(self, secrets: list[str]) -> None:
+        if secrets:
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                subprocess.run([self.binary, "secret", "rm", *secrets], capture_output=True, timeout=CALL_TIMEOUT)
+
+    def _remove_orphaned_secrets(self) -> None:
+        """Secrets whose container is gone, left by a run that crashed. A young one may belong to a container
+        another run is starting right now, so only those older than STALE_SECRET_AGE go."""
+        now = time.time()
+        orphans = [
+            secret for secret, container in self._conveyor_secrets().items()
+            if _secret_age(secret, now) > STALE_SECRET_AGE and not self._container_exists(container)
+        ]
+        self._remove_secrets(orphans)
+
+    def _container_exists(self, name: str) -> bool:
+        done = subprocess.run([self.binary, "container", "exists", name], capture_output=True,
+                              timeout=CALL_TIMEOUT)
+        return done.returncode == 0
 
     def inspect(self, ref: str) -> Container | None:
         found = self.inspect_many([ref])
@@ -215,11 +297,14 @@ class Engine:
         self._run(["stop", "-t", str(timeout), ref], f"could not stop container {ref}", timeout=timeout + 30)
 
     def remove(self, ref: str) -> None:
-        """Kill and remove at once; a container already gone is fine."""
+        """Kill and remove at once, with the podman secrets made for it; a container already gone is fine."""
+        doomed = self.inspect(ref) if self.name == "podman" else None
         done = subprocess.run([self.binary, "rm", "-f", ref], capture_output=True, text=True,
                               timeout=CALL_TIMEOUT)
         if done.returncode != 0 and "no such" not in done.stderr.lower():
             raise TargetError(f"could not remove container {ref}: {summarise(done.stderr)}")
+        if doomed is not None:
+            self._remove_secrets([s for s, owner in self._conveyor_secrets().items() if owner == doomed.name])
 
     def list(self, labels: Mapping[str, str]) -> list[Container]:
         """Every container (running or not) carrying all these labels."""
@@ -228,6 +313,14 @@ class Engine:
             args += ["--filter", f"label={key}={value}"]
         done = self._run(args, "could not list containers")
         return self.inspect_many(done.stdout.split())
+
+
+def _secret_age(secret: str, now: float) -> float:
+    """Seconds since conveyor created the podman secret `secret`; 0 for a secret that is not conveyor's."""
+    parts = secret.split(".")
+    if len(parts) != 3 or f"{parts[0]}." != SECRET_PREFIX or not parts[1].isdigit():
+        return 0.0
+    return now - int(parts[1])
 
 
 def _container(item: dict[str, object]) -> Container:

@@ -163,10 +163,20 @@ class ContainerHost:
         if engine.ensure_image(image):
             report("pull", f"pulled {image}")
         name = f"conveyor-{spec['app']}-{spec['env']}-{_slug(role)}-{random_tokens.token_hex(3)}"
+        with engine.secrets_for(name, spec["secrets"], outlive=False) as stored:
+            return self._attached(engine, spec, name, command, timeout, report, step, what, stored)
+
+    @staticmethod
+    def _attached(
+        engine: Engine, spec: dict[str, Any], name: str, command: list[str], timeout: float, report: Reporter,
+        step: str, what: str, stored_secrets: dict[str, str],
+    ) -> tuple[int, list[str]]:
+        """Run the one-off container attached (`run --rm`), streaming its lines until it exits or times out."""
+        image = spec["image"]
         labels = {L_APP: spec["app"], L_ENV: spec["env"], L_ROLE: "task", L_IMAGE: image}
         args = engine.run_args(image, name=name, labels=labels, env=spec["env_vars"],
                                secret_names=spec["secrets"], init=bool(spec["init"]), command=command,
-                               detach=False)
+                               detach=False, stored_secrets=stored_secrets)
         tail: deque[str] = deque(maxlen=LOG_LINES)
         lines: queue.Queue[str | None] = queue.Queue()
         process = subprocess.Popen([engine.binary, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

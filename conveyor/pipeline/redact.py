@@ -1,0 +1,50 @@
+"""Keep configured secret values out of everything conveyor prints or stores.
+
+The values are those of the env vars the config's `secrets:` lists name (every environment's: a value
+hidden one environment too many costs nothing). The Workspace applies one Redactor where text leaves
+conveyor: `Workspace.say` (the terminal), the ledger's events and release errors, and the CLI's error line.
+
+A value shorter than MIN_LENGTH characters is not redacted: hiding every "a" or "42" would garble all
+output while protecting nothing (such a value can be guessed). Only the exact value is found: a secret
+split across lines or encoded (base64, URL-quoted) by the app passes through.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from conveyor.config.models import AppConfig
+
+MASK = "•••"
+MIN_LENGTH = 4
+
+
+class Redactor:
+    def __init__(self, values: Iterable[str]) -> None:
+        # Longest first, so a value containing another is replaced whole.
+        kept = sorted({value for value in values if len(value) >= MIN_LENGTH}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(re.escape(value) for value in kept)) if kept else None
+
+    def text(self, text: str) -> str:
+        return self._pattern.sub(MASK, text) if self._pattern else text
+
+    def value(self, value: Any) -> Any:
+        """Strings anywhere inside JSON-shaped data (dicts, lists), keys included."""
+        if self._pattern is None:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.value(key): self.value(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.value(item) for item in value]
+        return value
+
+
+def secret_values(config: AppConfig, environ: Mapping[str, str]) -> list[str]:
+    """The values, set in conveyor's environment, of every secret any environment of the config names."""
+    names = {name for env in config.environments for name in env.secrets}
+    return [environ[name] for name in sorted(names) if environ.get(name)]
