@@ -90,9 +90,7 @@ class ContainerHost:
         self._engine(spec["engine"])
         haproxy_binary()
         bind, port = spec["bind"], int(spec["port"])
-        proxy = self._proxy()
-        ours = proxy.answering() and listen_address(bind, port) in proxy.listens(spec["app"], spec["env"])
-        if not ours and not _port_free(bind, port):
+        if not self._proxy().may_listen(spec["app"], spec["env"], bind, port):
             raise BadInput(f"port {port} is in use by another process; choose another target.port for "
                            f"{spec['env']}")
 
@@ -422,14 +420,3 @@ def _free_port(avoid: set[int]) -> int:
             return port
     raise TargetError("could not find a free local port for the new container")
 
-
-def _port_free(bind: str, port: int) -> bool:
-    """Whether a server could listen on bind:port now (SO_REUSEADDR, as servers set, ignores TIME_WAIT)."""
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind.strip("[]"), port))
-        except OSError:
-            return False
-    return True

@@ -1,0 +1,162 @@
+"""Concurrent conveyor runs: proxy state read while it is written, FIFO `--wait` queues on both ledger
+backends at a short lease TTL, and delivery leases that heartbeat.
+
+Every operation that has to be "in the middle" is held there by a gate the test controls (see Gate), never
+by a sleep."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import App
+
+
+class Gate:
+    """A hold point for a pre-deploy task: the task fetches http://127.0.0.1:PORT/ with busybox wget, and
+    while the gate is held the answer does not come. `arrived` tells the test a task is at the gate (the
+    connection was accepted), so the test knows where the operation is without looking at the clock."""
+
+    def __init__(self) -> None:
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(64)
+        self.port = int(self._server.getsockname()[1])
+        self._open = threading.Event()
+        self._open.set()
+        self._arrivals = threading.Semaphore(0)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def task_command(self) -> str:
+        return f'["/bin/busybox", "sh", "-c", "/bin/busybox wget -q -O - http://127.0.0.1:{self.port}/"]'
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def wait_arrival(self, timeout: float = 120) -> None:
+        """Block until a task connected while the gate was held."""
+        if not self._arrivals.acquire(timeout=timeout):
+            raise AssertionError("no task reached the gate")
+
+    def close(self) -> None:
+        self._server.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
+
+    def _answer(self, connection: socket.socket) -> None:
+        with connection:
+            if not self._open.is_set():
+                self._arrivals.release()
+                self._open.wait()
+            connection.recv(4096)
+            connection.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+
+
+@pytest.fixture
+def gate() -> Iterator[Gate]:
+    the_gate = Gate()
+    yield the_gate
+    the_gate.release()
+    the_gate.close()
+
+
+def gate_tasks(app: App, gate: Gate) -> str:
+    """Make the sample app's pre-deploy task pass through `gate`; commit and build it. Returns the commit."""
+    config = app.repo / "conveyor.yml"
+    text = config.read_text()
+    start = text.index("    command:", text.index("  - name: migrate"))
+    end = text.index("\n", start)
+    config.write_text(text[:start] + f"    command: {gate.task_command()}" + text[end:])
+    app.git("commit", "-qam", "pre-deploy task waits at the test's gate")
+    app.ok("build", "HEAD")
+    return app.git("rev-parse", "HEAD")
+
+
+def open_ledger(app: App) -> Any:
+    from conveyor.ledger import open_ledger as open_url
+
+    return open_url(f"sqlite:///{app.home / 'ledger.db'}")
+
+
+# ------------------------------------------------------------------------------ proxy state (proxy.json)
+
+
+def _preflight_spec(env: str, port: int) -> dict[str, Any]:
+    return {"target": "container-host", "app": "race", "env": env, "engine": "auto", "bind": "127.0.0.1",
+            "port": port, "secrets": []}
+
+
+def test_preflight_never_sees_a_port_taken_by_a_site_proxy_json_does_not_name_yet(
+    tmp_path: Path, engine_env: dict[str, str]
+) -> None:
+    """A writer adds new listeners one reload after another while readers run the container host's
+    preflight for each of them: every answer must be "ours or free", and proxy.json must always parse with
+    no site lost."""
+    from conveyor.targets.container_host.proxy import HAProxy
+    from conveyor.targets.container_host.target import ContainerHost
+    from devstack import free_port
+
+    proxy = HAProxy(tmp_path / "proxy")
+    proxy.ensure_running()
+    envs = {f"e{index}": free_port() for index in range(6)}
+    done = threading.Event()
+    problems: list[str] = []
+
+    def write() -> None:
+        try:
+            for env, port in envs.items():
+                proxy.switch("race", env, "127.0.0.1", port, "127.0.0.1:1")
+        finally:
+            done.set()
+
+    def read() -> None:
+        host = ContainerHost(tmp_path / "proxy")
+        seen = 0
+        while not done.is_set():
+            for env, port in envs.items():
+                try:
+                    host.preflight(_preflight_spec(env, port))
+                    sites = len(HAProxy(tmp_path / "proxy").sites())
+                except Exception as exc:
+                    problems.append(f"{env}: {exc}")
+                    return
+                if sites < seen:
+                    problems.append(f"proxy.json went from {seen} sites to {sites}")
+                seen = max(seen, sites)
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    writer = threading.Thread(target=write)
+    try:
+        for thread in (*readers, writer):
+            thread.start()
+        for thread in (writer, *readers):
+            thread.join(timeout=120)
+    finally:
+        proxy.stop()
+    assert problems == []
+    assert set(proxy.sites()) == {f"race.{env}" for env in envs}
+
+
+def test_concurrent_first_deploys_of_a_new_environment_all_succeed(app: App) -> None:
+    """Issue 8: `deploy --wait` runs started at once on an environment never deployed before."""
+    runs = [app.start("deploy", "staging", "v1", "--wait") for _ in range(6)]
+    results = [(run.wait(timeout=300), run.stderr.read() if run.stderr else "") for run in runs]
+    assert [code for code, _ in results] == [0] * 6, [err for code, err in results if code]
+    assert sorted(r["number"] for r in app.history("staging")) == [1, 2, 3, 4, 5, 6]
+    assert app.serves("staging") == "v1"
