@@ -160,3 +160,135 @@ def test_concurrent_first_deploys_of_a_new_environment_all_succeed(app: App) -> 
     assert [code for code, _ in results] == [0] * 6, [err for code, err in results if code]
     assert sorted(r["number"] for r in app.history("staging")) == [1, 2, 3, 4, 5, 6]
     assert app.serves("staging") == "v1"
+
+
+# ------------------------------------------------------------------------------ the --wait queue (FIFO)
+
+LEASE_WORKER = r"""
+import sys
+from types import SimpleNamespace
+
+from conveyor.ledger import open_ledger
+from conveyor.pipeline.lease import LeaseKeeper
+
+mode, url, name, hold = sys.argv[1:5]
+ledger = open_ledger(url)
+# The parts of a Workspace a LeaseKeeper uses; the ledger is the real one.
+ws = SimpleNamespace(ledger=ledger, config=SimpleNamespace(app="web"), identity=SimpleNamespace(actor=name),
+                     say=lambda line: print(line, flush=True))
+with LeaseKeeper(ws, "prod", f"deploy by {name}", wait=(mode == "waiter")) as lease:
+    ledger.append_event(app="web", env="prod", release_id=None, step="lease-taken", status="info", message=name)
+    if mode == "holder":
+        print("held", flush=True)
+        with open(hold) as fifo:  # blocks until the test opens the fifo, returns when it closes it
+            fifo.read()
+    for step in range(5):  # a release's own writes, contending with the waiters still queued
+        ledger.append_event(app="web", env="prod", release_id=None, step="work", status="info",
+                            message=f"{name} {step}")
+    assert not lease.lost, f"{name} lost the lease"
+ledger.close()
+"""
+
+
+def _lease_worker(mode: str, url: str, name: str, hold: Path) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", LEASE_WORKER, mode, url, name, str(hold)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "CONVEYOR_LEASE_TTL": "2", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+
+
+def _await_line(proc: Any, prefix: str) -> None:
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+    raise AssertionError(f"worker ended before printing {prefix!r}: {proc.communicate()[1]}")
+
+
+def _ticket_order(url: str) -> list[str]:
+    import sqlalchemy as sa
+
+    from conveyor.ledger.schema import waiters
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            query = sa.select(waiters.c.actor).where(waiters.c.env == "prod").order_by(waiters.c.id)
+            return list(conn.execute(query).scalars())
+    finally:
+        engine.dispose()
+
+
+def _stall_writers(url: str, seconds: float) -> None:
+    """Hold the ledger's write locks for longer than a TTL (2 s) and less than the takeover grace, as a
+    burst of other writers would: every heartbeat waits, reads go on (SQLite WAL; PostgreSQL EXCLUSIVE)."""
+    import time
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            if url.startswith("sqlite"):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("LOCK TABLE waiters, leases, events IN EXCLUSIVE MODE")
+            time.sleep(seconds)  # the stall itself, not a wait for something to happen
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
+def _await_tickets(url: str, count: int, timeout: float = 120) -> list[str]:
+    """The queue once `count` waiters hold a ticket (the holder is held, so nobody leaves it meanwhile)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queued = _ticket_order(url)
+        if len(queued) >= count:
+            return queued
+        time.sleep(0.1)
+    raise AssertionError(f"only {len(queued)} of {count} waiters queued")
+
+
+def test_queued_waiters_take_the_lease_in_ticket_order_at_a_short_ttl(database_url: str, tmp_path: Path) -> None:
+    """Issue 8: at TTL 2 a waiter starved of the write lock missed its heartbeat, was dropped and queued
+    again at the back. The holder is held at a fifo until the ledger holds every waiter's ticket, the
+    ledger's writers are stalled for longer than the TTL, then the hold is released: the waiters must take
+    the lease in ticket order, and none (nor the holder) may lose it."""
+    import os
+
+    from conveyor.ledger import open_ledger
+
+    hold = tmp_path / "hold"
+    os.mkfifo(hold)
+    holder = _lease_worker("holder", database_url, "holder", hold)
+    _await_line(holder, "held")
+    waiters = [_lease_worker("waiter", database_url, f"w{index}", hold) for index in range(10)]
+    try:
+        queued = _await_tickets(database_url, len(waiters))
+        _stall_writers(database_url, seconds=2.8)
+        with open(hold, "w"):
+            pass  # the holder's read returns: it finishes and lets go
+        failures = []
+        for proc in (holder, *waiters):
+            _, err = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                failures.append(err.strip().splitlines()[-1])
+    finally:
+        for proc in (holder, *waiters):
+            if proc.poll() is None:
+                proc.kill()
+    ledger = open_ledger(database_url)
+    try:
+        taken = [event.message for event in ledger.events(app="web", env="prod", step="lease-taken")]
+    finally:
+        ledger.close()
+    assert failures == []
+    assert sorted(queued) == sorted(f"w{index}" for index in range(10))
+    assert taken == ["holder", *queued]
