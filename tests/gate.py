@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -101,8 +102,6 @@ def queued(app: App, env: str) -> list[str]:
 def await_queued(app: App, env: str, count: int, timeout: float = 120) -> list[str]:
     """Return once `count` operations are queued on env (whoever holds the lease is held at a gate, so the
     queue only grows meanwhile)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = queued(app, env)
@@ -110,3 +109,22 @@ def await_queued(app: App, env: str, count: int, timeout: float = 120) -> list[s
             return found
         time.sleep(0.05)
     raise AssertionError(f"only {len(found)} of {count} operations queued on {env}")
+
+
+def wait_out_lease(app: App, env: str, *, grace: bool = True) -> None:
+    """Until a dead holder's lease on env has expired (by its own record), plus the takeover grace."""
+    from datetime import UTC, datetime
+
+    from conveyor.ledger import open_ledger
+    from conveyor.pipeline.lease import TAKEOVER_GRACE_TTLS
+
+    ledger = open_ledger(f"sqlite:///{app.home / 'ledger.db'}")
+    try:
+        lease = ledger.get_lease("hello", env)
+    finally:
+        ledger.close()
+    assert lease is not None
+    ttl = float(app.env()["CONVEYOR_LEASE_TTL"])
+    remaining = (lease.expires_at - datetime.now(UTC)).total_seconds() + (ttl * TAKEOVER_GRACE_TTLS if grace else 0)
+    assert remaining <= ttl * (1 + TAKEOVER_GRACE_TTLS) + 1, f"the lease on {env} runs for {remaining:.0f}s more"
+    time.sleep(max(remaining, 0) + 0.2)  # the lease's own record says when it may be taken over

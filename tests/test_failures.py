@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import App
-from tests.gate import Gate, await_queued, gate_fixture, gate_tasks  # noqa: F401  (a fixture)
+from tests.gate import Gate, await_queued, gate_fixture, gate_tasks, wait_out_lease  # noqa: F401  (a fixture)
 
 
 def assert_unharmed(app: App, env: str = "staging", serving: str | None = "v1") -> None:
@@ -234,7 +234,7 @@ def test_kill_9_leaves_a_lease_that_expires_and_a_release_marked_interrupted(app
     victim.wait()
     refused = app.run("deploy", "staging", "v2")
     assert refused.code == 3  # the dead holder's lease has not expired yet
-    _wait_out_lease(app, "staging")
+    wait_out_lease(app, "staging")
     taken = app.ok("deploy", "staging", "v2")
     assert "took over an expired lease" in taken.err
     records = {r["number"]: r for r in app.history("staging")}
@@ -283,24 +283,6 @@ def test_no_request_fails_during_deploy_failed_deploy_and_rollback(app: App) -> 
     assert counts["failed"] == 0, counts
     assert counts["ok"] > 50
     assert seen == {"v1", "v2"}
-
-
-def _wait_out_lease(app: App, env: str) -> None:
-    """Until the dead holder's lease may be taken over: its recorded expiry plus the takeover grace."""
-    from datetime import UTC, datetime
-
-    from conveyor.ledger import open_ledger
-    from conveyor.pipeline.lease import TAKEOVER_GRACE_TTLS
-
-    ledger = open_ledger(f"sqlite:///{app.home / 'ledger.db'}")
-    try:
-        lease = ledger.get_lease("hello", env)
-    finally:
-        ledger.close()
-    assert lease is not None
-    ttl = float(app.env()["CONVEYOR_LEASE_TTL"])
-    remaining = (lease.expires_at - datetime.now(UTC)).total_seconds() + ttl * TAKEOVER_GRACE_TTLS
-    time.sleep(max(remaining, 0) + 0.2)  # the lease's own record says when it may be taken over
 
 
 def _wait_for_step(app: App, env: str, step: str, timeout: float = 60) -> None:

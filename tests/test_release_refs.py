@@ -15,6 +15,7 @@ import pytest
 
 from devstack import wait_for_port
 from tests.e2e import App
+from tests.gate import wait_out_lease
 
 
 def remote_refs(app: App) -> dict[str, str]:
@@ -107,6 +108,34 @@ def test_a_refusing_remote_leaves_the_release_succeeded_and_flush_recovers_in_or
     assert refs["refs/tags/staging"] == v2  # delivered in order: the later release wins
     assert refs["refs/heads/staging"] == v2
     assert sorted(timestamp_tags(refs, "staging").values()) == sorted([v1, v2])
+    assert app.ok("outbox", "--json").json() == []
+
+
+def test_a_delivery_killed_midway_holds_the_outbox_up_for_a_ttl_and_says_why(app: App, tmp_path: Path) -> None:
+    """Issue 8: a kill during ref delivery stalled the outbox for 120 s, and `outbox` said nothing."""
+    from conveyor.pipeline.outbox import DELIVERY_LOCK
+
+    arrived, hold = tmp_path / "arrived", tmp_path / "hold"
+    os.mkfifo(arrived)
+    os.mkfifo(hold)
+    set_origin_hook(app, f"#!/bin/sh\necho here > '{arrived}'\ncat '{hold}' > /dev/null\nexit 1\n")
+    deploy = app.start("deploy", "staging", "v1")
+    with open(arrived) as fifo:
+        fifo.read()  # the push is inside the remote's hook: the deploy is delivering its refs
+    shown = app.ok("outbox", "--json").json()
+    assert shown[0]["waiting"].startswith("being delivered by Sample Dev <dev@example.com> since "), shown
+    os.kill(deploy.pid, signal.SIGKILL)
+    deploy.wait()
+    with open(hold, "w"):
+        pass  # the orphaned push is refused and ends; the dead run's delivery lease stays behind
+    set_origin_hook(app, None)
+    wait_out_lease(app, DELIVERY_LOCK, grace=False)
+    gone = app.ok("outbox").out
+    assert "delivery holder Sample Dev <dev@example.com> gone since" in gone, gone
+    wait_out_lease(app, DELIVERY_LOCK)
+    flushed = app.ok("outbox", "flush")
+    assert "took over delivery from Sample Dev" in flushed.err
+    assert remote_refs(app)["refs/tags/staging"] == app.git("rev-parse", "v1")
     assert app.ok("outbox", "--json").json() == []
 
 

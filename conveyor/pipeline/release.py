@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
@@ -221,24 +221,20 @@ class _Recorder:
         self.release = self.ws.ledger.update_release(self.release.id, step=step, status=status, started=started)
 
     def succeed(self, ws: Workspace) -> Release:
-        """Record success and owe its git refs in one transaction (the outbox delivers them after)."""
+        return self.finish("succeeded", "")
+
+    def finish(self, status: str, error: str) -> Release:
+        """Record the final status, and queue what the outbox's handlers say it owes in the same
+        transaction (the outbox delivers them after), whatever the status."""
         from datetime import UTC, datetime
 
-        from conveyor.pipeline.outbox import GIT_REFS, git_refs_payload
+        from conveyor.pipeline.outbox import owed
 
         finished_at = datetime.now(UTC)
-        items = []
-        if ws.config.release_refs.enabled:
-            items.append((GIT_REFS, git_refs_payload(ws, ws.config, self.release, finished_at)))
-        return self.finish("succeeded", "", outbox_items=items, finished_at=finished_at)
-
-    def finish(
-        self, status: str, error: str, *, outbox_items: list[tuple[str, dict[str, Any]]] | None = None,
-        finished_at: Any = None,
-    ) -> Release:
+        final = replace(self.release, status=status, error=error, finished_at=finished_at)
         self.release = self.ws.ledger.update_release(
-            self.release.id, status=status, error=error, finished=True, outbox_items=outbox_items,
-            finished_at=finished_at,
+            self.release.id, status=status, error=error, finished=True,
+            outbox_items=owed(self.ws, final, finished_at), finished_at=finished_at,
         )
         label = f"{self.release.env}#{self.release.number}"
         self.event("finished", "ok" if status == "succeeded" else "failed",
