@@ -10,6 +10,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -408,3 +409,50 @@ def test_two_releases_in_the_same_second_get_distinct_timestamp_tags(app: App) -
         os.environ.pop("CONVEYOR_HOME", None)
     assert payload["timestamp_tag"] == "staging--2026-05-01--12-00-00"
     assert again["timestamp_tag"] == "staging--2026-05-01--12-00-00-2"
+
+
+class _Announcements:
+    """A second outbox kind, as announcements will be: owed for every outcome, delivered to a list."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def owed(self, ws: object, release: Any, finished_at: datetime) -> list[dict[str, Any]]:
+        return [{"text": f"{release.env}#{release.number} {release.status}"}]
+
+    def deliver(self, ws: object, item: Any) -> None:
+        self.sent.append(item.payload["text"])
+
+    def describe(self, item: Any) -> str:
+        return f"announce '{item.payload['text']}'"
+
+
+def test_outbox_dispatches_by_kind_and_a_failed_release_can_owe_items(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.pipeline import outbox
+    from conveyor.pipeline.release import _Recorder
+    from conveyor.pipeline.views import outbox_view
+    from conveyor.pipeline.workspace import Workspace
+
+    announcements = _Announcements()
+    monkeypatch.setitem(outbox.HANDLERS, "announce", announcements)
+    monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
+    ws = Workspace(cwd=app.repo, say=lambda line: None)
+    try:
+        sha = app.git("rev-parse", "v1")
+        release = ws.ledger.create_release(
+            app="hello", env="staging", kind="deploy", sha=sha, digest="sha256:feed", image="reg/hello@sha256:feed",
+            spec={}, config_digest="sha256:conf", actor="Sample Dev", origin="cli", reason="", forced=False,
+            previous_number=None, promoted_from_id=None,
+        )
+        _Recorder(ws, release).finish("failed", "health check failed")
+        owed = ws.ledger.undelivered("hello")
+        assert [(item.kind, item.payload) for item in owed] == [("announce", {"text": "staging#1 failed"})]
+        assert [row["what"] for row in outbox_view(ws)] == ["announce 'staging#1 failed'"]
+        assert outbox.deliver(ws) == []
+        assert announcements.sent == ["staging#1 failed"]
+        assert ws.ledger.undelivered("hello") == []
+        assert "refs/tags/staging" not in remote_refs(app)  # git refs are owed by succeeded releases only
+    finally:
+        ws.close()
