@@ -218,3 +218,19 @@ def test_queued_waiters_take_the_lease_in_ticket_order_at_a_short_ttl(database_u
     assert failures == []
     assert sorted(queued) == sorted(f"w{index}" for index in range(10))
     assert taken == ["holder", *queued]
+
+
+# ------------------------------------------------------------------------------ what the ledger records
+
+
+def test_pre_deploy_task_output_is_in_the_ledger_events_of_its_release(app: App) -> None:
+    result = app.ok("deploy", "staging", "v1")
+    assert "migrating schema for staging" in result.err
+    number = app.history("staging")[0]["number"]
+    ledger = open_ledger(app)
+    try:
+        release = ledger.get_release("hello", "staging", number)
+        messages = [event.message for event in ledger.events(app="hello", env="staging", release_id=release.id)]
+    finally:
+        ledger.close()
+    assert "migrating schema for staging" in messages  # the task's own line, recorded with its release

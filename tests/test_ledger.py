@@ -254,6 +254,33 @@ def test_numbers_are_gapless_per_app_and_env(ledger: Ledger) -> None:
     assert fresh.started_at is None and fresh.finished_at is None
 
 
+REFUSE_INSERT = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_release BEFORE INSERT ON releases WHEN NEW.sha = 'refused' "
+        "BEGIN SELECT RAISE(ABORT, 'release refused by the test trigger'); END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_release() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.sha = 'refused' THEN RAISE EXCEPTION 'release refused by the test trigger'; END IF; "
+        "RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_release BEFORE INSERT ON releases FOR EACH ROW EXECUTE FUNCTION refuse_release()",
+    ],
+}
+
+
+def test_an_insert_that_fails_after_the_number_was_taken_leaves_no_gap(ledger: Ledger, database_url: str) -> None:
+    """The counter is bumped, then the release row is inserted: a failing insert must take the bump back."""
+    assert new_release(ledger).number == 1
+    engine = raw_engine(database_url)
+    with engine.begin() as conn:
+        for statement in REFUSE_INSERT[conn.dialect.name]:
+            conn.exec_driver_sql(statement)
+    engine.dispose()
+    with pytest.raises(sa.exc.DatabaseError, match="refused by the test trigger"):
+        new_release(ledger, sha="refused")
+    assert new_release(ledger).number == 2
+
+
 def test_concurrent_processes_get_unique_gapless_numbers(database_url: str, tmp_path: Path) -> None:
     # The database is fresh: the racers also race to migrate it.
     per_process = 5
