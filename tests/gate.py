@@ -14,7 +14,8 @@ from tests.e2e import App
 
 class Gate:
     """A hold point for a pre-deploy task: the task fetches http://127.0.0.1:PORT/ with busybox wget, and
-    while the gate is held the answer does not come. `arrived` tells the test a task is at the gate (the
+    a held connection gets no answer until the test releases it. `hold()` holds the next task to arrive
+    (later ones pass straight through); `wait_arrival` tells the test that task is at the gate (its
     connection was accepted), so the test knows where the operation is without looking at the clock."""
 
     def __init__(self) -> None:
@@ -23,6 +24,8 @@ class Gate:
         self._server.bind(("127.0.0.1", 0))
         self._server.listen(64)
         self.port = int(self._server.getsockname()[1])
+        self._lock = threading.Lock()
+        self._to_hold = 0
         self._open = threading.Event()
         self._open.set()
         self._arrivals = threading.Semaphore(0)
@@ -33,13 +36,17 @@ class Gate:
         return f'["/bin/busybox", "sh", "-c", "/bin/busybox wget -q -O - http://127.0.0.1:{self.port}/"]'
 
     def hold(self) -> None:
-        self._open.clear()
+        with self._lock:
+            self._to_hold = 1
+            self._open.clear()
 
     def release(self) -> None:
-        self._open.set()
+        with self._lock:
+            self._to_hold = 0
+            self._open.set()
 
     def wait_arrival(self, timeout: float = 120) -> None:
-        """Block until a task connected while the gate was held."""
+        """Block until the task to be held has connected."""
         if not self._arrivals.acquire(timeout=timeout):
             raise AssertionError("no task reached the gate")
 
@@ -55,8 +62,11 @@ class Gate:
             threading.Thread(target=self._answer, args=(connection,), daemon=True).start()
 
     def _answer(self, connection: socket.socket) -> None:
+        with self._lock:
+            held = self._to_hold > 0
+            self._to_hold -= held
         with connection:
-            if not self._open.is_set():
+            if held:
                 self._arrivals.release()
                 self._open.wait()
             connection.recv(4096)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e import App
-from tests.gate import Gate, gate_fixture, gate_tasks  # noqa: F401  (a fixture)
+from tests.gate import Gate, await_queued, gate_fixture, gate_tasks  # noqa: F401  (a fixture)
 
 
 def open_ledger(app: App) -> Any:
@@ -234,3 +234,32 @@ def test_pre_deploy_task_output_is_in_the_ledger_events_of_its_release(app: App)
     finally:
         ledger.close()
     assert "migrating schema for staging" in messages  # the task's own line, recorded with its release
+
+
+# ------------------------------------------------------------------------------ promote pins its source
+
+
+def test_a_promotion_queued_behind_a_hold_ships_the_pinned_release_not_what_staging_ran_meanwhile(
+    app: App, gate: Gate
+) -> None:
+    """`promote --wait` pins staging's live release, then waits for production's lease; staging moves on
+    meanwhile. Production must get the pinned release, not the one staging runs when the lease comes."""
+    from devstack import commit_sample_version
+
+    pinned = gate_tasks(app, gate)
+    app.ok("deploy", "staging", pinned)
+    newer = commit_sample_version(app.repo, "v3")
+    app.ok("build", newer)
+    gate.hold()
+    holder = app.start("deploy", "production", pinned, "--hotfix", "--reason", "holds production's lease")
+    gate.wait_arrival()
+    promotion = app.start("promote", "staging", "production", "--wait")
+    await_queued(app, "production", 1)  # pinned and queued behind the holder
+    app.ok("deploy", "staging", newer)  # its task passes the gate: only the holder is held
+    gate.release()
+    assert holder.wait(timeout=120) == 0
+    assert promotion.wait(timeout=120) == 0, promotion.stderr.read() if promotion.stderr else ""
+    promoted = app.history("production")[0]
+    assert (promoted["kind"], promoted["sha"]) == ("promote", pinned)
+    assert app.history("staging")[0]["sha"] == newer
+    assert app.serves("production") == "v2" and app.serves("staging") == "v3"
