@@ -152,7 +152,8 @@ def test_an_offline_remote_is_retried_by_a_later_run(app: App, tmp_path: Path) -
     result = app.run("deploy", "staging", "v1")
     assert result.code == 0
     assert "not delivered" in result.err
-    assert app.ok("outbox", "--json").json()[0]["attempts"] == 1
+    owed = app.ok("outbox", "--json").json()[0]
+    assert owed["attempts"] == 1
     daemon = subprocess.Popen(
         ["git", "daemon", "--listen=127.0.0.1", f"--port={port}", f"--base-path={served}", "--export-all",
          "--enable=receive-pack", "--reuseaddr", str(served)],
@@ -160,7 +161,8 @@ def test_an_offline_remote_is_retried_by_a_later_run(app: App, tmp_path: Path) -
     )
     try:
         wait_for_port(port)
-        time.sleep(5.2)  # the first backoff (5 s) passes; the next conveyor run retries on its own
+        retry_at = datetime.fromisoformat(owed["next_attempt_at"])
+        time.sleep(max((retry_at - datetime.now(UTC)).total_seconds(), 0) + 0.1)  # the recorded backoff passes
         app.ok("deploy", "staging", "v2")
         refs = subprocess.run(["git", "-C", str(bare), "show-ref"], capture_output=True, text=True).stdout
         assert f"{app.git('rev-parse', 'v2')} refs/tags/staging" in refs
