@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import App
+from tests.gate import Gate, await_queued, gate_fixture, gate_tasks, wait_out_lease  # noqa: F401  (a fixture)
 
 
 def assert_unharmed(app: App, env: str = "staging", serving: str | None = "v1") -> None:
@@ -190,26 +191,33 @@ def test_an_expired_block_no_longer_refuses(app: App) -> None:
     assert app.history("staging")[0]["kind"] == "hotfix"
 
 
-def test_a_held_lease_refuses_a_second_operation_naming_the_holder(app: App) -> None:
+def test_a_held_lease_refuses_a_second_operation_naming_the_holder(app: App, gate: Gate) -> None:
     app.ok("deploy", "staging", "v1")
-    first = app.start("deploy", "staging", "v2")
-    _wait_for_lease(app, "staging")
+    head = gate_tasks(app, gate)
+    gate.hold()
+    first = app.start("deploy", "staging", head)
+    gate.wait_arrival()  # the first deploy holds the lease, in its pre-deploy task
     second = app.run("deploy", "staging", "v1")
+    gate.release()
     assert second.code == 3
     single_message(second.err)
     assert "is running 'deploy staging" in second.err and "since" in second.err and "Sample Dev" in second.err
     assert first.wait(timeout=120) == 0
-    assert app.history("staging")[0]["sha"] == app.git("rev-parse", "v2")
+    assert app.history("staging")[0]["sha"] == head
     assert_unharmed(app, serving="v2")
 
 
-def test_wait_queues_operations_first_come_first_served(app: App) -> None:
+def test_wait_queues_operations_first_come_first_served(app: App, gate: Gate) -> None:
     app.ok("deploy", "staging", "v1")
-    first = app.start("deploy", "staging", "v2")
-    _wait_for_lease(app, "staging")
+    head = gate_tasks(app, gate)
+    gate.hold()
+    first = app.start("deploy", "staging", head)
+    gate.wait_arrival()
     second = app.start("rollback", "staging", "--to", "1", "--wait")
-    time.sleep(0.5)
-    third = app.start("deploy", "staging", "v2", "--wait", "--reason", "third")
+    await_queued(app, "staging", 1)
+    third = app.start("deploy", "staging", head, "--wait", "--reason", "third")
+    assert [op.split()[0] for op in await_queued(app, "staging", 2)] == ["rollback", "deploy"]
+    gate.release()
     assert first.wait(timeout=120) == 0
     assert second.wait(timeout=120) == 0
     assert third.wait(timeout=120) == 0
@@ -227,7 +235,7 @@ def test_kill_9_leaves_a_lease_that_expires_and_a_release_marked_interrupted(app
     victim.wait()
     refused = app.run("deploy", "staging", "v2")
     assert refused.code == 3  # the dead holder's lease has not expired yet
-    time.sleep(3.5)  # CONVEYOR_LEASE_TTL=3 in tests
+    wait_out_lease(app, "staging")
     taken = app.ok("deploy", "staging", "v2")
     assert "took over an expired lease" in taken.err
     records = {r["number"]: r for r in app.history("staging")}
@@ -276,15 +284,6 @@ def test_no_request_fails_during_deploy_failed_deploy_and_rollback(app: App) -> 
     assert counts["failed"] == 0, counts
     assert counts["ok"] > 50
     assert seen == {"v1", "v2"}
-
-
-def _wait_for_lease(app: App, env: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if app.status()[env]["lease"] is not None:
-            return
-        time.sleep(0.05)
-    raise AssertionError("the first operation never took the lease")
 
 
 def _wait_for_step(app: App, env: str, step: str, timeout: float = 60) -> None:

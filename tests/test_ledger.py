@@ -254,6 +254,33 @@ def test_numbers_are_gapless_per_app_and_env(ledger: Ledger) -> None:
     assert fresh.started_at is None and fresh.finished_at is None
 
 
+REFUSE_INSERT = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_release BEFORE INSERT ON releases WHEN NEW.sha = 'refused' "
+        "BEGIN SELECT RAISE(ABORT, 'release refused by the test trigger'); END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_release() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.sha = 'refused' THEN RAISE EXCEPTION 'release refused by the test trigger'; END IF; "
+        "RETURN NEW; END $$",
+        "CREATE TRIGGER refuse_release BEFORE INSERT ON releases FOR EACH ROW EXECUTE FUNCTION refuse_release()",
+    ],
+}
+
+
+def test_an_insert_that_fails_after_the_number_was_taken_leaves_no_gap(ledger: Ledger, database_url: str) -> None:
+    """The counter is bumped, then the release row is inserted: a failing insert must take the bump back."""
+    assert new_release(ledger).number == 1
+    engine = raw_engine(database_url)
+    with engine.begin() as conn:
+        for statement in REFUSE_INSERT[conn.dialect.name]:
+            conn.exec_driver_sql(statement)
+    engine.dispose()
+    with pytest.raises(sa.exc.DatabaseError, match="refused by the test trigger"):
+        new_release(ledger, sha="refused")
+    assert new_release(ledger).number == 2
+
+
 def test_concurrent_processes_get_unique_gapless_numbers(database_url: str, tmp_path: Path) -> None:
     # The database is fresh: the racers also race to migrate it.
     per_process = 5
@@ -567,6 +594,15 @@ def test_expired_lease_is_taken_over(ledger: Ledger) -> None:
     assert ledger.get_lease("web", "prod") == attempt.holder
 
 
+def test_an_expired_lease_is_kept_through_the_grace(ledger: Ledger) -> None:
+    acquire(ledger, "slow", ttl=0.5)
+    time.sleep(0.7)  # expired, still within a 60 s grace: a live holder whose heartbeats were delayed
+    attempt = ledger.try_acquire_lease(app="web", env="prod", holder="eager", actor="b", operation="deploy",
+                                       ttl=0.5, grace=60)
+    assert not attempt.acquired and attempt.holder is not None and attempt.holder.holder == "slow"
+    assert ledger.heartbeat(app="web", env="prod", holder="slow", ttl=0.5)
+
+
 def test_racers_on_an_expired_lease_exactly_one_wins(
     ledger: Ledger, database_url: str, tmp_path: Path
 ) -> None:
@@ -601,15 +637,33 @@ def test_waiters_are_fifo_and_stale_ones_are_skipped(ledger: Ledger) -> None:
     ledger.remove_waiter(t1)
     assert ledger.first_waiter(app="web", env="prod", stale_after=60) == t2
 
-    time.sleep(0.8)
+    time.sleep(0.8)  # ages w2's last heartbeat
     assert ledger.touch_waiter(t3)  # w3 keeps heartbeating, w2 went silent
     assert ledger.first_waiter(app="web", env="prod", stale_after=0.5) == t3
-    assert not ledger.touch_waiter(t2)  # dropped as stale: w2 must queue again
+    assert ledger.touch_waiter(t2)  # skipped, never dropped: w2 was only late and heads the queue again
+    assert ledger.first_waiter(app="web", env="prod", stale_after=0.5) == t2
     assert ledger.first_waiter(app="web", env="staging", stale_after=60) == elsewhere
 
     ledger.remove_waiter(t3)
-    assert ledger.first_waiter(app="web", env="prod", stale_after=60) is None
+    assert ledger.first_waiter(app="web", env="prod", stale_after=60) == t2
     assert enqueue("w5") > t3  # tickets are never reused, even after the newest one is deleted
+
+
+def test_a_forgotten_waiter_goes_back_to_its_own_place(ledger: Ledger) -> None:
+    def enqueue(holder: str, ticket: int | None = None) -> int:
+        return ledger.enqueue_waiter(app="web", env="prod", holder=holder, actor="a", operation="deploy",
+                                     ticket=ticket)
+
+    late, dead, leaving = enqueue("late"), enqueue("dead"), enqueue("leaving")
+    later = enqueue("later")
+    time.sleep(0.8)  # ages every heartbeat
+    assert ledger.touch_waiter(later)
+    ledger.remove_waiter(leaving, forget_silent_after=0.5)  # forgets late and dead: both silent too long
+    assert ledger.first_waiter(app="web", env="prod", stale_after=60) == later
+    assert not ledger.touch_waiter(late)
+    assert enqueue("late", ticket=late) == late  # back at its old place, ahead of `later`
+    assert ledger.first_waiter(app="web", env="prod", stale_after=60) == late
+    assert not ledger.touch_waiter(dead)
 
 
 # ---------------------------------------------------------------------------------------------- blocks

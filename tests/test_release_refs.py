@@ -10,11 +10,13 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from devstack import wait_for_port
 from tests.e2e import App
+from tests.gate import wait_out_lease
 
 
 def remote_refs(app: App) -> dict[str, str]:
@@ -110,6 +112,34 @@ def test_a_refusing_remote_leaves_the_release_succeeded_and_flush_recovers_in_or
     assert app.ok("outbox", "--json").json() == []
 
 
+def test_a_delivery_killed_midway_holds_the_outbox_up_for_a_ttl_and_says_why(app: App, tmp_path: Path) -> None:
+    """Issue 8: a kill during ref delivery stalled the outbox for 120 s, and `outbox` said nothing."""
+    from conveyor.pipeline.outbox import DELIVERY_LOCK
+
+    arrived, hold = tmp_path / "arrived", tmp_path / "hold"
+    os.mkfifo(arrived)
+    os.mkfifo(hold)
+    set_origin_hook(app, f"#!/bin/sh\necho here > '{arrived}'\ncat '{hold}' > /dev/null\nexit 1\n")
+    deploy = app.start("deploy", "staging", "v1")
+    with open(arrived) as fifo:
+        fifo.read()  # the push is inside the remote's hook: the deploy is delivering its refs
+    shown = app.ok("outbox", "--json").json()
+    assert shown[0]["waiting"].startswith("being delivered by Sample Dev <dev@example.com> since "), shown
+    os.kill(deploy.pid, signal.SIGKILL)
+    deploy.wait()
+    with open(hold, "w"):
+        pass  # the orphaned push is refused and ends; the dead run's delivery lease stays behind
+    set_origin_hook(app, None)
+    wait_out_lease(app, DELIVERY_LOCK, grace=False)
+    gone = app.ok("outbox").out
+    assert "delivery holder Sample Dev <dev@example.com> gone since" in gone, gone
+    wait_out_lease(app, DELIVERY_LOCK)
+    flushed = app.ok("outbox", "flush")
+    assert "took over delivery from Sample Dev" in flushed.err
+    assert remote_refs(app)["refs/tags/staging"] == app.git("rev-parse", "v1")
+    assert app.ok("outbox", "--json").json() == []
+
+
 def test_an_offline_remote_is_retried_by_a_later_run(app: App, tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -122,7 +152,8 @@ def test_an_offline_remote_is_retried_by_a_later_run(app: App, tmp_path: Path) -
     result = app.run("deploy", "staging", "v1")
     assert result.code == 0
     assert "not delivered" in result.err
-    assert app.ok("outbox", "--json").json()[0]["attempts"] == 1
+    owed = app.ok("outbox", "--json").json()[0]
+    assert owed["attempts"] == 1
     daemon = subprocess.Popen(
         ["git", "daemon", "--listen=127.0.0.1", f"--port={port}", f"--base-path={served}", "--export-all",
          "--enable=receive-pack", "--reuseaddr", str(served)],
@@ -130,7 +161,8 @@ def test_an_offline_remote_is_retried_by_a_later_run(app: App, tmp_path: Path) -
     )
     try:
         wait_for_port(port)
-        time.sleep(5.2)  # the first backoff (5 s) passes; the next conveyor run retries on its own
+        retry_at = datetime.fromisoformat(owed["next_attempt_at"])
+        time.sleep(max((retry_at - datetime.now(UTC)).total_seconds(), 0) + 0.1)  # the recorded backoff passes
         app.ok("deploy", "staging", "v2")
         refs = subprocess.run(["git", "-C", str(bare), "show-ref"], capture_output=True, text=True).stdout
         assert f"{app.git('rev-parse', 'v2')} refs/tags/staging" in refs
@@ -341,3 +373,50 @@ def test_two_releases_in_the_same_second_get_distinct_timestamp_tags(app: App) -
         os.environ.pop("CONVEYOR_HOME", None)
     assert payload["timestamp_tag"] == "staging--2026-05-01--12-00-00"
     assert again["timestamp_tag"] == "staging--2026-05-01--12-00-00-2"
+
+
+class _Announcements:
+    """A second outbox kind, as announcements will be: owed for every outcome, delivered to a list."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def owed(self, ws: object, release: Any, finished_at: datetime) -> list[dict[str, Any]]:
+        return [{"text": f"{release.env}#{release.number} {release.status}"}]
+
+    def deliver(self, ws: object, item: Any) -> None:
+        self.sent.append(item.payload["text"])
+
+    def describe(self, item: Any) -> str:
+        return f"announce '{item.payload['text']}'"
+
+
+def test_outbox_dispatches_by_kind_and_a_failed_release_can_owe_items(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.pipeline import outbox
+    from conveyor.pipeline.release import _Recorder
+    from conveyor.pipeline.views import outbox_view
+    from conveyor.pipeline.workspace import Workspace
+
+    announcements = _Announcements()
+    monkeypatch.setitem(outbox.HANDLERS, "announce", announcements)
+    monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
+    ws = Workspace(cwd=app.repo, say=lambda line: None)
+    try:
+        sha = app.git("rev-parse", "v1")
+        release = ws.ledger.create_release(
+            app="hello", env="staging", kind="deploy", sha=sha, digest="sha256:feed", image="reg/hello@sha256:feed",
+            spec={}, config_digest="sha256:conf", actor="Sample Dev", origin="cli", reason="", forced=False,
+            previous_number=None, promoted_from_id=None,
+        )
+        _Recorder(ws, release).finish("failed", "health check failed")
+        owed = ws.ledger.undelivered("hello")
+        assert [(item.kind, item.payload) for item in owed] == [("announce", {"text": "staging#1 failed"})]
+        assert [row["what"] for row in outbox_view(ws)] == ["announce 'staging#1 failed'"]
+        assert outbox.deliver(ws) == []
+        assert announcements.sent == ["staging#1 failed"]
+        assert ws.ledger.undelivered("hello") == []
+        assert "refs/tags/staging" not in remote_refs(app)  # git refs are owed by succeeded releases only
+    finally:
+        ws.close()

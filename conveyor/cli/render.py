@@ -74,8 +74,7 @@ def render_outbox(items: list[dict[str, Any]]) -> str:
         return "outbox: everything delivered"
     lines = [f"outbox: {len(items)} undelivered"]
     for item in items:
-        why = f": {item['last_error']}" if item["last_error"] else " (not attempted yet)"
-        lines.append(f"  #{item['id']} {item['what']} — {item['attempts']} attempt(s){why}")
+        lines.append(f"  #{item['id']} {item['what']} — {item['attempts']} attempt(s): {item['waiting']}")
     return "\n".join(lines)
 
 

@@ -684,9 +684,10 @@ class Ledger:
     # ------------------------------------------------------------------------------------------ leases
 
     def try_acquire_lease(
-        self, *, app: str, env: str, holder: str, actor: str, operation: str, ttl: float
+        self, *, app: str, env: str, holder: str, actor: str, operation: str, ttl: float, grace: float = 0.0
     ) -> LeaseAttempt:
-        """Take app+env's lease if free or expired; otherwise report who holds it.
+        """Take app+env's lease if free, or expired for more than `grace` seconds; otherwise report who
+        holds it. The grace is the margin for a live holder whose heartbeat waited behind other writers.
 
         The existing row is locked (FOR UPDATE) before its expiry is judged, so of several processes racing
         for an expired lease exactly one replaces it and the others then see the winner's fresh lease.
@@ -710,7 +711,7 @@ class Ledger:
                 if current is None:
                     continue  # released between our insert and our select: try the insert again
                 now = _now()
-                if current.expires_at >= now:
+                if current.expires_at + timedelta(seconds=grace) >= now:
                     return LeaseAttempt(acquired=False, holder=_lease(current), taken_over=None)
                 mine.update(acquired_at=now, heartbeat_at=now, expires_at=now + timedelta(seconds=ttl))
                 row = conn.execute(
@@ -775,33 +776,50 @@ class Ledger:
 
     # ------------------------------------------------------------------------------------------ waiters
 
-    def enqueue_waiter(self, *, app: str, env: str, holder: str, actor: str, operation: str) -> int:
-        """Join the FIFO queue for app+env's lease; the returned ticket id is the place in the queue."""
+    def enqueue_waiter(
+        self, *, app: str, env: str, holder: str, actor: str, operation: str, ticket: int | None = None
+    ) -> int:
+        """Join the FIFO queue for app+env's lease; the returned ticket id is the place in the queue.
+
+        `ticket` puts a waiter whose row was forgotten back at its old place (ids are never reused)."""
         now = _now()
-        stmt = insert(waiters).values(
-            app=app, env=env, holder=holder, actor=actor, operation=operation,
-            enqueued_at=now, heartbeat_at=now,
-        )
+        values = dict(app=app, env=env, holder=holder, actor=actor, operation=operation,
+                      enqueued_at=now, heartbeat_at=now)
+        if ticket is not None:
+            values["id"] = ticket
         with self._write() as conn:
-            return int(conn.execute(stmt.returning(waiters.c.id)).scalar_one())
+            return int(conn.execute(insert(waiters).values(**values).returning(waiters.c.id)).scalar_one())
 
     def touch_waiter(self, ticket: int) -> bool:
-        """Heartbeat a ticket so it is not dropped as stale; False if it was already dropped (re-enqueue)."""
+        """Heartbeat a ticket so it is not skipped as silent; False if its row was forgotten (enqueue again)."""
         stmt = update(waiters).where(waiters.c.id == ticket).values(heartbeat_at=_now())
         with self._write() as conn:
             return conn.execute(stmt).rowcount == 1
 
     def first_waiter(self, *, app: str, env: str, stale_after: float) -> int | None:
-        """The ticket heading app+env's queue, after deleting tickets whose waiter stopped heartbeating."""
-        cutoff = _now() - timedelta(seconds=stale_after)
-        mine = and_(waiters.c.app == app, waiters.c.env == env)
-        with self._write() as conn:
-            conn.execute(delete(waiters).where(mine, waiters.c.heartbeat_at < cutoff))
-            return conn.execute(select(func.min(waiters.c.id)).where(mine)).scalar()
+        """The ticket heading app+env's queue, skipping tickets silent for more than `stale_after` seconds.
 
-    def remove_waiter(self, ticket: int) -> None:
+        A read, not a write: polling waiters never contend for the write lock, and a skipped ticket keeps
+        its place, so a waiter that was only late heads the queue again with its next heartbeat."""
+        cutoff = _now() - timedelta(seconds=stale_after)
+        query = select(func.min(waiters.c.id)).where(
+            waiters.c.app == app, waiters.c.env == env, waiters.c.heartbeat_at >= cutoff
+        )
+        with self._read() as conn:
+            return conn.execute(query).scalar()
+
+    def remove_waiter(self, ticket: int, *, forget_silent_after: float | None = None) -> None:
+        """Leave the queue; with forget_silent_after, also forget app+env's tickets silent that long (their
+        waiters died: a waiter that was only late puts its ticket back at the same place)."""
         with self._write() as conn:
-            conn.execute(delete(waiters).where(waiters.c.id == ticket))
+            row = conn.execute(
+                delete(waiters).where(waiters.c.id == ticket).returning(waiters.c.app, waiters.c.env)
+            ).one_or_none()
+            if row is not None and forget_silent_after is not None:
+                cutoff = _now() - timedelta(seconds=forget_silent_after)
+                conn.execute(delete(waiters).where(
+                    waiters.c.app == row.app, waiters.c.env == row.env, waiters.c.heartbeat_at < cutoff
+                ))
 
     # ------------------------------------------------------------------------------------------ blocks
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import UTC
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 
 from conveyor.errors import Refused
@@ -20,11 +21,56 @@ def describe_lease(lease: Lease) -> str:
     return f"{lease.actor} is running '{lease.operation}' since {since}"
 
 
+# A holder or waiter heartbeats every ttl / BEATS_PER_TTL seconds, so it can miss BEATS_PER_TTL - 1 beats
+# (a ledger busy with other writers) before its lease expires.
+BEATS_PER_TTL = 4
+# A waiter's ticket is skipped once silent for this many TTLs: far more than a late heartbeat, so only a
+# waiter that died loses its turn; one that was only late keeps its place.
+WAITER_SILENT_TTLS = 3
+# An expired lease is taken over only once it has been expired for this many TTLs more: a holder that is
+# alive but whose heartbeats waited behind other writers longer than a TTL keeps its lease.
+TAKEOVER_GRACE_TTLS = 1
+POLL_INTERVAL = 0.2  # seconds between a waiter's looks at the queue (reads only)
+
+
+class Heartbeat:
+    """Calls `beat` every `interval` seconds in its own thread, so the caller's own work (a deploy step, a
+    waiter's polling) never makes a heartbeat late. `beat` returning False means the thing it keeps alive
+    is gone: the thread stops and `lost` is set. A transient ledger error is retried at the next beat."""
+
+    def __init__(self, name: str, interval: float, beat: Callable[[], bool]) -> None:
+        self.lost = False
+        self._beat = beat
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                if not self._beat():
+                    self.lost = True
+                    return
+            except Exception:  # a transient ledger error must not end the heartbeat
+                continue
+
+
 class LeaseKeeper:
     """Context manager: acquires on enter, heartbeats in a thread, releases on exit."""
 
-    def __init__(self, ws: Workspace, env: str, operation: str, *, wait: bool, seize: bool = False) -> None:
-        """seize: take the lease even from a holder that still looks alive (`recover --force`)."""
+    def __init__(self, ws: Workspace, env: str, operation: str, *, wait: bool, seize: bool = False,
+                 at_expiry: bool = False) -> None:
+        """seize: take the lease even from a holder that still looks alive (`recover --force`). at_expiry: take
+        an expired lease at once, without the grace an ordinary operation leaves a late heartbeat
+        (`recover`: a person has judged the holder gone)."""
         self.ws = ws
         self.seize = seize
         self.interrupted: list[Release] = []  # releases of dead holders this keeper marked interrupted
@@ -34,32 +80,33 @@ class LeaseKeeper:
         self.wait = wait
         self.holder = uuid.uuid4().hex
         self.ttl = lease_ttl()
-        self.lost = False
+        self._grace = 0.0 if at_expiry else self.ttl * TAKEOVER_GRACE_TTLS
         self._current: Lease | None = None  # the lease that refused us, to name its holder
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._heartbeat: Heartbeat | None = None
+
+    @property
+    def lost(self) -> bool:
+        return self._heartbeat is not None and self._heartbeat.lost
 
     def __enter__(self) -> LeaseKeeper:
         if self.wait:
             self._acquire_in_turn()
         else:
             self._acquire_or_refuse()
-        self._thread = threading.Thread(target=self._beat, name="lease-heartbeat", daemon=True)
-        self._thread.start()
+        self._heartbeat = Heartbeat("lease-heartbeat", self.ttl / BEATS_PER_TTL, self._beat).__enter__()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.__exit__()
         self.ws.ledger.release_lease(app=self.app, env=self.env, holder=self.holder)
 
     def _try(self) -> bool:
         attempt = self.ws.ledger.try_acquire_lease(
             app=self.app, env=self.env, holder=self.holder, actor=self.ws.identity.actor,
-            operation=self.operation, ttl=self.ttl,
+            operation=self.operation, ttl=self.ttl, grace=self._grace,
         )
         if attempt.taken_over is not None:
             self._recover_from(attempt.taken_over)
@@ -89,29 +136,44 @@ class LeaseKeeper:
                                          "declared stuck")
 
     def _acquire_in_turn(self) -> None:
-        """First come, first served: only the oldest live waiter may take the lease when it frees up."""
-        ledger = self.ws.ledger
-        ticket = ledger.enqueue_waiter(
-            app=self.app, env=self.env, holder=self.holder, actor=self.ws.identity.actor,
-            operation=self.operation,
-        )
-        announced = False
+        """First come, first served: only the oldest live waiter may take the lease when it frees up.
+
+        The ticket is kept alive by its own heartbeat thread; the loop here only reads (the queue's head,
+        the lease) and writes only when this ticket heads the queue and the lease is free or expired."""
+        ticket = self._enqueue()
+        silent_after = self.ttl * WAITER_SILENT_TTLS
         try:
-            while True:
-                if not ledger.touch_waiter(ticket):  # dropped as stale after a long pause: queue again
-                    ticket = ledger.enqueue_waiter(
-                        app=self.app, env=self.env, holder=self.holder, actor=self.ws.identity.actor,
-                        operation=self.operation,
-                    )
-                first = ledger.first_waiter(app=self.app, env=self.env, stale_after=self.ttl)
-                if first == ticket and self._try():
-                    return
-                if not announced and self._current is not None:
-                    self.ws.say(f"waiting: {describe_lease(self._current)}")
-                    announced = True
-                time.sleep(0.2)
+            with Heartbeat("waiter-heartbeat", self.ttl / BEATS_PER_TTL, lambda: self._touch(ticket)):
+                self._wait_for_turn(ticket, silent_after)
         finally:
-            ledger.remove_waiter(ticket)
+            self.ws.ledger.remove_waiter(ticket, forget_silent_after=silent_after)
+
+    def _enqueue(self, ticket: int | None = None) -> int:
+        return self.ws.ledger.enqueue_waiter(
+            app=self.app, env=self.env, holder=self.holder, actor=self.ws.identity.actor,
+            operation=self.operation, ticket=ticket,
+        )
+
+    def _touch(self, ticket: int) -> bool:
+        """Heartbeat the ticket; one forgotten while this waiter was late goes back to its own place."""
+        if not self.ws.ledger.touch_waiter(ticket):
+            self._enqueue(ticket)
+        return True
+
+    def _wait_for_turn(self, ticket: int, silent_after: float) -> None:
+        ledger = self.ws.ledger
+        announced = False
+        while True:
+            first = ledger.first_waiter(app=self.app, env=self.env, stale_after=silent_after)
+            lease = ledger.get_lease(self.app, self.env)
+            free = lease is None or lease.expires_at + timedelta(seconds=self._grace) < datetime.now(UTC)
+            if first == ticket and free and self._try():
+                return
+            self._current = lease or self._current
+            if not announced and self._current is not None:
+                self.ws.say(f"waiting: {describe_lease(self._current)}")
+                announced = True
+            time.sleep(POLL_INTERVAL)
 
     def _recover_from(self, dead: Lease, message: str = "") -> None:
         """The previous holder stopped heartbeating (killed): mark its release interrupted, in the record."""
@@ -136,12 +198,6 @@ class LeaseKeeper:
         self.interrupted.append(release)
         self.ws.say(f"release {self.env}#{release.number} was interrupted at step '{release.step}'")
 
-    def _beat(self) -> None:
-        interval = max(self.ttl / 3, 0.2)
-        while not self._stop.wait(interval):
-            try:
-                if not self.ws.ledger.heartbeat(app=self.app, env=self.env, holder=self.holder, ttl=self.ttl):
-                    self.lost = True
-                    return
-            except Exception:  # a transient ledger error must not kill the heartbeat thread
-                continue
+    def _beat(self) -> bool:
+        """Push the lease's expiry ahead; False once someone else holds it (we were taken over)."""
+        return self.ws.ledger.heartbeat(app=self.app, env=self.env, holder=self.holder, ttl=self.ttl)

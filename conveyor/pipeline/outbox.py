@@ -1,23 +1,30 @@
-"""Side effects of a succeeded release that must happen eventually: git tags and the ENV branch.
+"""Side effects of a release that must happen eventually: git tags and the ENV branch, so far.
 
-They are queued in the ledger in the same transaction that records the release as succeeded, attempted
+They are queued in the ledger in the same transaction that records the release's outcome, attempted
 right after, retried with backoff, retried by every later operation and by `conveyor outbox flush`, and
 delivered strictly in order per app (a later release's refs never land before an earlier one's). A
 delivery failure is reported, never changes the release's outcome or the exit code.
+
+Each item has a kind; HANDLERS maps a kind to the Handler that delivers and describes it, and `owed`
+asks each handler what a release's outcome owes. One delivery runs at a time per app, under a lease that
+heartbeats like an operation's, so a delivery killed midway holds the others up for a TTL, not minutes.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor.config.models import AppConfig
 from conveyor.errors import ConveyorError
-from conveyor.ledger.models import OutboxItem, Release
+from conveyor.ledger.models import Lease, OutboxItem, Release
 from conveyor.pipeline.audit import witness_ref
+from conveyor.pipeline.lease import BEATS_PER_TTL, TAKEOVER_GRACE_TTLS, Heartbeat
 from conveyor.pipeline.workspace import Workspace
+from conveyor.settings import lease_ttl
 
 GIT_REFS = "git-refs"
 IN_RUN_RETRY_DELAYS = (0.3, 1.0)  # seconds between the attempts made right away
@@ -70,11 +77,75 @@ def refspecs(payload: dict[str, Any], witness: str | None = None) -> list[str]:
     return specs
 
 
+class Handler(Protocol):
+    """One kind of outbox item: what a release's outcome owes of it, how to deliver it, how to name it."""
+
+    def owed(self, ws: Workspace, release: Release, finished_at: datetime) -> list[dict[str, Any]]:
+        """Payloads to queue for `release`, which has just reached its final status."""
+        ...
+
+    def deliver(self, ws: Workspace, item: OutboxItem) -> None:
+        """Deliver `item` once; raise ConveyorError with a readable message when that failed."""
+        ...
+
+    def describe(self, item: OutboxItem) -> str:
+        ...
+
+
+class GitRefs:
+    """Tag ENV, tag ENV--timestamp and branch ENV at a succeeded release's commit, on the configured remote."""
+
+    def owed(self, ws: Workspace, release: Release, finished_at: datetime) -> list[dict[str, Any]]:
+        if release.status != "succeeded" or not ws.config.release_refs.enabled:
+            return []
+        return [git_refs_payload(ws, ws.config, release, finished_at)]
+
+    def deliver(self, ws: Workspace, item: OutboxItem) -> None:
+        from conveyor.vcs.git import push_refs
+
+        push_refs(ws.repo, item.payload["remote"], refspecs(item.payload, _witness(ws, item.payload)))
+
+    def describe(self, item: OutboxItem) -> str:
+        payload = item.payload
+        refs = ", ".join(payload[k] for k in ("env_tag", "timestamp_tag") if k in payload)
+        branch = f", branch {payload['env_branch']}" if "env_branch" in payload else ""
+        return f"push {payload['release']} ({payload['sha'][:12]}) to {payload['remote']}: tags {refs}{branch}"
+
+
+def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
+    if "audit_ref" not in payload:
+        return None  # queued by a conveyor without the audit witness
+    from conveyor.pipeline.audit import witness_to_publish
+
+    try:
+        return witness_to_publish(ws, payload["remote"], payload["audit_ref"])
+    except ConveyorError:
+        return None  # remote unreachable: the push reports that; the witness moves on the next delivery
+
+
+HANDLERS: dict[str, Handler] = {GIT_REFS: GitRefs()}
+
+
+class UnknownKind(ConveyorError):
+    """An item queued by a conveyor that knows a kind this one does not."""
+
+
+def handler_for(kind: str) -> Handler:
+    handler = HANDLERS.get(kind)
+    if handler is None:
+        raise UnknownKind(f"no outbox handler for kind '{kind}' (queued by a newer conveyor?)")
+    return handler
+
+
+def owed(ws: Workspace, release: Release, finished_at: datetime) -> list[tuple[str, dict[str, Any]]]:
+    """Every item the release's outcome owes, of every kind, in HANDLERS order."""
+    return [(kind, payload) for kind, handler in HANDLERS.items()
+            for payload in handler.owed(ws, release, finished_at)]
+
+
 def describe(item: OutboxItem) -> str:
-    payload = item.payload
-    refs = ", ".join(payload[k] for k in ("env_tag", "timestamp_tag") if k in payload)
-    branch = f", branch {payload['env_branch']}" if "env_branch" in payload else ""
-    return f"push {payload['release']} ({payload['sha'][:12]}) to {payload['remote']}: tags {refs}{branch}"
+    handler = HANDLERS.get(item.kind)
+    return handler.describe(item) if handler else f"{item.kind} item (no handler in this conveyor)"
 
 
 def backoff(attempts: int) -> timedelta:
@@ -91,60 +162,115 @@ def deliver(ws: Workspace, *, force: bool = False) -> list[OutboxItem]:
 
 
 def _deliver(ws: Workspace, *, force: bool) -> list[OutboxItem]:
-    from conveyor.vcs.git import push_refs
-
     app = ws.config.app
     pending = ws.ledger.undelivered(app)
     if not pending:
         return []
     holder = uuid.uuid4().hex
+    ttl = lease_ttl()
     attempt = ws.ledger.try_acquire_lease(
-        app=app, env=DELIVERY_LOCK, holder=holder, actor=ws.identity.actor, operation="outbox delivery", ttl=120
+        app=app, env=DELIVERY_LOCK, holder=holder, actor=ws.identity.actor, operation="outbox delivery",
+        ttl=ttl, grace=ttl * TAKEOVER_GRACE_TTLS,
     )
     if not attempt.acquired:
         return pending  # another conveyor run is delivering them, in order
+    if attempt.taken_over is not None:
+        ws.say(f"outbox: took over delivery from {attempt.taken_over.actor}, who stopped heartbeating")
+
+    def beat() -> bool:
+        return ws.ledger.heartbeat(app=app, env=DELIVERY_LOCK, holder=holder, ttl=ttl)
+
     try:
-        for index, item in enumerate(pending):
-            if not force and item.next_attempt_at > datetime.now(UTC):
-                return pending[index:]  # not due yet; later items wait behind it to keep the order
-            error = _try_push(ws, item, push_refs)
-            if error is None:
-                ws.ledger.mark_delivered(item.id)
-                ws.say(f"outbox: delivered: {describe(item)}")
-                continue
-            failed = ws.ledger.mark_attempt_failed(
-                item.id, error=error, retry_at=datetime.now(UTC) + backoff(item.attempts + 1)
-            )
-            ws.say(f"warning: outbox: {describe(item)} not delivered ({error}); will retry after "
-                   f"{failed.next_attempt_at:%H:%M:%S} UTC, on the next conveyor run, or with `conveyor outbox flush`")
-            return pending[index:]
-        return []
+        with Heartbeat("outbox-heartbeat", ttl / BEATS_PER_TTL, beat) as heartbeat:
+            return _deliver_in_order(ws, pending, force=force, heartbeat=heartbeat)
     finally:
         ws.ledger.release_lease(app=app, env=DELIVERY_LOCK, holder=holder)
 
 
-def _try_push(ws: Workspace, item: OutboxItem, push: Any) -> str | None:
+def _deliver_in_order(
+    ws: Workspace, pending: list[OutboxItem], *, force: bool, heartbeat: Heartbeat
+) -> list[OutboxItem]:
+    for index, item in enumerate(pending):
+        if heartbeat.lost:
+            return pending[index:]  # another run took delivery over: it goes on from here, in order
+        if not force and item.next_attempt_at > datetime.now(UTC):
+            return pending[index:]  # not due yet; later items wait behind it to keep the order
+        error = _attempt(ws, item)
+        if error is None:
+            ws.ledger.mark_delivered(item.id)
+            ws.say(f"outbox: delivered: {describe(item)}")
+            continue
+        failed = ws.ledger.mark_attempt_failed(
+            item.id, error=error, retry_at=datetime.now(UTC) + backoff(item.attempts + 1)
+        )
+        ws.say(f"warning: outbox: {describe(item)} not delivered ({error}); will retry after "
+               f"{failed.next_attempt_at:%H:%M:%S} UTC, on the next conveyor run, or with `conveyor outbox flush`")
+        return pending[index:]
+    return []
+
+
+def _attempt(ws: Workspace, item: OutboxItem) -> str | None:
+    """Deliver with a few quick retries; the last error, or None once delivered."""
     from conveyor.vcs.git import RemoteMissing
 
     error = None
     for delay in (0.0, *IN_RUN_RETRY_DELAYS):
         time.sleep(delay)
         try:
-            push(ws.repo, item.payload["remote"], refspecs(item.payload, _witness(ws, item.payload)))
+            handler_for(item.kind).deliver(ws, item)
             return None
-        except RemoteMissing as exc:
+        except (UnknownKind, RemoteMissing) as exc:
             return exc.message  # retrying in this run cannot help
         except ConveyorError as exc:
             error = exc.message
     return error
 
 
-def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
-    if "audit_ref" not in payload:
-        return None  # queued by a conveyor without the audit witness
-    from conveyor.pipeline.audit import witness_to_publish
+# ---------------------------------------------------------------------------------------------- why it waits
 
-    try:
-        return witness_to_publish(ws, payload["remote"], payload["audit_ref"])
-    except ConveyorError:
-        return None  # remote unreachable: the push reports that; the witness moves on the next delivery
+
+@dataclass(frozen=True)
+class Delivery:
+    """Who delivers the app's outbox now, from its delivery lease."""
+
+    actor: str
+    since: datetime
+    expires_at: datetime
+    takeover_at: datetime  # when the next conveyor run may take delivery over from a holder gone silent
+
+    @classmethod
+    def of(cls, ws: Workspace) -> Delivery | None:
+        lease: Lease | None = ws.ledger.get_lease(ws.config.app, DELIVERY_LOCK)
+        if lease is None:
+            return None
+        grace = timedelta(seconds=lease_ttl() * TAKEOVER_GRACE_TTLS)
+        return cls(lease.actor, lease.acquired_at, lease.expires_at, lease.expires_at + grace)
+
+
+def why_waiting(items: list[OutboxItem], delivery: Delivery | None, now: datetime) -> dict[int, str]:
+    """Per undelivered item (oldest first), the reason it has not been delivered yet."""
+    reasons: dict[int, str] = {}
+    for index, item in enumerate(items):
+        reasons[item.id] = _reason(item, items[0] if index else None, delivery, now)
+    return reasons
+
+
+def _reason(item: OutboxItem, ahead: OutboxItem | None, delivery: Delivery | None, now: datetime) -> str:
+    last = f"; last error: {item.last_error}" if item.last_error else ""
+    if delivery is not None and delivery.expires_at >= now:
+        return f"being delivered by {delivery.actor} since {_at(delivery.since)}{last}"
+    if delivery is not None:
+        when = "now" if delivery.takeover_at < now else f"from {_at(delivery.takeover_at)}"
+        return f"delivery holder {delivery.actor} gone since {_at(delivery.expires_at)}; the next conveyor " \
+               f"run takes delivery over {when}{last}"
+    if ahead is not None:
+        return f"waits behind #{ahead.id} (delivered in order){last}"
+    if item.next_attempt_at > now:
+        return f"backoff until {_at(item.next_attempt_at)}{last}"
+    if item.attempts == 0:
+        return "not attempted yet"
+    return f"due now{last}"
+
+
+def _at(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -326,16 +326,7 @@ class _Recorder:
         self.release = self.ws.ledger.update_release(self.release.id, step=step, status=status, started=started)
 
     def succeed(self, ws: Workspace) -> Release:
-        """Record success and owe its git refs in one transaction (the outbox delivers them after)."""
-        from datetime import UTC, datetime
-
-        from conveyor.pipeline.outbox import GIT_REFS, git_refs_payload
-
-        finished_at = datetime.now(UTC)
-        items = []
-        if ws.config.release_refs.enabled:
-            items.append((GIT_REFS, git_refs_payload(ws, ws.config, self.release, finished_at)))
-        return self.finish("succeeded", "", outbox_items=items, finished_at=finished_at)
+        return self.finish("succeeded", "")
 
     def succeed_after_switch(self, ws: Workspace, cause: str) -> Release:
         """Stopped after the switch: the new version serves, so the record says so (what follows the switch
@@ -352,10 +343,13 @@ class _Recorder:
         self.event("interrupted", "info", message)
         return self.release
 
-    def finish(
-        self, status: str, error: str, *, outbox_items: list[tuple[str, dict[str, Any]]] | None = None,
-        finished_at: Any = None,
-    ) -> Release:
+    def finish(self, status: str, error: str) -> Release:
+        """Record the final status, and queue what the outbox's handlers say it owes in the same
+        transaction (the outbox delivers them after), whatever the status."""
+        from datetime import UTC, datetime
+
+        from conveyor.pipeline.outbox import owed
+
         if status != "succeeded":
             current = self.ws.ledger.get_release_by_id(self.release.id)
             if current is not None and current.status not in ("pending", "running"):
@@ -364,9 +358,11 @@ class _Recorder:
                 self.release = current
                 self.event("finished", "info", f"this operation then stopped too ({status}): {error}")
                 return current
+        finished_at = datetime.now(UTC)
+        final = replace(self.release, status=status, error=error, finished_at=finished_at)
         self.release = self.ws.ledger.update_release(
-            self.release.id, status=status, error=error, finished=True, outbox_items=outbox_items,
-            finished_at=finished_at,
+            self.release.id, status=status, error=error, finished=True,
+            outbox_items=owed(self.ws, final, finished_at), finished_at=finished_at,
         )
         label = f"{self.release.env}#{self.release.number}"
         self.event("finished", "ok" if status == "succeeded" else "failed",

@@ -25,7 +25,7 @@ def recover(ws: Workspace, env: str, reason: str, *, force: bool) -> list[Releas
     app = ws.config.app
     ws.config.environment(env)
     try:
-        keeper = LeaseKeeper(ws, env, f"recover {env}", wait=False, seize=force)
+        keeper = LeaseKeeper(ws, env, f"recover {env}", wait=False, seize=force, at_expiry=True)
         with keeper:
             for release in ws.ledger.unfinished_releases(app, env):
                 if all(done.id != release.id for done in keeper.interrupted):

@@ -164,8 +164,12 @@ def history(ws: Workspace, env: str | None, limit: int, *, before_id: int | None
 
 
 def outbox_view(ws: Workspace) -> list[dict[str, Any]]:
-    from conveyor.pipeline.outbox import describe
+    from datetime import UTC, datetime
 
+    from conveyor.pipeline.outbox import Delivery, describe, why_waiting
+
+    items = ws.ledger.undelivered(ws.config.app)
+    waiting = why_waiting(items, Delivery.of(ws), datetime.now(UTC)) if items else {}
     return [
         {
             "id": item.id,
@@ -176,6 +180,7 @@ def outbox_view(ws: Workspace) -> list[dict[str, Any]]:
             "last_error": item.last_error,
             "next_attempt_at": _iso(item.next_attempt_at),
             "created_at": _iso(item.created_at),
+            "waiting": waiting[item.id],
         }
-        for item in ws.ledger.undelivered(ws.config.app)
+        for item in items
     ]

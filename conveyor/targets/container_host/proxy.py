@@ -376,6 +376,15 @@ class HAProxy:
         site = self.sites().get(site_name(app, env))
         return [listen_address(str(site["bind"]), int(site["port"]))] if site else []
 
+    def may_listen(self, app: str, env: str, bind: str, port: int) -> bool:
+        """Whether app+env can be served on bind:port: this HAProxy already serves it there, or nothing
+        listens there. Judged under the lock: a reload takes the port before proxy.json names its site, so
+        a reader outside the lock could see the port taken by a site it cannot see yet (a concurrent first
+        deploy of the same app+env)."""
+        with self._locked():
+            ours = self.answering() and listen_address(bind, port) in self.listens(app, env)
+            return ours or port_free(bind, port)
+
     def switch(self, app: str, env: str, bind: str, port: int, upstream: str) -> None:
         """Proxy app+env's `bind:port` to `upstream`: at runtime when that listener exists, else by adding it
         (a seamless reload). Returns once the change serves; raises TargetError when it could not be made."""
@@ -697,11 +706,32 @@ def _quoted(path: Path) -> str:
     return f"'{path}'"  # single quotes: HAProxy expands no environment variables inside them
 
 
+def port_free(bind: str, port: int) -> bool:
+    """Whether a server could listen on bind:port now (SO_REUSEADDR, as servers set, ignores TIME_WAIT)."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind.strip("[]"), port))
+        except OSError:
+            return False
+    return True
+
+
 def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` in one rename: a reader (or a restarting HAProxy) sees the old file or the new one,
+    never half of one or none. The temporary name is unique per writer, so two writers (processes or
+    threads) never write into each other's temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)  # a reader (or a restarting HAProxy) never sees half a file
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def _size(path: Path) -> int:

@@ -103,8 +103,7 @@ class ContainerHost:
         proxy = self._proxy()
         proxy.check_paths()  # before any task runs: HAProxy is only started at the switch
         bind, port = spec["bind"], int(spec["port"])
-        ours = proxy.answering() and listen_address(bind, port) in proxy.listens(spec["app"], spec["env"])
-        if not ours and not _port_free(bind, port):
+        if not proxy.may_listen(spec["app"], spec["env"], bind, port):
             raise BadInput(f"port {port} is in use by another process; choose another target.port for "
                            f"{spec['env']}")
         secrets = ", ".join(spec["secrets"])
@@ -112,7 +111,7 @@ class ContainerHost:
             f"secrets set in the environment: {secrets}" if secrets else "no secrets needed",
             f"container engine: {engine.name} ({engine.binary})",
             f"haproxy: {haproxy}; state dir {proxy.dir} fits its socket paths",
-            f"port {listen_address(bind, port)}: " + ("served by this proxy already" if ours else "free"),
+            f"port {listen_address(bind, port)}: free, or this environment's own listener",
         ]
 
     # -- tasks ----------------------------------------------------------------------------------------
@@ -554,14 +553,3 @@ def _free_port(avoid: set[int]) -> int:
             return port
     raise TargetError("could not find a free local port for the new container")
 
-
-def _port_free(bind: str, port: int) -> bool:
-    """Whether a server could listen on bind:port now (SO_REUSEADDR, as servers set, ignores TIME_WAIT)."""
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind.strip("[]"), port))
-        except OSError:
-            return False
-    return True
