@@ -11,8 +11,9 @@ Never a shell: argv is passed to the program as it is, so nothing a user typed i
 
 from __future__ import annotations
 
+import os
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Protocol
 
@@ -49,8 +50,10 @@ class Stream(Protocol):
 
 
 class Runner(Protocol):
-    def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None) -> Completed:
-        """Run argv to completion, capturing its output (text)."""
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None,
+            merge_stderr: bool = False) -> Completed:
+        """Run argv to completion, capturing its output (text); merge_stderr interleaves stderr into stdout
+        as the program wrote them (a container's logs)."""
 
     def stream(self, argv: Sequence[str]) -> Stream:
         """Start argv with its output (stdout and stderr together) readable line by line as it comes."""
@@ -58,17 +61,30 @@ class Runner(Protocol):
     def attached(self, argv: Sequence[str]) -> int:
         """Run argv on the caller's own terminal (stdin, stdout and stderr inherited); its exit code."""
 
+    def detach(self, argv: Sequence[str], *, env: Mapping[str, str], log: str) -> int:
+        """Start a daemon that outlives conveyor (its own session, stdin from /dev/null, output appended to
+        `log`, only `env` as its environment); returns its pid."""
+
+
+def _missing(command: list[str], exc: OSError) -> InfrastructureMissing:
+    if isinstance(exc, FileNotFoundError):
+        return InfrastructureMissing(f"{command[0]} is not installed (not found on PATH)")
+    return InfrastructureMissing(f"cannot run {command[0]}: {exc}")
+
 
 class LocalRunner:
     """Runs programs on this machine."""
 
-    def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None) -> Completed:
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None,
+            merge_stderr: bool = False) -> Completed:
         command = list(argv)
         try:
-            done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=timeout,
-                                  input=input, stdin=None if input is not None else subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise InfrastructureMissing(f"{command[0]} is not installed (not found on PATH)") from None
+            done = subprocess.run(command, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE, text=True,
+                                  errors="replace", timeout=timeout, input=input,
+                                  stdin=None if input is not None else subprocess.DEVNULL)
+        except OSError as exc:
+            raise _missing(command, exc) from None
         except subprocess.TimeoutExpired:
             raise CommandTimedOut(command, timeout or 0) from None
         return Completed(tuple(command), done.returncode, done.stdout or "", done.stderr or "")
@@ -78,16 +94,33 @@ class LocalRunner:
         try:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.STDOUT, text=True, errors="replace")
-        except FileNotFoundError:
-            raise InfrastructureMissing(f"{command[0]} is not installed (not found on PATH)") from None
+        except OSError as exc:
+            raise _missing(command, exc) from None
         return _LocalStream(command, process)
 
     def attached(self, argv: Sequence[str]) -> int:
         command = list(argv)
         try:
             return subprocess.run(command).returncode
-        except FileNotFoundError:
-            raise InfrastructureMissing(f"{command[0]} is not installed (not found on PATH)") from None
+        except OSError as exc:
+            raise _missing(command, exc) from None
+
+    def detach(self, argv: Sequence[str], *, env: Mapping[str, str], log: str) -> int:
+        command = list(argv)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            # posix_spawn rather than Popen: the daemon is meant to outlive this process, and a Popen object
+            # would warn (and expect a wait) for a child it never sees end. setsid detaches it from our
+            # terminal and process group, so ^C on a deploy does not take it down.
+            return os.posix_spawn(
+                command[0], command, dict(env), setsid=True,
+                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                              (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, out, 2)],
+            )
+        except OSError as exc:
+            raise _missing(command, exc) from None
+        finally:
+            os.close(out)
 
 
 class _LocalStream:
@@ -131,7 +164,8 @@ class RecordingRunner:
         self.calls.append(key)
         return self.answer(key) or Completed(key, 0, "", "")
 
-    def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None) -> Completed:
+    def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None,
+            merge_stderr: bool = False) -> Completed:
         return self._reply(argv)
 
     def stream(self, argv: Sequence[str]) -> Stream:
@@ -139,6 +173,10 @@ class RecordingRunner:
 
     def attached(self, argv: Sequence[str]) -> int:
         return self._reply(argv).returncode
+
+    def detach(self, argv: Sequence[str], *, env: Mapping[str, str], log: str) -> int:
+        self._reply(argv)
+        return 0
 
 
 @dataclass

@@ -18,12 +18,12 @@ import json
 import re
 import secrets as random_tokens
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from conveyor.errors import InfrastructureMissing, TargetError
+from conveyor.runner import CommandTimedOut, Completed, LocalRunner, Runner
 
 ENGINES = ("podman", "docker")
 # Short engine calls (inspect, ps, stop) should answer in well under a second; this bounds a hung engine.
@@ -58,14 +58,15 @@ def summarise(stderr: str, limit: int = 400) -> str:
 
 
 class Engine:
-    """One container engine CLI (podman or docker)."""
+    """One container engine CLI (podman or docker); every call goes through `runner` (argv in, result out)."""
 
-    def __init__(self, name: str, binary: str) -> None:
+    def __init__(self, name: str, binary: str, runner: Runner | None = None) -> None:
         self.name = name
         self.binary = binary
+        self.runner: Runner = runner or LocalRunner()
 
     @classmethod
-    def detect(cls, configured: str = "auto") -> Engine:
+    def detect(cls, configured: str = "auto", runner: Runner | None = None) -> Engine:
         """The configured engine, or for `auto` podman when installed, else a docker whose daemon answers."""
         if configured not in ("auto", *ENGINES):
             raise InfrastructureMissing(
@@ -74,16 +75,16 @@ class Engine:
         if configured in ("auto", "podman"):
             podman = shutil.which("podman")
             if podman:
-                return cls("podman", podman)
+                return cls("podman", podman, runner)
             if configured == "podman":
                 raise InfrastructureMissing("podman is not installed (or not on PATH); install it or set "
                                             "target.engine")
         docker = shutil.which("docker")
         if docker:
             # The docker CLI alone is no engine: it is only usable when its daemon answers.
-            problem = cls._docker_daemon_problem(docker)
+            problem = cls._docker_daemon_problem(docker, runner or LocalRunner())
             if problem is None:
-                return cls("docker", docker)
+                return cls("docker", docker, runner)
             if configured == "docker":
                 raise InfrastructureMissing(f"docker is installed but its daemon does not answer: {problem}")
         elif configured == "docker":
@@ -94,11 +95,10 @@ class Engine:
         )
 
     @staticmethod
-    def _docker_daemon_problem(binary: str) -> str | None:
+    def _docker_daemon_problem(binary: str, runner: Runner) -> str | None:
         try:
-            done = subprocess.run([binary, "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                                  text=True, timeout=15)
-        except subprocess.TimeoutExpired:
+            done = runner.run([binary, "info", "--format", "{{.ServerVersion}}"], timeout=15)
+        except CommandTimedOut:
             return "docker info did not answer within 15s"
         if done.returncode != 0 or not done.stdout.strip():
             return summarise(done.stderr or done.stdout)
@@ -106,15 +106,19 @@ class Engine:
 
     # -- plumbing -----------------------------------------------------------------------------------
 
-    def _run(
-        self, args: Sequence[str], what: str, timeout: float = CALL_TIMEOUT
-    ) -> subprocess.CompletedProcess[str]:
+    def _call(self, args: Sequence[str], timeout: float = CALL_TIMEOUT, *, merge_stderr: bool = False) -> Completed:
+        """The engine with these arguments, whatever its exit code; a hung engine is a TargetError."""
         try:
-            done = subprocess.run([self.binary, *args], capture_output=True, text=True, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
+            return self.runner.run([self.binary, *args], timeout=timeout, merge_stderr=merge_stderr)
+        except CommandTimedOut as exc:
+            raise TargetError(f"{self.name} {args[0]} did not finish within {timeout:g}s") from exc
+
+    def _run(self, args: Sequence[str], what: str, timeout: float = CALL_TIMEOUT) -> Completed:
+        """The engine with these arguments, which must succeed."""
+        try:
+            done = self.runner.run([self.binary, *args], timeout=timeout)
+        except CommandTimedOut as exc:
             raise TargetError(f"{what}: {self.name} did not finish within {timeout:g}s") from exc
-        except OSError as exc:
-            raise InfrastructureMissing(f"{what}: cannot run {self.binary}: {exc}") from exc
         if done.returncode != 0:
             raise TargetError(f"{what}: {summarise(done.stderr)}")
         return done
@@ -122,15 +126,12 @@ class Engine:
     # -- images -------------------------------------------------------------------------------------
 
     def image_present(self, image: str) -> bool:
-        done = subprocess.run([self.binary, "image", "inspect", "--format", "{{.Id}}", image],
-                              capture_output=True, text=True, timeout=CALL_TIMEOUT)
-        return done.returncode == 0
+        return self._call(["image", "inspect", "--format", "{{.Id}}", image]).ok
 
     def pull(self, image: str) -> None:
         try:
-            done = subprocess.run([self.binary, "pull", "-q", image], capture_output=True, text=True,
-                                  timeout=PULL_TIMEOUT)
-        except subprocess.TimeoutExpired as exc:
+            done = self.runner.run([self.binary, "pull", "-q", image], timeout=PULL_TIMEOUT)
+        except CommandTimedOut as exc:
             raise TargetError(f"could not pull {image}: no answer within {PULL_TIMEOUT:g}s") from exc
         if done.returncode != 0:
             reason = summarise(done.stderr)
@@ -234,23 +235,21 @@ class Engine:
     def _conveyor_secrets(self) -> dict[str, str]:
         """{secret name: the container it was made for} of every podman secret conveyor created."""
         try:
-            listed = subprocess.run([self.binary, "secret", "ls", "--format", "{{.Name}}"], capture_output=True,
-                                    text=True, timeout=CALL_TIMEOUT).stdout.split()
+            listed = self._call(["secret", "ls", "--format", "{{.Name}}"]).stdout.split()
             ours = [name for name in listed if name.startswith(SECRET_PREFIX)]
             if not ours:
                 return {}
             template = f'{{{{.Spec.Name}}}} {{{{index .Spec.Labels "{SECRET_LABEL}"}}}}'
-            done = subprocess.run([self.binary, "secret", "inspect", "--format", template, *ours],
-                                  capture_output=True, text=True, timeout=CALL_TIMEOUT)
-        except (subprocess.TimeoutExpired, OSError):
+            done = self._call(["secret", "inspect", "--format", template, *ours])
+        except (TargetError, InfrastructureMissing):
             return {}
         pairs = (line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
         return {secret: container for secret, container in pairs}
 
     def _remove_secrets(self, secrets: list[str]) -> None:
         if secrets:
-            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-                subprocess.run([self.binary, "secret", "rm", *secrets], capture_output=True, timeout=CALL_TIMEOUT)
+            with contextlib.suppress(TargetError, InfrastructureMissing):
+                self._call(["secret", "rm", *secrets])
 
     def _remove_orphaned_secrets(self) -> None:
         """Secrets whose container is gone, left by a run that crashed. A young one may belong to a container
@@ -263,9 +262,7 @@ class Engine:
         self._remove_secrets(orphans)
 
     def _container_exists(self, name: str) -> bool:
-        done = subprocess.run([self.binary, "container", "exists", name], capture_output=True,
-                              timeout=CALL_TIMEOUT)
-        return done.returncode == 0
+        return self._call(["container", "exists", name]).ok
 
     def inspect(self, ref: str) -> Container | None:
         found = self.inspect_many([ref])
@@ -274,8 +271,7 @@ class Engine:
     def inspect_many(self, refs: Sequence[str]) -> list[Container]:
         if not refs:
             return []
-        done = subprocess.run([self.binary, "container", "inspect", *refs], capture_output=True, text=True,
-                              timeout=CALL_TIMEOUT)
+        done = self._call(["container", "inspect", *refs])
         # With several refs and one gone, podman and docker still print the others and exit non-zero.
         try:
             data = json.loads(done.stdout or "[]")
@@ -288,8 +284,7 @@ class Engine:
         return [_container(item) for item in data or []]
 
     def logs(self, ref: str, tail: int = 20) -> list[str]:
-        done = subprocess.run([self.binary, "logs", "--tail", str(tail), ref], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, errors="replace", timeout=CALL_TIMEOUT)
+        done = self._call(["logs", "--tail", str(tail), ref], merge_stderr=True)
         lines = done.stdout.splitlines()
         return lines[-tail:] if done.returncode == 0 else []
 
@@ -299,8 +294,7 @@ class Engine:
     def remove(self, ref: str) -> None:
         """Kill and remove at once, with the podman secrets made for it; a container already gone is fine."""
         doomed = self.inspect(ref) if self.name == "podman" else None
-        done = subprocess.run([self.binary, "rm", "-f", ref], capture_output=True, text=True,
-                              timeout=CALL_TIMEOUT)
+        done = self._call(["rm", "-f", ref])
         if done.returncode != 0 and "no such" not in done.stderr.lower():
             raise TargetError(f"could not remove container {ref}: {summarise(done.stderr)}")
         if doomed is not None:

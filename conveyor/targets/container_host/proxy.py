@@ -36,7 +36,6 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
+from conveyor.runner import LocalRunner, Runner
 
 SLOTS = ("blue", "green")
 # The idle slot's address in a generated config: it is in maintenance there, so it is never dialled.
@@ -115,8 +115,9 @@ class HAProxy:
     upstreams), haproxy.pid (the master's pid), master.sock (master CLI), haproxy.sock (runtime API of the
     current worker), haproxy.log (HAProxy's stderr: failed requests, server state changes, alerts)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, runner: Runner | None = None) -> None:
         self.dir = Path(state_dir)
+        self.runner: Runner = runner or LocalRunner()  # HAProxy's own process: its config check and its start
 
     @property
     def config_file(self) -> Path:
@@ -188,8 +189,7 @@ class HAProxy:
         with tempfile.NamedTemporaryFile("w", dir=self.dir, prefix=".check-", suffix=".cfg") as candidate:
             candidate.write(text)
             candidate.flush()
-            done = subprocess.run([binary, "-c", "-q", "-f", candidate.name], capture_output=True, text=True,
-                                  timeout=30)
+            done = self.runner.run([binary, "-c", "-q", "-f", candidate.name], timeout=30)
         if done.returncode != 0:
             problem = _alert(done.stderr or done.stdout) or f"exit code {done.returncode}"
             raise TargetError(f"haproxy refused the generated config: {problem}")
@@ -286,18 +286,7 @@ class HAProxy:
         environment = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/bin")}
         command = [binary, "-W", "-S", f"{self.master_socket},mode,600", "-f", str(self.config_file)]
         offset = _size(self.log_file)
-        log = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            # posix_spawn rather than Popen: HAProxy is meant to outlive this process, and a Popen object
-            # would warn (and expect a wait) for a child it never sees end. setsid detaches it from our
-            # terminal and process group, so ^C on a deploy does not take the proxy down.
-            pid = os.posix_spawn(
-                binary, command, environment, setsid=True,
-                file_actions=[(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-                              (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)],
-            )
-        finally:
-            os.close(log)
+        pid = self.runner.detach(command, env=environment, log=str(self.log_file))  # outlives this process
         deadline = time.monotonic() + START_TIMEOUT
         while not self.answering():
             code = _reap(pid)

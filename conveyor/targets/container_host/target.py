@@ -15,7 +15,6 @@ import queue
 import re
 import secrets as random_tokens
 import socket
-import subprocess
 import threading
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
+from conveyor.runner import CommandTimedOut
 from conveyor.targets.base import SWITCHED, Artifact, LiveState, Outcome, Reporter, release_values
 from conveyor.targets.container_host.engine import Container, Engine
 from conveyor.targets.container_host.proxy import (
@@ -128,11 +128,11 @@ class ContainerHost:
                     stdin: bool = False, tty: bool = False) -> int:
         """`conveyor run`: the command in a one-off container of the spec's image; returns its exit code."""
         if stdin or tty:
-            return self._attached(spec, command, stdin=stdin, tty=tty)
+            return self._on_terminal(spec, command, stdin=stdin, tty=tty)
         code, _ = self._one_off(spec, "run", command, RUN_TIMEOUT, report, "output", f"command {command[0]}")
         return code
 
-    def _attached(self, spec: dict[str, Any], command: list[str], *, stdin: bool, tty: bool) -> int:
+    def _on_terminal(self, spec: dict[str, Any], command: list[str], *, stdin: bool, tty: bool) -> int:
         """A one-off container wired to the caller's own terminal (a console): its output is the person's."""
         _check_spec(spec)
         self._require_secrets(spec)
@@ -141,13 +141,15 @@ class ContainerHost:
         engine.ensure_image(image)
         name = f"conveyor-{spec['app']}-{spec['env']}-run-{random_tokens.token_hex(3)}"
         labels = {L_APP: spec["app"], L_ENV: spec["env"], L_ROLE: "task", L_IMAGE: image}
-        args = engine.run_args(image, name=name, labels=labels, env=spec["env_vars"], secret_names=spec["secrets"],
-                               init=bool(spec["init"]), command=command, detach=False, stdin=stdin, tty=tty)
-        try:
-            return subprocess.run([engine.binary, *args]).returncode
-        finally:
-            with contextlib.suppress(TargetError, subprocess.TimeoutExpired):
-                engine.remove(name)
+        with engine.secrets_for(name, spec["secrets"], outlive=False) as stored:
+            args = engine.run_args(image, name=name, labels=labels, env=spec["env_vars"],
+                                   secret_names=spec["secrets"], init=bool(spec["init"]), command=command,
+                                   detach=False, stdin=stdin, tty=tty, stored_secrets=stored)
+            try:
+                return engine.runner.attached([engine.binary, *args])
+            finally:
+                with contextlib.suppress(TargetError):
+                    engine.remove(name)
 
     def _one_off(
         self, spec: dict[str, Any], role: str, command: list[str], timeout: float, report: Reporter, step: str,
@@ -163,10 +165,10 @@ class ContainerHost:
             report("pull", f"pulled {image}")
         name = f"conveyor-{spec['app']}-{spec['env']}-{_slug(role)}-{random_tokens.token_hex(3)}"
         with engine.secrets_for(name, spec["secrets"], outlive=False) as stored:
-            return self._attached(engine, spec, name, command, timeout, report, step, what, stored)
+            return self._streamed(engine, spec, name, command, timeout, report, step, what, stored)
 
     @staticmethod
-    def _attached(
+    def _streamed(
         engine: Engine, spec: dict[str, Any], name: str, command: list[str], timeout: float, report: Reporter,
         step: str, what: str, stored_secrets: dict[str, str],
     ) -> tuple[int, list[str]]:
@@ -178,13 +180,11 @@ class ContainerHost:
                                detach=False, stored_secrets=stored_secrets)
         tail: deque[str] = deque(maxlen=LOG_LINES)
         lines: queue.Queue[str | None] = queue.Queue()
-        process = subprocess.Popen([engine.binary, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        process = engine.runner.stream([engine.binary, *args])
 
         def pump() -> None:
-            assert process.stdout is not None
-            for line in process.stdout:
-                lines.put(line.rstrip("\n"))
+            for line in process.lines():
+                lines.put(line)
             lines.put(None)
 
         # A reader thread so the timeout holds even when the container prints nothing; report() is only
@@ -208,22 +208,19 @@ class ContainerHost:
                 report(step, line)
             try:  # output ended; the container may still run (it closed its stdout): the timeout still holds
                 code = process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            except CommandTimedOut:
                 raise TargetError(f"{what} timed out after {timeout:g}s", logs=list(tail)) from None
             finished = True
         finally:
             if not finished:
                 # Killing the CLI would leave the container running: remove the container itself.
-                with contextlib.suppress(TargetError, subprocess.TimeoutExpired):
+                with contextlib.suppress(TargetError):
                     engine.remove(name)
                 try:
                     process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
+                except CommandTimedOut:
                     process.kill()
-                    process.wait()
             reader.join(timeout=5)
-            if process.stdout is not None:
-                process.stdout.close()
         return code, list(tail)
 
     # -- deploy ---------------------------------------------------------------------------------------
