@@ -36,7 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, InterfaceError, NoSuchModuleError, OperationalError
 
 from conveyor.errors import BadInput, InfrastructureMissing
 from conveyor.ledger import redact_url
@@ -87,19 +87,31 @@ def open_store(url: str) -> Ledger:
         _ensure_schema(engine)
     except (OperationalError, InterfaceError) as exc:
         engine.dispose()
-        detail = str(exc.orig if exc.orig is not None else exc).strip()
-        reason = detail.splitlines()[0] if detail else type(exc).__name__
-        password = engine.url.password
-        if password:
-            reason = reason.replace(str(password), "***")
+        reason = _first_line(exc, engine)
+        if engine.dialect.name == "sqlite":
+            raise InfrastructureMissing(
+                f"cannot open the ledger database {shown}: {reason} (is CONVEYOR_HOME a writable directory?)"
+            ) from None
         raise InfrastructureMissing(
             f"cannot reach the ledger database {shown}: {reason} "
             "(start it, or point CONVEYOR_DATABASE_URL at a reachable database)"
         ) from None
+    except DatabaseError as exc:  # reached, but not a database conveyor can use: a corrupt or foreign file
+        engine.dispose()
+        raise BadInput(f"the ledger database {shown} is unusable: {_first_line(exc, engine)} (restore it from "
+                       "a backup, or move it aside to start an empty ledger)") from None
     except BaseException:
         engine.dispose()
         raise
     return Ledger(engine, shown)
+
+
+def _first_line(exc: DatabaseError | InterfaceError, engine: Engine) -> str:
+    """The driver's own first line of the error, with the URL's password masked."""
+    detail = str(exc.orig if exc.orig is not None else exc).strip()
+    reason = detail.splitlines()[0] if detail else type(exc).__name__
+    password = engine.url.password
+    return reason.replace(str(password), "***") if password else reason
 
 
 def _make_engine(url: str) -> Engine:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conveyor.errors import BadInput, Refused
+from conveyor.errors import BadInput
 from conveyor.ledger.models import Release
 from conveyor.pipeline.artifacts import require_artifact
 from conveyor.pipeline.guards import check_promotion_policy
@@ -56,7 +56,7 @@ def promote(
     else:
         live = ws.ledger.live_release(ws.config.app, source_cfg.name)
         if live is None:
-            raise Refused(f"{source_cfg.name} has no succeeded release to promote")
+            raise BadInput(f"{source_cfg.name} has no succeeded release to promote; deploy to it first")
         pinned = live
     artifact = Artifact(pinned.image.split("@")[0], pinned.sha, pinned.digest)
     spec = ws.target(env.target.type).render(ws.config, env, artifact)
