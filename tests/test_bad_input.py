@@ -203,3 +203,26 @@ def test_push_refs_passes_a_remote_named_like_an_option_as_a_repository(tmp_path
     push_refs(Repo.discover(work), "-f", ["HEAD:refs/heads/staging"])
     pushed = subprocess.run(["git", "-C", str(bare), "rev-parse", "refs/heads/staging"], capture_output=True)
     assert pushed.returncode == 0
+
+
+# --- a real release -----------------------------------------------------------------------------------
+
+
+def test_promote_with_nothing_to_promote_is_bad_input(app: App) -> None:
+    refused(app.run("promote"), "staging has no succeeded release to promote")
+    assert app.history() == []
+
+
+def test_an_empty_secret_is_refused_and_a_multiline_reason_stays_on_its_row(app: App) -> None:
+    config = app.repo / "conveyor.yml"
+    config.write_text(config.read_text().replace("    env:\n      APP_VERSION: staging",
+                                                 "    secrets: [DB_PASSWORD]\n    env:\n      APP_VERSION: staging"))
+    app.git("commit", "-qam", "staging needs a database password")
+    app.ok("build", "HEAD")
+    err = refused(app.run("deploy", "staging", "HEAD", DB_PASSWORD=""), "secret DB_PASSWORD set but empty")
+    assert "DB_PASSWORD=" not in err
+    assert app.history() == []
+    app.ok("deploy", "staging", "HEAD", "--reason", "fix login\nsee #12\x1b[2J", DB_PASSWORD="s3cret")
+    table = app.ok("history").out.splitlines()
+    assert len(table) == 2 and table[1].endswith("fix login\\nsee #12\\x1b[2J")
+    assert app.history()[0]["reason"] == "fix login\nsee #12\x1b[2J"  # stored as given; only the table escapes
