@@ -219,3 +219,17 @@ def test_load_config_refuses_a_directory_and_bounds_what_it_reads(tmp_path: Path
         load_config(tmp_path)
     with pytest.raises(BadInput, match=r"/dev/zero: larger than 1024 KB"):
         load_config(Path("/dev/zero"))
+
+
+def test_a_target_type_that_is_not_text_is_reported_at_the_type_key() -> None:
+    message = problems(GOOD.replace("target: {type: container-host, port: 8001}",
+                                    "target:\n      port: 8001\n      type: {a: [1, 2, 3]}"))
+    assert ("conveyor.yml:10: environments[0].target.type: expected a text value (choose from container-host, "
+            "kubernetes)") in message
+
+
+def test_a_users_value_in_a_message_is_escaped_onto_one_line() -> None:
+    text = GOOD.replace("    secrets: [DB_PASSWORD]\n", '    secrets: [DB_PASSWORD]\n    tasks: ["a\\nb"]\n')
+    message = problems(text)
+    assert len(message.splitlines()) == 2
+    assert message.endswith("environments[1].tasks[0]: unknown task 'a\\nb' (top-level tasks: migrate)")

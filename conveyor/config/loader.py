@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from conveyor.config.models import AppConfig, ConfigProblems
+from conveyor.config.models import AppConfig, ConfigProblems, quoted
 from conveyor.config.raw import CONFIG_NAME
 from conveyor.errors import BadInput
 
@@ -112,7 +112,7 @@ class _BoundedLoader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         except (ValueError, OverflowError) as exc:
             raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read the value {_shown(node.value)}: {exc}", node.start_mark
+                None, None, f"cannot read the value {quoted(node.value)}: {exc}", node.start_mark
             ) from None
 
 
@@ -212,16 +212,12 @@ def _check_duplicate_keys(root: yaml.Node | None, filename: str) -> None:
                 if key_node.value in first_line:
                     where = f"lines {first_line[key_node.value]} and {line}" if first_line[key_node.value] != line \
                         else f"twice on line {line}"
-                    raise BadInput(f"{filename}:{line}: key {_shown(key_node.value)} is given twice ({where}); "
+                    raise BadInput(f"{filename}:{line}: key {quoted(key_node.value)} is given twice ({where}); "
                                    "keep one")
                 first_line[key_node.value] = line
         pending.extend(_children(node))
 
 
-def _shown(value: Any) -> str:
-    """A user's key or value inside a message: quoted, control characters escaped, long ones cut."""
-    text = repr(str(value))
-    return text if len(text) <= 60 else text[:57] + "…'"
 
 
 # ---------------------------------------------------------------------------------------- validation
@@ -307,7 +303,7 @@ def _format_path(loc: KeyPath) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            name = str(part) if str(part).replace("_", "a").replace("-", "a").isalnum() else _shown(part)
+            name = str(part) if str(part).replace("_", "a").replace("-", "a").isalnum() else quoted(part)
             out += f".{name}" if out else name
     return out
 

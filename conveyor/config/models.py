@@ -23,6 +23,12 @@ OCI_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 Loc = tuple[str | int, ...]
 
 
+def quoted(value: object) -> str:
+    """A user's value inside a one-line message: quoted, control characters escaped, a long one cut short."""
+    text = repr(str(value))
+    return text if len(text) <= 60 else text[:57] + "…'"
+
+
 class Problem:
     """One cross-field problem: where it is (a key path under the model that found it), what is wrong, and
     the other place involved when two fields clash (a repeated name, a shared port)."""
@@ -186,7 +192,8 @@ class Environment(Strict):
             kind = value.get("type", "container-host")
             model = TARGET_MODELS.get(kind) if isinstance(kind, str) else None
             if model is None:
-                raise ValueError(f"unknown target type {kind!r} (choose from {', '.join(TARGET_MODELS)})")
+                what = f"unknown target type {quoted(kind)}" if isinstance(kind, str) else "expected a text value"
+                raise ConfigProblems([Problem(("type",), f"{what} (choose from {', '.join(TARGET_MODELS)})")])
             return model.model_validate(value)
         return handler(value)
 
@@ -255,7 +262,7 @@ class AppConfig(Strict):
         for part in path:
             if not OCI_PATH_COMPONENT.fullmatch(part):
                 hint = " (OCI repository names are lowercase)" if part.lower() != part else ""
-                raise ValueError(f"'{part}' is not a valid repository name part{hint}: use lowercase letters, "
+                raise ValueError(f"{quoted(part)} is not a valid repository name part{hint}: use lowercase letters, "
                                  "digits, and '.', '_' or '-' between them")
         return value
 
@@ -288,12 +295,12 @@ class AppConfig(Strict):
             if source == env.name:
                 problems.append(Problem(at, f"{env.name} cannot require promotion from itself"))
             elif source is not None and source not in names:
-                problems.append(Problem(at, f"unknown environment '{source}' (this app has: {', '.join(names)})"))
+                problems.append(Problem(at, f"unknown environment {quoted(source)} (this app has: {', '.join(names)})"))
             for position, task in enumerate(env.tasks or []):
                 if task not in task_names:
                     known = ", ".join(sorted(task_names)) or "no tasks"
                     problems.append(Problem(("environments", index, "tasks", position),
-                                            f"unknown task '{task}' (top-level tasks: {known})"))
+                                            f"unknown task {quoted(task)} (top-level tasks: {known})"))
         return problems
 
     def _shared_ports(self) -> list[Problem]:

@@ -29,17 +29,19 @@ def parse_until(text: str | None, now: datetime | None = None) -> datetime | Non
     spoken = "".join(text.split())
     match = _DURATION.match(spoken) if spoken else None
     moment = _after(now, match, text) if match else _iso_moment(text)
-    if moment <= now:
-        raise BadInput(f"--until '{text}' is not in the future; a block that ends at once stops nothing")
+    if moment < now:
+        raise BadInput(f"--until '{_one_line(text)}' is in the past")
+    if moment == now:
+        raise BadInput(f"--until '{_one_line(text)}' ends at once; a block that ends at once stops nothing")
     if moment - now > MAX_BLOCK:
-        raise BadInput(f"--until '{text}' is more than 10 years away; give {UNTIL_HELP}")
+        raise BadInput(f"--until '{_one_line(text)}' is more than 10 years away; give {UNTIL_HELP}")
     return moment
 
 
 def _after(now: datetime, match: re.Match[str], text: str) -> datetime:
     parts = [group or "0" for group in match.groups()]
     if any(len(part) > 12 for part in parts):
-        raise BadInput(f"--until '{text}' is more than 10 years away; give {UNTIL_HELP}")
+        raise BadInput(f"--until '{_one_line(text)}' is more than 10 years away; give {UNTIL_HELP}")
     seconds = sum(int(part) * unit for part, unit in zip(parts, _UNIT_SECONDS, strict=True))
     return now + timedelta(seconds=min(seconds, int(MAX_BLOCK.total_seconds()) + 1))
 
