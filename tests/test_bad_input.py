@@ -155,7 +155,7 @@ def test_conveyor_home_under_a_regular_file_is_refused(plain: App, tmp_path: Pat
 
 @pytest.mark.parametrize("home, expected", [
     ("/proc/conveyor", "CONVEYOR_HOME /proc/conveyor: cannot create it"),
-    ("/proc", "cannot open the ledger database sqlite:////proc/ledger.db: unable to open database file (is "
+    ("/proc", "cannot reach the ledger database sqlite:////proc/ledger.db: unable to open database file (is "
               "CONVEYOR_HOME a writable directory?)"),
 ])
 def test_conveyor_home_in_proc_is_refused(plain: App, home: str, expected: str) -> None:
@@ -168,6 +168,21 @@ def test_a_corrupt_ledger_is_refused_and_left_alone(plain: App) -> None:
     (plain.home / "ledger.db").write_bytes(garbage)
     refused(plain.run("status", timeout=QUICK), "ledger.db is unusable: file is not a database")
     assert (plain.home / "ledger.db").read_bytes() == garbage
+
+
+def test_a_ledger_damaged_after_opening_is_refused_at_the_query_that_meets_it(plain: App) -> None:
+    import sqlite3
+
+    plain.ok("lock", "staging", "--reason", "before the damage")
+    path = plain.home / "ledger.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'blocks'").fetchone()[0]
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page_size:root * page_size] = b"\xab" * page_size  # the blocks table's page, not the schema
+    path.write_bytes(bytes(data))
+    refused(plain.run("status", timeout=QUICK), "ledger.db is unusable: database disk image is malformed")
 
 
 # --- unlock -------------------------------------------------------------------------------------------------
