@@ -233,3 +233,10 @@ def test_a_users_value_in_a_message_is_escaped_onto_one_line() -> None:
     message = problems(text)
     assert len(message.splitlines()) == 2
     assert message.endswith("environments[1].tasks[0]: unknown task 'a\\nb' (top-level tasks: migrate)")
+
+
+def test_a_config_broken_wholesale_lists_the_first_twenty_problems() -> None:
+    message = problems(GOOD + "".join(f"extra{i}: 1\n" for i in range(30)))
+    lines = message.splitlines()
+    assert lines[0] == "conveyor.yml: 30 problems in the config:"
+    assert len(lines) == 22 and lines[-1] == "  … and 10 more"

@@ -27,6 +27,7 @@ MAX_DEPTH = 32  # conveyor's own schema nests 5 levels; deeper is a mistake or a
 # `&common` / `*common` is a legitimate use. What is refused is a document whose aliases expand into more
 # values than any real config holds (a "billion laughs"), before anything walks the expanded tree.
 MAX_EXPANDED_NODES = 20_000
+MAX_PROBLEMS_SHOWN = 20  # past this, a config is broken wholesale: the first ones say how
 
 
 def load_config(path: Path) -> AppConfig:
@@ -45,7 +46,10 @@ def parse_config(text: str | bytes, filename: str = CONFIG_NAME) -> AppConfig:
     except ValidationError as exc:
         problems = [p for err in exc.errors() for p in _describe(err, lines, filename)]
         header = f"{filename}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the config:"
-        raise BadInput("\n".join([header, *(f"  {p}" for p in problems)])) from None
+        shown = [f"  {p}" for p in problems[:MAX_PROBLEMS_SHOWN]]
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            shown.append(f"  … and {len(problems) - MAX_PROBLEMS_SHOWN} more")
+        raise BadInput("\n".join([header, *shown])) from None
 
 
 def config_digest(config: AppConfig) -> str:
