@@ -139,6 +139,7 @@ def test_a_config_larger_than_the_bound_is_refused_unread() -> None:
 
 @pytest.mark.parametrize("text, expected", [
     ("app: \x00\n", "conveyor.yml:1: invalid YAML: character 0x0000 is not allowed"),
+    ("app: \udcff\n", "conveyor.yml:1: invalid YAML: character 0xdcff is not allowed"),  # text decoded leniently
     ("app: 2026-13-45\n", "conveyor.yml:1:6: invalid YAML: cannot read the value '2026-13-45': month must be"),
     ("a: 1\n---\nb: 2\n", "conveyor.yml:2:1: invalid YAML: expected a single document in the stream"),
     ("app: !!python/object/apply:os.system [true]\n", "conveyor.yml:1:6: invalid YAML: could not determine"),

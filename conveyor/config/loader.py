@@ -75,7 +75,7 @@ def _read_bounded(path: Path) -> bytes:
 
 
 def _as_text(text: str | bytes, filename: str) -> str:
-    size = len(text.encode() if isinstance(text, str) else text)
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > MAX_CONFIG_BYTES:
         raise BadInput(f"{filename}: larger than {MAX_CONFIG_BYTES // 1024} KB; that is not a conveyor config")
     if isinstance(text, str):
