@@ -10,7 +10,13 @@ def conveyor_home() -> Path:
     """Where conveyor keeps local state: the SQLite ledger and the proxy's state."""
     home = Path(os.environ.get("CONVEYOR_HOME") or Path.home() / ".local" / "state" / "conveyor")
     home = home.expanduser().resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        from conveyor.errors import BadInput
+
+        raise BadInput(f"CONVEYOR_HOME {home}: cannot create it: {exc.strerror or type(exc).__name__} "
+                       "(point CONVEYOR_HOME at a writable directory)") from None
     return home
 
 

@@ -25,6 +25,10 @@ from conveyor.errors import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# Bounds a database integer holds on every backend (PostgreSQL's INTEGER is 32-bit).
+RELEASE_NUMBER_MAX = 2**31 - 1
+HISTORY_LIMIT_MAX = 1_000_000
+
 EPILOG = "Exit codes: 0 success, 1 operation failed, 2 bad input or usage, 3 refused by a lock, block or policy."
 
 
@@ -240,7 +244,7 @@ def promote(obj: Context, source: str | None, target: str | None, only: str | No
 
 @cli.command(epilog=EPILOG)
 @click.argument("env")
-@click.option("--to", "to", type=int, default=None,
+@click.option("--to", "to", type=click.IntRange(min=1, max=RELEASE_NUMBER_MAX), default=None,
               help="Release number to re-apply (default: the succeeded release before the live one).")
 @operation_options
 @click.pass_obj
@@ -341,7 +345,7 @@ def retire(obj: Context, env: str, reason: str) -> None:
 
 @cli.command(epilog=EPILOG)
 @click.argument("env", required=False)
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1, max=HISTORY_LIMIT_MAX))
 @json_option
 @click.pass_obj
 def history(obj: Context, env: str | None, limit: int, as_json: bool) -> None:
@@ -489,7 +493,9 @@ def _scope_options(fn: F) -> F:
 @cli.command(epilog=EPILOG)
 @click.argument("env", required=False)
 @click.option("--reason", required=True, help="Why; shown to everyone the block stops.")
-@click.option("--until", default=None, help="Expiry: an ISO time or a duration (30m, 2h, 1d).")
+@click.option("--until", default=None,
+              help="Expiry: an ISO time (2026-12-28T09:00, UTC unless it gives an offset) or a duration from now "
+                   "(90s, 30m, 2h30m, 1d, 1w), at most 10 years away.")
 @_scope_options
 @json_option
 @click.pass_obj
@@ -514,13 +520,18 @@ def lock(obj: Context, env: str | None, reason: str, until: str | None, scope: s
 @json_option
 @click.pass_obj
 def unlock(obj: Context, env: str | None, scope: str | None, as_json: bool) -> None:
-    """Lift the blocks on ENV (or the app, or the org)."""
+    """Lift the blocks on ENV (or the app, or the org). Says which wider blocks still stop it; lifting
+    nothing is exit 2."""
 
     def go() -> None:
         from conveyor.pipeline.blocks import lift_block
+        from conveyor.pipeline.views import block_view
 
-        count = lift_block(obj.workspace(), env, scope or "env")
-        emit_json({"lifted": count}) if as_json else click.echo(f"lifted {count} block(s)")
+        lifted = lift_block(obj.workspace(), env, scope or "env")
+        if as_json:
+            emit_json({"lifted": lifted.count, "still_blocked_by": [block_view(b) for b in lifted.still_blocking]})
+        else:
+            click.echo(lifted.summary())
 
     run(go)
 
@@ -533,7 +544,7 @@ def _run_cli() -> None:
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.UsageError as exc:
-        exc.show()
+        _usage_error(exc)
         if _json_in_argv():
             emit_json(json_failure(EXIT_BAD_INPUT, "usage", exc.format_message()))
         sys.exit(EXIT_BAD_INPUT)
@@ -545,6 +556,13 @@ def _run_cli() -> None:
     except click.exceptions.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+
+
+def _usage_error(exc: click.exceptions.UsageError) -> None:
+    """Two lines, like every other bad input: what is wrong, and where the help is."""
+    context = exc.ctx
+    hint = f"\nTry '{context.command_path} {context.help_option_names[0]}' for help." if context else ""
+    click.echo(f"error: {exc.format_message()}{hint}", err=True)
 
 
 def _exit_code(fn: Callable[[], None]) -> int:

@@ -12,6 +12,12 @@ def _when(iso: str | None) -> str:
     return iso.replace("T", " ")[:19] + " UTC" if iso else "-"
 
 
+def _cell(text: str) -> str:
+    """User-typed text (a reason, an actor) on one line: a newline or an escape sequence would break the table
+    or drive the terminal, so control characters are shown escaped (\\n, \\x1b) instead."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
@@ -36,7 +42,7 @@ def render_status(data: dict[str, Any]) -> str:
             out.append(_lease_line(row["env"], row["lease"]))
         for block in row["blocks"]:
             until = f" until {_when(block['until'])}" if block["until"] else ""
-            out.append(f"  blocked ({block['scope']}) by {block['actor']}{until}: {block['reason']}")
+            out.append(f"  blocked ({block['scope']}) by {_cell(block['actor'])}{until}: {_cell(block['reason'])}")
         if row["drift"]:
             out.append(f"  DRIFT: the target serves {row['serving'] or 'nothing'}, not the ledger's live release")
         if row.get("outage"):
@@ -101,7 +107,7 @@ def render_diff(data: StageDiff) -> list[bytes]:
 
 
 def _why(release: dict[str, Any]) -> str:
-    why = release["reason"] or release["error"]
+    why = release["reason"] or release["error"] or ""
     if release.get("config_source", "commit") != "commit":
         why = f"[config: {release['config_source']}] {why}".rstrip()
     return why
@@ -113,8 +119,8 @@ def render_history(rows: list[dict[str, Any]]) -> str:
     table = [
         [
             f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), _status_word(r),
-            r["sha"][:12], r["digest"][:19] + "…", r["actor"], _when(r["finished_at"] or r["created_at"]),
-            _why(r),
+            r["sha"][:12], r["digest"][:19] + "…", _cell(r["actor"]), _when(r["finished_at"] or r["created_at"]),
+            _cell(_why(r)),
         ]
         for r in rows
     ]

@@ -16,6 +16,33 @@ from pydantic import (
 
 NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
 ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
+REF_PREFIX = r"^[A-Za-z0-9._/-]*$"
+# The path of an OCI repository name: lowercase components separated by '/', each joined by '.', '_', '__'
+# or dashes (the distribution spec's grammar); the registry host before it may have any case.
+OCI_PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+Loc = tuple[str | int, ...]
+
+
+def quoted(value: object) -> str:
+    """A user's value inside a one-line message: quoted, control characters escaped, a long one cut short."""
+    text = repr(str(value))
+    return text if len(text) <= 60 else text[:57] + "…'"
+
+
+class Problem:
+    """One cross-field problem: where it is (a key path under the model that found it), what is wrong, and
+    the other place involved when two fields clash (a repeated name, a shared port)."""
+
+    def __init__(self, loc: Loc, message: str, other: Loc | None = None) -> None:
+        self.loc, self.message, self.other = loc, message, other
+
+
+class ConfigProblems(ValueError):
+    """Raised by a model validator with located problems; config.loader reports each at its own line."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("; ".join(p.message for p in problems))
+        self.problems = problems
 
 
 class Strict(BaseModel):
@@ -42,7 +69,17 @@ class ReleaseRefs(Strict):
     env_tag: bool = Field(True, description="Move tag ENV to the release's commit.")
     timestamp_tag: bool = Field(True, description="Add tag ENV--YYYY-MM-DD--HH-MM-SS (UTC finish time).")
     env_branch: bool = Field(True, description="Move branch ENV to the release's commit.")
-    prefix: str = Field("", pattern=r"^[A-Za-z0-9._/-]*$", description="Prefix for every ref name, e.g. deploy/.")
+    prefix: str = Field("", pattern=REF_PREFIX, description="Prefix for every ref name, e.g. deploy/.")
+
+    @field_validator("remote")
+    @classmethod
+    def _remote_is_not_an_option(cls, value: str) -> str:
+        # git would read "-x" as an option of `git push`, whatever quoting or argument list is used.
+        if value.startswith("-"):
+            raise ValueError("a remote name cannot start with '-'")
+        if any(ch.isspace() or not ch.isprintable() for ch in value):
+            raise ValueError("a remote name cannot contain spaces or control characters")
+        return value
 
     @property
     def enabled(self) -> bool:
@@ -155,7 +192,8 @@ class Environment(Strict):
             kind = value.get("type", "container-host")
             model = TARGET_MODELS.get(kind) if isinstance(kind, str) else None
             if model is None:
-                raise ValueError(f"unknown target type {kind!r} (choose from {', '.join(TARGET_MODELS)})")
+                what = f"unknown target type {quoted(kind)}" if isinstance(kind, str) else "expected a text value"
+                raise ConfigProblems([Problem(("type",), f"{what} (choose from {', '.join(TARGET_MODELS)})")])
             return model.model_validate(value)
         return handler(value)
 
@@ -163,6 +201,22 @@ class Environment(Strict):
     def _health_is_container_host_only(self) -> Environment:
         if isinstance(self.target, KubernetesTarget) and "health" in self.model_fields_set:
             raise ValueError("health: does not apply to a kubernetes target; give the containers a readinessProbe")
+        return self
+
+    @model_validator(mode="after")
+    def _each_variable_once(self) -> Environment:
+        # A name in both lists, or a secret listed twice, would be set twice in the container: one silently wins.
+        problems = []
+        first: dict[str, Loc] = {}
+        for index, name in enumerate(self.secrets):
+            if name in first:
+                problems.append(Problem(("secrets", index), f"secret {name} is listed twice", first[name]))
+            elif name in self.env:
+                problems.append(Problem(("secrets", index), f"{name} is both a secret and an env: value; "
+                                        "keep one", ("env", name)))
+            first.setdefault(name, ("secrets", index))
+        if problems:
+            raise ConfigProblems(problems)
         return self
 
     @field_validator("env")
@@ -186,34 +240,83 @@ class AppConfig(Strict):
     )
     environments: list[Environment] = Field(min_length=1)
 
+    @field_validator("release_refs", mode="before")
+    @classmethod
+    def _release_refs_switch(cls, value: Any) -> Any:
+        # `release_refs: false` reads as "push nothing", `true` as the defaults.
+        if value is False:
+            return {"env_tag": False, "timestamp_tag": False, "env_branch": False}
+        return {} if value is True else value
+
     @field_validator("image")
     @classmethod
-    def _no_tag_or_digest(cls, value: str) -> str:
+    def _image_repository(cls, value: str) -> str:
         last = value.rsplit("/", 1)[-1]
         if "@" in value or ":" in last:
             raise ValueError("give the repository only, without a tag or digest")
+        parts = value.split("/")
+        # As in docker's reference grammar: a first part with '.' or ':' (or localhost) is the registry host.
+        host = parts[0] if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost") \
+            else None
+        path = parts[1:] if host else parts
+        for part in path:
+            if not OCI_PATH_COMPONENT.fullmatch(part):
+                hint = " (OCI repository names are lowercase)" if part.lower() != part else ""
+                raise ValueError(f"{quoted(part)} is not a valid repository name part{hint}: use lowercase letters, "
+                                 "digits, and '.', '_' or '-' between them")
         return value
 
     @model_validator(mode="after")
     def _cross_references(self) -> AppConfig:
-        names = [e.name for e in self.environments]
-        problems = []
-        if len(set(names)) != len(names):
-            problems.append(f"environment names repeat: {names}")
-        task_names = {t.name for t in self.tasks}
-        for env in self.environments:
-            source = env.policy.require_promotion_from
-            if source is not None and source not in names:
-                problems.append(f"{env.name}: policy names unknown environment '{source}'")
-            for task in env.tasks or []:
-                if task not in task_names:
-                    problems.append(f"{env.name}: unknown task '{task}'")
-        ports = [e.target.port for e in self.environments if isinstance(e.target, ContainerHostTarget)]
-        if len(set(ports)) != len(ports):
-            problems.append(f"environments share a port: {ports}")
+        problems = [*self._repeated_names(), *self._unknown_references(), *self._shared_ports()]
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigProblems(problems)
         return self
+
+    def _repeated_names(self) -> list[Problem]:
+        problems = []
+        for field, items, what in (("environments", self.environments, "environment"),
+                                   ("tasks", self.tasks, "task")):
+            first: dict[str, int] = {}
+            for index, item in enumerate(items):
+                if item.name in first:
+                    problems.append(Problem((field, index, "name"), f"{what} name '{item.name}' is used twice",
+                                            (field, first[item.name], "name")))
+                first.setdefault(item.name, index)
+        return problems
+
+    def _unknown_references(self) -> list[Problem]:
+        names = [e.name for e in self.environments]
+        task_names = {t.name for t in self.tasks}
+        problems = []
+        for index, env in enumerate(self.environments):
+            source = env.policy.require_promotion_from
+            at = ("environments", index, "policy", "require_promotion_from")
+            if source == env.name:
+                problems.append(Problem(at, f"{env.name} cannot require promotion from itself"))
+            elif source is not None and source not in names:
+                problems.append(Problem(at, f"unknown environment {quoted(source)} (this app has: {', '.join(names)})"))
+            for position, task in enumerate(env.tasks or []):
+                if task not in task_names:
+                    known = ", ".join(sorted(task_names)) or "no tasks"
+                    problems.append(Problem(("environments", index, "tasks", position),
+                                            f"unknown task {quoted(task)} (top-level tasks: {known})"))
+        return problems
+
+    def _shared_ports(self) -> list[Problem]:
+        problems = []
+        first: dict[int, int] = {}
+        for index, env in enumerate(self.environments):
+            if not isinstance(env.target, ContainerHostTarget):
+                continue
+            key = env.target.port
+            if key in first:
+                other = self.environments[first[key]].name
+                problems.append(Problem(("environments", index, "target", "port"),
+                                        f"{env.name} and {other} share port {env.target.port}",
+                                        ("environments", first[key], "target", "port")))
+            first.setdefault(key, index)
+        return problems
 
     def environment(self, name: str) -> Environment:
         for env in self.environments:

@@ -36,7 +36,14 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import ArgumentError, InterfaceError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DatabaseError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+)
 
 from conveyor.errors import BadInput, InfrastructureMissing, Refused
 from conveyor.ledger import redact_url
@@ -91,19 +98,48 @@ def open_store(url: str) -> Ledger:
         _ensure_schema(engine)
     except (OperationalError, InterfaceError) as exc:
         engine.dispose()
-        detail = str(exc.orig if exc.orig is not None else exc).strip()
-        reason = detail.splitlines()[0] if detail else type(exc).__name__
-        password = engine.url.password
-        if password:
-            reason = reason.replace(str(password), "***")
+        reason = _first_line(exc, engine)
+        if engine.dialect.name == "sqlite":
+            raise InfrastructureMissing(
+                f"cannot reach the ledger database {shown}: {reason} (is CONVEYOR_HOME a writable directory?)"
+            ) from None
         raise InfrastructureMissing(
             f"cannot reach the ledger database {shown}: {reason} "
             "(start it, or point CONVEYOR_DATABASE_URL at a reachable database)"
         ) from None
+    except DatabaseError as exc:  # reached, but not a database conveyor can use: a corrupt or foreign file
+        engine.dispose()
+        raise _unusable(shown, _first_line(exc, engine)) from None
     except BaseException:
         engine.dispose()
         raise
     return Ledger(engine, shown)
+
+
+def _unusable(shown: str, reason: str) -> BadInput:
+    return BadInput(f"the ledger database {shown} is unusable: {reason} (restore it from a backup, or move it "
+                    "aside to start an empty ledger)")
+
+
+@contextmanager
+def _corruption_reported(shown: str) -> Iterator[None]:
+    """A damaged page can surface at any query, not only at opening: report it like a damaged file at open.
+    Only the driver's generic DatabaseError means that; its subclasses (locks, constraints) pass through."""
+    try:
+        yield
+    except DatabaseError as exc:
+        if type(exc) is not DatabaseError:
+            raise
+        detail = str(exc.orig if exc.orig is not None else exc).strip()
+        raise _unusable(shown, detail.splitlines()[0] if detail else "damaged") from None
+
+
+def _first_line(exc: DatabaseError | InterfaceError, engine: Engine) -> str:
+    """The driver's own first line of the error, with the URL's password masked."""
+    detail = str(exc.orig if exc.orig is not None else exc).strip()
+    reason = detail.splitlines()[0] if detail else type(exc).__name__
+    password = engine.url.password
+    return reason.replace(str(password), "***") if password else reason
 
 
 def _make_engine(url: str) -> Engine:
@@ -344,12 +380,12 @@ class Ledger:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A transaction that holds the write lock from its first statement (BEGIN IMMEDIATE on SQLite)."""
-        with self._writer.begin() as conn:
+        with _corruption_reported(self.url), self._writer.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self._engine.begin() as conn:
+        with _corruption_reported(self.url), self._engine.begin() as conn:
             yield conn
 
     @property

@@ -64,7 +64,7 @@ def promote(
     else:
         live = ws.ledger.live_release(ws.config.app, source_cfg.name)
         if live is None:
-            raise Refused(f"{source_cfg.name} has no succeeded release to promote")
+            raise BadInput(f"{source_cfg.name} has no succeeded release to promote; deploy to it first")
         pinned = live
     # The promoted commit's own config renders the target stage, so what staging ran and what production
     # gets come from one commit.

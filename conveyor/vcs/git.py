@@ -164,9 +164,11 @@ class RemoteMissing(OperationFailed):
 
 
 def push_refs(repo: Repo, remote: str, refspecs: list[str], timeout: float = 60) -> None:
-    """Push refspecs without running any of the user's hooks and without prompting for credentials."""
+    """Push refspecs without running any of the user's hooks and without prompting for credentials.
+
+    `--` keeps a remote named like an option ("-f", "--mirror") a repository name (git 2.39 accepts it)."""
     command = ["git", "-c", "core.hooksPath=/dev/null", "-C", str(repo.path), "push", "--no-verify",
-               "--porcelain", remote, *refspecs]
+               "--porcelain", "--", remote, *refspecs]
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     try:
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)

@@ -473,6 +473,12 @@ class ContainerHost:
             names = ", ".join(missing)
             raise BadInput(f"secret{'s' if len(missing) > 1 else ''} {names} not set in the environment "
                            f"(needed by {spec['app']} in {spec['env']})")
+        # An empty value is almost always a CI variable that did not reach this job; never deploy it silently.
+        empty = [name for name in spec.get("secrets", []) if not os.environ[name]]
+        if empty:
+            names = ", ".join(empty)
+            raise BadInput(f"secret{'s' if len(empty) > 1 else ''} {names} set but empty in the environment "
+                           f"(needed by {spec['app']} in {spec['env']})")
 
     def _record_path(self, app: str, env: str) -> Path:
         return self.state_dir / "deployed" / f"{app}-{env}.json"
