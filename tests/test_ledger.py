@@ -173,6 +173,23 @@ def test_reopening_a_migrated_ledger_is_a_no_op_that_never_loads_alembic(databas
     engine.dispose()
 
 
+def test_opening_an_up_to_date_ledger_asks_for_its_revision_in_one_statement(database_url: str) -> None:
+    open_ledger(database_url).close()
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, _parameters: Any, _context: Any, _many: bool) -> None:
+        seen.append(statement)
+
+    sa.event.listen(sa.Engine, "before_cursor_execute", record)
+    try:
+        open_ledger(database_url).close()
+    finally:
+        sa.event.remove(sa.Engine, "before_cursor_execute", record)
+    assert [s for s in seen if "alembic_version" in s] == ["SELECT version_num FROM alembic_version"]
+    catalogue = ("table_info", "sqlite_master", "pg_class", "information_schema")
+    assert not [s for s in seen if any(word in s for word in catalogue)], seen  # no inspection on every open
+
+
 def test_a_database_migrated_by_a_newer_conveyor_is_refused(database_url: str) -> None:
     open_ledger(database_url).close()
     engine = raw_engine(database_url)
