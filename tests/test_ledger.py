@@ -335,6 +335,9 @@ def test_update_get_and_live_release(ledger: Ledger) -> None:
     live = ledger.live_release("web", "prod")
     assert live is not None and live.number == second.number
     assert ledger.live_release("web", "staging") is None
+    # what was live before #2 (a rollback's default target), and before #1: nothing
+    assert ledger.live_release("web", "prod", before_number=second.number) == done
+    assert ledger.live_release("web", "prod", before_number=first.number) is None
 
     assert ledger.get_release("web", "prod", 3) == failed
     assert ledger.get_release_by_id(third.id) == failed

@@ -545,14 +545,15 @@ class Ledger:
             row = conn.execute(select(releases).where(releases.c.id == release_id)).one_or_none()
         return _release(row) if row else None
 
-    def live_release(self, app: str, env: str) -> Release | None:
-        """What app+env runs now: the highest-numbered succeeded release (later failures replace nothing)."""
-        query = (
-            select(releases)
-            .where(releases.c.app == app, releases.c.env == env, releases.c.status == "succeeded")
-            .order_by(releases.c.number.desc())
-            .limit(1)
+    def live_release(self, app: str, env: str, *, before_number: int | None = None) -> Release | None:
+        """What app+env runs now: the highest-numbered succeeded release (later failures replace nothing).
+        before_number: the one that was live before release #before_number (what a rollback goes back to)."""
+        query = select(releases).where(
+            releases.c.app == app, releases.c.env == env, releases.c.status == "succeeded"
         )
+        if before_number is not None:
+            query = query.where(releases.c.number < before_number)
+        query = query.order_by(releases.c.number.desc()).limit(1)
         with self._read() as conn:
             row = conn.execute(query).one_or_none()
         return _release(row) if row else None

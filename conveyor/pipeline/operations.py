@@ -93,12 +93,10 @@ def rollback_target(ws: Workspace, env_name: str, to: int | None) -> Release:
         return chosen
     if live is None:
         raise BadInput(f"{env_name} has no live release to roll back from")
-    earlier = [
-        r for r in ws.ledger.releases_between(app, env_name, 0, live.number - 1) if r.status == "succeeded"
-    ]
-    if not earlier:
+    earlier = ws.ledger.live_release(app, env_name, before_number=live.number)  # one index seek at any size
+    if earlier is None:
         raise BadInput(f"{env_name} has no succeeded release before #{live.number} to roll back to")
-    return earlier[-1]
+    return earlier
 
 
 def tasks_not_undone(ws: Workspace, env_name: str, target: Release, live: Release | None) -> list[str]:

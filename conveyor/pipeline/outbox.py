@@ -162,10 +162,23 @@ def deliver(ws: Workspace, *, force: bool = False) -> list[OutboxItem]:
 
 
 def _deliver(ws: Workspace, *, force: bool) -> list[OutboxItem]:
+    """A run that finds delivery taken leaves its items to the run delivering; so that run, once it has let
+    go, looks again for items queued meanwhile and delivers them too (or another run now holds delivery)."""
+    seen = 0
+    while True:
+        pending = ws.ledger.undelivered(ws.config.app)
+        if not pending or pending[-1].id <= seen:
+            return pending
+        left = _deliver_under_lease(ws, pending, force=force)
+        if left is not None:
+            return left
+        seen = pending[-1].id
+
+
+def _deliver_under_lease(ws: Workspace, pending: list[OutboxItem], *, force: bool) -> list[OutboxItem] | None:
+    """Deliver `pending` holding the app's delivery lease: what is left undelivered, or None when all of it
+    was delivered."""
     app = ws.config.app
-    pending = ws.ledger.undelivered(app)
-    if not pending:
-        return []
     holder = uuid.uuid4().hex
     ttl = lease_ttl()
     attempt = ws.ledger.try_acquire_lease(
@@ -182,7 +195,7 @@ def _deliver(ws: Workspace, *, force: bool) -> list[OutboxItem]:
 
     try:
         with Heartbeat("outbox-heartbeat", ttl / BEATS_PER_TTL, beat) as heartbeat:
-            return _deliver_in_order(ws, pending, force=force, heartbeat=heartbeat)
+            return _deliver_in_order(ws, pending, force=force, heartbeat=heartbeat) or None
     finally:
         ws.ledger.release_lease(app=app, env=DELIVERY_LOCK, holder=holder)
 
