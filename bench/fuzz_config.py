@@ -214,6 +214,7 @@ config_inputs = st.one_of(
 
 
 def fuzz_configs(examples: int, seed: int | None, derandomize: bool = False) -> Tally:
+    import conveyor.targets.settings  # noqa: F401  (registers the target types' settings)
     from conveyor.config.loader import config_digest, parse_config
     from conveyor.errors import BadInput
 

@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import conveyor.targets.settings  # noqa: E402, F401  (registers the target types' settings)
 from conveyor.config.loader import parse_config  # noqa: E402
 from conveyor.targets.base import Artifact  # noqa: E402
 from conveyor.targets.kubernetes.target import Kubernetes  # noqa: E402

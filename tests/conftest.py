@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+import conveyor.targets.settings  # noqa: E402, F401  (tests parse configs directly: register the target types)
 from devstack import Postgres, Registry, engine_environment  # noqa: E402
 
 

@@ -29,12 +29,13 @@ from typing import Any
 import httpx
 import pytest
 
-from conveyor.config.models import AppConfig, ContainerHostTarget, Environment, HealthCheck, Task
+from conveyor.config.models import AppConfig, Environment, HealthCheck, Task
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
 from conveyor.targets.base import Artifact, Outcome
 from conveyor.targets.container_host import ContainerHost
 from conveyor.targets.container_host.engine import Engine
 from conveyor.targets.container_host.proxy import HAProxy
+from conveyor.targets.container_host.settings import ContainerHostTarget
 from devstack import Registry, free_port, git, make_sample_repo, wait_for_port
 
 pytestmark = pytest.mark.skipif(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializeAsAny,
     ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
@@ -99,64 +100,34 @@ class HealthCheck(Strict):
     expect_status: int = Field(200, ge=100, le=599)
 
 
-class ContainerHostTarget(Strict):
-    type: Literal["container-host"] = "container-host"
-    engine: Literal["auto", "podman", "docker"] = "auto"
-    port: int = Field(ge=1, le=65535, description="The stable port this environment serves on.")
-    bind: str = "127.0.0.1"
-    port_env: str = Field("PORT", pattern=ENV_VAR, description="Env var telling the app its port.")
-    drain_seconds: float = Field(1.0, ge=0)
-    stop_timeout: int = Field(10, ge=0)
-    init: bool = Field(True, description="Run an init process as PID 1 so the app stops promptly.")
+class TargetSettings(Strict):
+    """What an environment's `target:` section holds. Each target package defines its own subclass and
+    registers it under its type (conveyor.targets.settings); the config knows no target by name."""
+
+    type: str
+    health_applies: ClassVar[bool] = True  # whether the environment's `health:` settings mean anything here
+
+    def stable_port(self) -> int | None:
+        """A port on this machine the environment serves on, which no other environment may share."""
+        return None
 
 
-K8S_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
-# "Deployment" (every Deployment) or "Deployment/web" (one resource).
-K8S_RESOURCE = r"^[A-Z][A-Za-z0-9]*(/[a-z0-9]([a-z0-9.-]*[a-z0-9])?)?$"
+DEFAULT_TARGET_TYPE = "container-host"  # a `target:` without `type:`
+_TARGET_TYPES: dict[str, type[TargetSettings]] = {}
 
 
-class KubernetesTarget(Strict):
-    """Server-side apply of a folder of manifests into one namespace, verified like krane (see
-    docs/kubernetes.md). Readiness is judged by the pods' own probes: the environment's `health:` settings
-    do not apply here."""
-
-    type: Literal["kubernetes"]
-    kubeconfig: str | None = Field(
-        None, description="kubeconfig file (~ expanded; relative paths start at the app repo root). "
-        "Default: $KUBECONFIG, else ~/.kube/config, read on the machine that runs conveyor.",
-    )
-    context: str | None = Field(None, description="kubeconfig context (default: its current-context).")
-    in_cluster: bool = Field(
-        False, description="Use the service account of the pod conveyor runs in instead of a kubeconfig."
-    )
-    namespace: str = Field(pattern=K8S_NAME, description="The existing namespace the manifests go into.")
-    manifests: str = Field(
-        min_length=1, description="Folder of manifest YAML files, relative to the app repo root; read from "
-        "the commit being deployed, never from uncommitted files.",
-    )
-    timeout: float = Field(300, gt=0, description="Seconds each resource has to roll out.")
-    timeouts: dict[Annotated[str, Field(pattern=K8S_RESOURCE)], Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict, description="Per-resource rollout timeouts: {'Deployment/web': 600, 'Job': 900}."
-    )
-    prune: bool = Field(
-        False, description="Delete objects carrying this app+env's conveyor labels that left the manifests "
-        "(never namespaces, PVCs, PVs, CRDs or storage classes).",
-    )
-    task_workload: str | None = Field(
-        None, pattern=K8S_RESOURCE, description="'Kind/name' of the workload whose pod settings pre-deploy "
-        "tasks and `conveyor run` use (default: the first Deployment, StatefulSet or DaemonSet running the app "
-        "image).",
-    )
-
-    @model_validator(mode="after")
-    def _one_way_to_connect(self) -> KubernetesTarget:
-        if self.in_cluster and (self.kubeconfig or self.context):
-            raise ValueError("in_cluster uses the pod's service account: leave kubeconfig and context unset")
-        return self
+def register_target(kind: str, model: type[TargetSettings]) -> None:
+    _TARGET_TYPES[kind] = model
 
 
-TargetConfig = Annotated[ContainerHostTarget | KubernetesTarget, Field(discriminator="type")]
-TARGET_MODELS: dict[str, type[Strict]] = {"container-host": ContainerHostTarget, "kubernetes": KubernetesTarget}
+def target_settings(kind: str) -> type[TargetSettings] | None:
+    if not _TARGET_TYPES:
+        raise RuntimeError("no target types registered: import conveyor.targets.settings before loading a config")
+    return _TARGET_TYPES.get(kind)
+
+
+def target_types() -> list[str]:
+    return list(_TARGET_TYPES)
 
 
 class Policy(Strict):
@@ -167,7 +138,7 @@ class Policy(Strict):
 
 class Environment(Strict):
     name: Annotated[str, Field(pattern=NAME)]
-    target: TargetConfig
+    target: SerializeAsAny[TargetSettings]  # the registered model of its type (its own fields serialised too)
     env: dict[str, str] = Field(
         default_factory=dict, description="Env vars for the app's containers (on Kubernetes: set in every "
         "container running the app image).",
@@ -189,18 +160,19 @@ class Environment(Strict):
         # Dispatch on `type` ourselves (a missing type still means container-host) so errors name the
         # user's key path (environments[0].target.port), not pydantic's union tag.
         if isinstance(value, dict):
-            kind = value.get("type", "container-host")
-            model = TARGET_MODELS.get(kind) if isinstance(kind, str) else None
+            kind = value.get("type", DEFAULT_TARGET_TYPE)
+            model = target_settings(kind) if isinstance(kind, str) else None
             if model is None:
                 what = f"unknown target type {quoted(kind)}" if isinstance(kind, str) else "expected a text value"
-                raise ConfigProblems([Problem(("type",), f"{what} (choose from {', '.join(TARGET_MODELS)})")])
-            return model.model_validate(value)
+                raise ConfigProblems([Problem(("type",), f"{what} (choose from {', '.join(target_types())})")])
+            return model.model_validate({"type": DEFAULT_TARGET_TYPE, **value})
         return handler(value)
 
     @model_validator(mode="after")
     def _health_is_container_host_only(self) -> Environment:
-        if isinstance(self.target, KubernetesTarget) and "health" in self.model_fields_set:
-            raise ValueError("health: does not apply to a kubernetes target; give the containers a readinessProbe")
+        if not self.target.health_applies and "health" in self.model_fields_set:
+            raise ValueError(f"health: does not apply to a {self.target.type} target; give the containers a "
+                             "readinessProbe")
         return self
 
     @model_validator(mode="after")
@@ -307,13 +279,13 @@ class AppConfig(Strict):
         problems = []
         first: dict[int, int] = {}
         for index, env in enumerate(self.environments):
-            if not isinstance(env.target, ContainerHostTarget):
+            key = env.target.stable_port()
+            if key is None:
                 continue
-            key = env.target.port
             if key in first:
                 other = self.environments[first[key]].name
                 problems.append(Problem(("environments", index, "target", "port"),
-                                        f"{env.name} and {other} share port {env.target.port}",
+                                        f"{env.name} and {other} share port {key}",
                                         ("environments", first[key], "target", "port")))
             first.setdefault(key, index)
         return problems

@@ -50,6 +50,7 @@ class CommitConfig:
         return text
 
     def load(self) -> AppConfig:
+        import conveyor.targets.settings  # noqa: F401  (registers each target type's `target:` settings)
         from conveyor.config.loader import parse_config
 
         return parse_config(_decode(self.text(), self.label), self.label)
@@ -66,6 +67,7 @@ class OverrideConfig:
         return f"--config {self.path}"
 
     def load(self) -> AppConfig:
+        import conveyor.targets.settings  # noqa: F401  (registers each target type's `target:` settings)
         from conveyor.config.loader import load_config
 
         return load_config(self.path)

@@ -1,0 +1,7 @@
+"""Registers every target type's settings model with the config (importing this is enough): conveyor.yml's
+`target:` sections are validated by the model of their type. Cheap: pydantic only, no target's client."""
+
+from conveyor.targets.container_host import settings as container_host
+from conveyor.targets.kubernetes import settings as kubernetes
+
+__all__ = ["container_host", "kubernetes"]
