@@ -65,7 +65,7 @@ def _lease_line(env: str, lease: dict[str, Any]) -> str:
         return (f"  HOLDER GONE since {_when(lease['holder_gone_since'])}: {lease['holder_actor']}'s "
                 f"'{lease['operation']}' stopped heartbeating and its lease expired; "
                 f"`conveyor recover {env} --reason TEXT` takes it over and marks its release interrupted")
-    return (f"  locked: {lease['holder_actor']} is running '{lease['operation']}' "
+    return (f"  lease held: {lease['holder_actor']} is running '{lease['operation']}' "
             f"since {_when(lease['acquired_at'])}")
 
 

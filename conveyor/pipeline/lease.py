@@ -122,7 +122,7 @@ class LeaseKeeper:
             return
         assert self._current is not None
         raise Refused(
-            f"{self.app}/{self.env} is locked: {describe_lease(self._current)}. "
+            f"{self.app}/{self.env} is busy (its lease is held): {describe_lease(self._current)}. "
             "Try again when it finishes, or pass --wait to queue behind it."
         )
 
