@@ -57,7 +57,7 @@ def record_releases(url: str, shas: list[str], per_env: int) -> None:
                 app="bench", env=env, kind="deploy", sha=sha, digest="sha256:" + "0" * 64,
                 image="127.0.0.1:5000/bench@sha256:" + "0" * 64, spec={"env": {"PORT": "8080"}},
                 config_digest="", actor="bench", origin="bench", reason="", forced=False,
-                previous_number=None, promoted_from_id=None,
+                previous_number=None, source_release_id=None,
             )
             ledger.append_event(app="bench", env=env, release_id=release.id, step="recorded", status="ok",
                                 message="recorded")

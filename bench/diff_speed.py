@@ -58,7 +58,7 @@ def record_live(home: Path, env: str, sha: str) -> None:
     release = ledger.create_release(
         app="bench", env=env, kind="deploy", sha=sha, digest="sha256:" + "0" * 64, image="x@sha256:0",
         spec={}, config_digest="", actor="bench", origin="bench", reason="", forced=False,
-        previous_number=None, promoted_from_id=None,
+        previous_number=None, source_release_id=None,
     )
     ledger.update_release(release.id, status="succeeded", finished=True)
     ledger.close()

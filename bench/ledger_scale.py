@@ -110,7 +110,7 @@ def record_through_the_ledger(url: str, shas: list[str], per_env: int) -> None:
             release = ledger.create_release(
                 app="bench", env=env, kind="deploy", sha=sha, digest=DIGEST, image=IMAGE, spec=json.loads(SPEC),
                 config_digest="sha256:conf", actor="ci-bot", origin="ci", reason="nightly", forced=False,
-                previous_number=None, promoted_from_id=None,
+                previous_number=None, source_release_id=None,
             )
             ledger.append_event(app="bench", env=env, release_id=release.id, step="recorded", status="ok",
                                 message="release recorded")

@@ -29,7 +29,7 @@ def write_history(ledger: Ledger) -> list[int]:
     release = ledger.create_release(
         app="web", env="prod", kind="deploy", sha="0123abc", digest="sha256:feed", image="reg/web@sha256:feed",
         spec={"image": "reg/web@sha256:feed"}, config_digest="sha256:conf", actor="alice", origin="cli",
-        reason="", forced=False, previous_number=None, promoted_from_id=None,
+        reason="", forced=False, previous_number=None, source_release_id=None,
     )
     for number in range(3):
         ledger.append_event(app="web", env="prod", release_id=release.id, step="task", status="info",

@@ -44,7 +44,7 @@ if mode == "releases":
         release = ledger.create_release(
             app="web", env="prod", kind="deploy", sha="abc", digest="sha256:d", image="r/web@sha256:d",
             spec={"pid": os.getpid()}, config_digest="c", actor="racer", origin="test", reason="",
-            forced=False, previous_number=None, promoted_from_id=None,
+            forced=False, previous_number=None, source_release_id=None,
         )
         numbers.append(release.number)
     print(json.dumps(numbers))
@@ -106,7 +106,7 @@ def new_release(ledger: Ledger, app: str = "web", env: str = "prod", **overrides
     values: dict[str, Any] = dict(
         app=app, env=env, kind="deploy", sha="0123abc", digest="sha256:feed", image="reg/web@sha256:feed",
         spec={"image": "reg/web@sha256:feed"}, config_digest="sha256:conf", actor="alice", origin="cli",
-        reason="", forced=False, previous_number=None, promoted_from_id=None,
+        reason="", forced=False, previous_number=None, source_release_id=None,
     )
     values.update(overrides)
     return ledger.create_release(**values)
@@ -362,13 +362,13 @@ def test_spec_and_provenance_round_trip(ledger: Ledger) -> None:
     }
     source = new_release(ledger, env="staging")
     promoted = new_release(
-        ledger, kind="promote", spec=spec, forced=True, previous_number=7, promoted_from_id=source.id,
+        ledger, kind="promote", spec=spec, forced=True, previous_number=7, source_release_id=source.id,
         reason="ship it", origin="ci", actor="bob",
     )
     fetched = ledger.get_release_by_id(promoted.id)
     assert fetched is not None
     assert fetched.spec == spec
-    assert (fetched.kind, fetched.forced, fetched.previous_number, fetched.promoted_from_id) == (
+    assert (fetched.kind, fetched.forced, fetched.previous_number, fetched.source_release_id) == (
         "promote", True, 7, source.id,
     )
     assert (fetched.reason, fetched.origin, fetched.actor) == ("ship it", "ci", "bob")

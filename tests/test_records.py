@@ -152,7 +152,7 @@ def _record(ledger: Ledger, holder: str) -> Any:
     return ledger.create_release(
         app="web", env="prod", kind="deploy", sha="0123abc", digest="sha256:feed", image="reg/web@sha256:feed",
         spec={}, config_digest="sha256:conf", actor="alice", origin="cli", reason="", forced=False,
-        previous_number=None, promoted_from_id=None, holder=holder,
+        previous_number=None, source_release_id=None, holder=holder,
     )
 
 

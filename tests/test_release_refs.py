@@ -408,7 +408,7 @@ def test_outbox_dispatches_by_kind_and_a_failed_release_can_owe_items(
         release = ws.ledger.create_release(
             app="hello", env="staging", kind="deploy", sha=sha, digest="sha256:feed", image="reg/hello@sha256:feed",
             spec={}, config_digest="sha256:conf", actor="Sample Dev", origin="cli", reason="", forced=False,
-            previous_number=None, promoted_from_id=None,
+            previous_number=None, source_release_id=None,
         )
         _Recorder(ws, release).finish("failed", "health check failed")
         owed = ws.ledger.undelivered("hello")

@@ -33,7 +33,7 @@ class Release:
     step: str  # the last step reached
     error: str
     previous_number: int | None  # the live release this one replaced
-    promoted_from_id: int | None  # the source release of a promotion
+    source_release_id: int | None  # the release a promotion pinned, or the one a rollback re-applies
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

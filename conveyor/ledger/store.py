@@ -252,7 +252,7 @@ def _release(row: Row[Any]) -> Release:
         step=row.step,
         error=row.error,
         previous_number=row.previous_number,
-        promoted_from_id=row.promoted_from_id,
+        source_release_id=row.promoted_from_id,
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -421,7 +421,7 @@ class Ledger:
         reason: str,
         forced: bool,
         previous_number: int | None,
-        promoted_from_id: int | None,
+        source_release_id: int | None,
         holder: str | None = None,
     ) -> Release:
         """Record a new pending release with the next gapless number for app+env.
@@ -444,7 +444,7 @@ class Ledger:
                     image=image, spec=_canonical(spec), config_digest=config_digest,
                     config_source=config_source, actor=actor,
                     origin=origin, reason=self.redact(reason), forced=forced, step="recorded", error="",
-                    previous_number=previous_number, promoted_from_id=promoted_from_id, created_at=_now(),
+                    previous_number=previous_number, promoted_from_id=source_release_id, created_at=_now(),
                 )
                 .returning(*releases.c)
             ).one()

@@ -189,7 +189,7 @@ def _record_and_run(
         config_source=ws.config_source.recorded_as,
         actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
         previous_number=live.number if live else None,
-        promoted_from_id=plan.source.id if plan.source else None, holder=lease.holder,
+        source_release_id=plan.source.id if plan.source else None, holder=lease.holder,
     )
     recorder = _Recorder(ws, release)
     try:

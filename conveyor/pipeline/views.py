@@ -32,7 +32,7 @@ def release_view(release: Release, holder_gone_since: datetime | None = None) ->
         "step": release.step,
         "error": release.error,
         "previous_number": release.previous_number,
-        "source_release_id": release.promoted_from_id,
+        "source_release_id": release.source_release_id,
         "config_digest": release.config_digest,
         "config_source": release.config_source or "commit",
         "created_at": _iso(release.created_at),
