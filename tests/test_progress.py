@@ -96,5 +96,7 @@ def test_a_missing_git_remote_is_one_clear_line_and_git_keeps_its_own_words(app:
     assert "Could not read from remote repository" not in result.err
     assert "no git remote 'origin'" in app.ok("outbox", "--json").json()[0]["last_error"]
     app.git("remote", "add", "origin", str(app.repo.parent / "no-such-remote.git"))
-    result = app.ok("deploy", "staging", "v2")
+    # flush: delivered now, whatever the backoff the first failure set (a later deploy would wait behind it)
+    result = app.run("outbox", "flush")
+    assert result.code == 1
     assert "does not appear to be a git repository" in result.err  # git's own reason, not only its verdict
