@@ -76,3 +76,18 @@ def test_promote_refuses_to_go_backwards_down_the_pipeline_unless_forced(app: Ap
     assert "goes backwards down the pipeline (staging -> production)" in refused.err
     forced = app.run("promote", "production", "staging", "--force", "--reason", "reseed staging")
     assert "backwards" not in forced.err and "production has no succeeded release" in forced.err
+
+
+def test_progress_as_json_lines_is_every_event_of_the_release(app: App) -> None:
+    import json
+
+    text = app.ok("deploy", "staging", "v1")
+    followed = app.ok("--events", "json", "deploy", "staging", "v2")
+    events = [json.loads(line) for line in followed.err.splitlines()]
+    assert all(set(e) == {"step", "status", "message", "data", "release", "shown"} for e in events)
+    steps = [(e["step"], e["status"]) for e in events if e["release"] == "staging#2"]
+    assert ("recorded", "ok") in steps and ("switch", "info") in steps and steps[-1] == ("finished", "ok")
+    recorded = next(e for e in events if e["step"] == "recorded")
+    assert recorded["data"]["sha"] == app.git("rev-parse", "v2") and recorded["shown"] is False
+    # the text form shows the same run's shown steps, indented under it
+    assert "  switch: " in text.err and "recorded" not in text.err

@@ -402,7 +402,7 @@ def test_outbox_dispatches_by_kind_and_a_failed_release_can_owe_items(
     announcements = _Announcements()
     monkeypatch.setitem(outbox.HANDLERS, "announce", announcements)
     monkeypatch.setenv("CONVEYOR_HOME", str(app.home))
-    ws = Workspace(cwd=app.repo, say=lambda line: None)
+    ws = Workspace(app.repo, say=lambda line: None)
     try:
         sha = app.git("rev-parse", "v1")
         release = ws.ledger.create_release(

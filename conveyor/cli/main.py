@@ -37,15 +37,18 @@ def _say(message: str) -> None:
 
 
 class Context:
-    def __init__(self, config: Path | None) -> None:
+    def __init__(self, config: Path | None, events: str = "text") -> None:
         self.config = config
+        self.events = events
         self._ws: Any = None
 
     def workspace(self) -> Any:
         if self._ws is None:
+            from conveyor.pipeline.events import json_lines_sink, text_sink
             from conveyor.pipeline.workspace import Workspace
 
-            self._ws = Workspace(Path.cwd(), config_override=self.config, say=_say)
+            sink = json_lines_sink(_say) if self.events == "json" else text_sink(_say)
+            self._ws = Workspace(Path.cwd(), config_override=self.config, sink=sink)
         return self._ws
 
     def close(self) -> None:
@@ -142,11 +145,14 @@ def operation_options(fn: F) -> F:
 @click.option("--config", "config", type=click.Path(path_type=Path), default=None,
               help="Use this conveyor.yml instead of the one committed in the commit being shipped; every "
                    "release made with it records the override.")
+@click.option("--events", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Progress on stderr as text lines, or as one JSON object per event (step, status, message, "
+                   "data, release) for a program following along.")
 @click.version_option(package_name="conveyor")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None) -> None:
+def cli(ctx: click.Context, config: Path | None, events: str) -> None:
     """conveyor: build once, deploy by digest, promote unchanged, roll back exactly."""
-    ctx.obj = Context(config)
+    ctx.obj = Context(config, events)
     ctx.call_on_close(ctx.obj.close)
 
 

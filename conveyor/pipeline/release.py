@@ -21,6 +21,7 @@ from typing import Any
 from conveyor.config.models import Environment
 from conveyor.errors import ConveyorError, OperationFailed, Refused
 from conveyor.ledger.models import Block, Release
+from conveyor.pipeline.events import Progress
 from conveyor.pipeline.guards import check_blocks, check_promotion_policy, describe_block
 from conveyor.pipeline.lease import LeaseKeeper
 from conveyor.pipeline.workspace import Workspace
@@ -310,17 +311,21 @@ class _Recorder:
         self.release = release
         self.switched = False  # the target reported that the new version took the traffic
 
-    def event(self, step: str, status: str, message: str, data: dict[str, Any] | None = None) -> None:
+    def event(self, step: str, status: str, message: str, data: dict[str, Any] | None = None, *,
+              shown: bool = False) -> None:
+        """Append to the release's record, and tell whoever follows the operation."""
+        label = f"{self.release.env}#{self.release.number}"
+        self.ws.emit(Progress(step, status, message, data or {}, release=label, shown=shown))
         self.ws.ledger.append_event(
             app=self.release.app, env=self.release.env, release_id=self.release.id, step=step,
             status=status, message=message, data=data,
         )
 
     def report(self, step: str, message: str) -> None:
+        """A target's or a task's progress line: shown to a person, and recorded."""
         if step == SWITCHED:
             self.switched = True  # first: an interruption while this is written already counts as switched
-        self.ws.say(f"  {step}: {message}")
-        self.event(step, "info", message)
+        self.event(step, "info", message, shown=True)
 
     def step(self, step: str, *, status: str | None = None, started: bool = False) -> None:
         self.release = self.ws.ledger.update_release(self.release.id, step=step, status=status, started=started)

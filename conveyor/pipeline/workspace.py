@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from conveyor.config import CONFIG_NAME
 from conveyor.errors import BadInput
 from conveyor.pipeline.config_source import CommitConfig, ConfigSource, OverrideConfig, working_tree_note
+from conveyor.pipeline.events import EventSink, Progress, text_sink
 from conveyor.pipeline.identity import Identity, identify
 from conveyor.settings import conveyor_home
 from conveyor.vcs.git import Repo
@@ -32,16 +34,22 @@ class Workspace:
     """`checkout` is where the app's repo was found (the CLI passes the directory it was started in; nothing
     below the CLI looks at the current directory). `config_override` is an explicit `--config PATH`."""
 
-    def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print) -> None:
+    def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print,
+                 sink: EventSink | None = None) -> None:
+        """Progress goes to `sink` as structured events (pipeline/events.py); without one, as text to `say`."""
         self._checkout = checkout
         self._override = config_override
-        self._say = say
+        self._sink = sink or text_sink(say)
         self._targets: dict[str, Target] = {}
         self._noted: set[str] = set()
 
+    def emit(self, event: Progress) -> None:
+        """Report progress; configured secret values never reach the user (pipeline/redact.py)."""
+        self._sink(replace(event, message=self.redactor.text(event.message), data=self.redactor.value(event.data)))
+
     def say(self, message: str) -> None:
-        """Tell the user; configured secret values never reach the terminal (pipeline/redact.py)."""
-        self._say(self.redactor.text(message))
+        """A remark outside any step."""
+        self.emit(Progress("note", "info", message))
 
     @cached_property
     def redactor(self) -> Redactor:
@@ -93,7 +101,8 @@ class Workspace:
         note = working_tree_note(self.repo, source)
         if note and note not in self._noted:
             self._noted.add(note)
-            self._say(note)  # conveyor's own words, no value in them; the redactor needs the config first
+            self._sink(Progress("note", "info", note))  # our own words, no value in them (the redactor needs
+            # the config, which is what is being read)
         return source
 
     @cached_property
