@@ -113,10 +113,11 @@ def main() -> None:
     conveyor("build", cwd=app)
     conveyor("deploy", "staging", v2, "--reason", "v2", cwd=app)
     conveyor("diff", cwd=app)
-    conveyor("promote", "--only", v2, cwd=app)
+    conveyor("promote", "staging", "production", "--only", v2, cwd=app)
     conveyor("rollback", "production", "--reason", "demo: back to v1", cwd=app)
     conveyor("history", cwd=app)
     conveyor("status", cwd=app)
+    conveyor("audit", "verify", cwd=app)
     print("\n$ git ls-remote origin   # the refs conveyor pushed")
     print(git(app, "ls-remote", "origin"))
 
