@@ -35,6 +35,10 @@ def plain(tmp_path: Path) -> App:
     repo.mkdir()
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     (repo / "conveyor.yml").write_text(CONFIG)
+    # conveyor reads the config from the checked-out commit
+    subprocess.run(["git", "-C", str(repo), "add", "conveyor.yml"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit",
+                    "-qm", "config"], check=True)
     return App(repo, tmp_path / "home", {})
 
 
