@@ -335,3 +335,26 @@ def test_an_environment_removed_from_the_config_is_shown_and_can_be_retired(app:
     assert app.serves("staging") == "v1"
     event = ledger_events(app, "production", "retired")[-1]
     assert "merged into staging" in event.message and "Sample Dev" in event.message
+
+
+def test_kill_9_after_the_switch_shows_drift_and_up_brings_back_the_recorded_release(app: App) -> None:
+    """A holder killed with no chance to record its switch leaves the new version serving under the old
+    record: status says so loudly, and recover + up make what serves the recorded live release again."""
+    app.ok("deploy", "staging", "v1")  # its own short drain is what `up` re-applies
+    second = app.reconfigure(in_env("staging", "drain_seconds: 120"), on="v2")
+    proc = app.start("deploy", "staging", second)
+    read_until(proc, "switch:")  # the new container took the traffic; the drain has begun
+    proc.kill()
+    proc.wait(timeout=60)
+    assert app.serves("staging") == "v2"
+    code, rows = status_json(app)
+    assert rows["staging"]["live"]["number"] == 1 and rows["staging"]["drift"] is True
+    assert "`conveyor up staging` re-applies the live release" in app.run("status").out
+    wait_until_lease_expired(app, "staging")
+    app.ok("recover", "staging", "--reason", "deploy killed mid-drain")
+    app.ok("up", "staging")
+    assert app.serves("staging") == "v1"
+    code, rows = status_json(app)
+    assert code == 0 and rows["staging"]["drift"] is False and rows["staging"]["live"]["number"] == 1
+    assert [(r["number"], r["status"]) for r in app.history("staging")] == [(2, "interrupted"), (1, "succeeded")]
+    assert app.ok("up", "staging").out.strip() == "staging: staging#1 serves"  # converged: nothing left to do

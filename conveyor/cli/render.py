@@ -44,7 +44,8 @@ def render_status(data: dict[str, Any]) -> str:
             until = f" until {_when(block['until'])}" if block["until"] else ""
             out.append(f"  blocked ({block['scope']}) by {_cell(block['actor'])}{until}: {_cell(block['reason'])}")
         if row["drift"]:
-            out.append(f"  DRIFT: the target serves {row['serving'] or 'nothing'}, not the ledger's live release")
+            out.append(f"  DRIFT: the target serves {row['serving'] or 'nothing'}, not the ledger's live release; "
+                       f"`conveyor up {row['env']}` re-applies the live release")
         if row.get("outage"):
             out.append(f"  OUTAGE: {row['outage']}; `conveyor up {row['env']}` restores it from the ledger")
     for row in data.get("retired_from_config", []):

@@ -58,16 +58,31 @@ def _up_one(ws: Workspace, env: str) -> str:
         return f"{env}: nothing deployed"
     label = f"{env}#{live.number}"
     target = ws.target(live.spec["target"])
-    if target.probe(live.spec) is None:
+    other = _serving_other_than(target, live)
+    if other is None and target.probe(live.spec) is None:
         return f"{env}: {label} serves"
     with LeaseKeeper(ws, env, f"up {env}", wait=False):
         report = _reporter(ws, live)
-        outcome = target.restore(live.spec, label, report)
+        if other is not None:
+            # What serves is not what the record says (a holder killed after its switch): the record wins.
+            report("restore", f"{other} serves, not {label}: re-applying {label}'s stored spec")
+            outcome = target.deploy(live.spec, label, report)
+        else:
+            outcome = target.restore(live.spec, label, report)
         if not outcome.succeeded:
             _event(ws, live, "up", "failed", f"could not restore {label}: {outcome.reason}")
             raise OperationFailed(f"{env}: could not restore {label}: {outcome.reason}")
         _event(ws, live, "up", "ok", f"{ws.identity.actor} restored {label}: it serves again")
     return f"{env}: {label} restored and serving"
+
+
+def _serving_other_than(target: Any, live: Release) -> str | None:
+    """The image the target serves for live's env when it is not live's (drift), else None."""
+    try:
+        state = target.live(live.app, live.env, live.spec)
+    except Exception:  # cannot tell: the probe decides
+        return None
+    return state.image if state is not None and state.image != live.image else None
 
 
 def retired_envs(ws: Workspace) -> list[Release]:
