@@ -371,12 +371,8 @@ class ContainerHost:
     def live(self, app: str, env: str, spec: dict[str, Any] | None = None) -> LiveState | None:
         """The container the proxy points to for app+env (found by its port label), or None. `spec` (the
         ledger's live spec) is not needed: this state dir's HAProxy and deploy records say it all."""
-        record = self._read_record(app, env)
-        try:
-            engine = self._engine(record.get("engine", "auto"))
-        except InfrastructureMissing:
-            if record:
-                raise
+        record, engine = self._recorded_engine(app, env)
+        if engine is None:
             return None  # no engine and no record of a deploy: nothing can be serving from here
         containers = engine.list({L_APP: app, L_ENV: env, L_ROLE: "service"})
         if not record and not containers:
@@ -443,12 +439,8 @@ class ContainerHost:
         if proxy.listens(app, env):
             proxy.remove(app, env)
             report("proxy", f"HAProxy no longer listens for {app}/{env}")
-        record = self._read_record(app, env)
-        try:
-            engine = self._engine(record.get("engine", "auto"))
-        except InfrastructureMissing:
-            if record:
-                raise
+        record, engine = self._recorded_engine(app, env)
+        if engine is None:
             return
         for container in engine.list({L_APP: app, L_ENV: env}):
             engine.remove(container.id)
@@ -479,6 +471,17 @@ class ContainerHost:
             names = ", ".join(empty)
             raise BadInput(f"secret{'s' if len(empty) > 1 else ''} {names} set but empty in the environment "
                            f"(needed by {spec['app']} in {spec['env']})")
+
+    def _recorded_engine(self, app: str, env: str) -> tuple[dict[str, Any], Engine | None]:
+        """app+env's deploy record and the engine it names; no engine when none is installed and nothing
+        was ever deployed from here (an engine gone since a deploy is an error)."""
+        record = self._read_record(app, env)
+        try:
+            return record, self._engine(record.get("engine", "auto"))
+        except InfrastructureMissing:
+            if record:
+                raise
+            return record, None
 
     def _record_path(self, app: str, env: str) -> Path:
         return self.state_dir / "deployed" / f"{app}-{env}.json"
