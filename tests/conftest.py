@@ -139,6 +139,21 @@ def _remove_containers(app_name: str) -> None:
         subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_app(request: pytest.FixtureRequest, app: object) -> object:
+    """The `app` fixture on each ledger backend: for the end-to-end tests where the ledger's behaviour (leases,
+    takeover, recovery) is what is tested."""
+    if request.param == "postgres":
+        pg: Postgres = request.getfixturevalue("postgres_server")
+        import psycopg
+
+        name = f"e2e{next(_db_counter)}_{os.getpid()}"
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        app.extra_env["CONVEYOR_DATABASE_URL"] = pg.url.rsplit("/", 1)[0] + "/" + name  # type: ignore[attr-defined]
+    return app
+
+
 @pytest.fixture
 def app(tmp_path: Path, sample_origin: Path, sample_ports: dict[str, int]) -> Iterator[object]:
     """A fresh clone of the sample app with its own ledger, proxy and ports; cleaned up afterwards."""

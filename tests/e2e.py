@@ -59,6 +59,11 @@ class App:
         assert result.code == 0, f"conveyor {' '.join(args)} exited {result.code}:\n{result.err}\n{result.out}"
         return result
 
+    @property
+    def ledger_url(self) -> str:
+        """The ledger this app's conveyor runs use: PostgreSQL when the test set one, else SQLite in its home."""
+        return self.extra_env.get("CONVEYOR_DATABASE_URL") or f"sqlite:///{self.home / 'ledger.db'}"
+
     def url(self, env: str) -> str:
         return f"http://127.0.0.1:{self.ports[env]}/"
 

@@ -181,7 +181,7 @@ def test_no_release_is_recorded_for_a_holder_without_the_lease(ledger: Ledger) -
 
 def wait_until_lease_expired(app: App, env: str) -> None:
     """Poll the ledger itself (not a fixed sleep) until the dead holder's lease has expired."""
-    ledger = open_ledger(f"sqlite:///{app.home / 'ledger.db'}")
+    ledger = open_ledger(app.ledger_url)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -195,7 +195,8 @@ def wait_until_lease_expired(app: App, env: str) -> None:
     raise AssertionError("the lease never expired")
 
 
-def test_a_dead_holder_shows_as_gone_and_recover_takes_over_at_once(app: App) -> None:
+def test_a_dead_holder_shows_as_gone_and_recover_takes_over_at_once(ledger_app: App) -> None:
+    app = ledger_app
     app.ok("deploy", "staging", "v1")
     with held_task(app) as (listener, accepted):
         victim = app.start("deploy", "staging", "HEAD", CONVEYOR_LEASE_TTL="2")
@@ -246,7 +247,7 @@ def test_recover_refuses_a_live_holder_unless_forced(app: App) -> None:
 
 
 def ledger_events(app: App, env: str, step: str) -> list[Any]:
-    ledger = open_ledger(f"sqlite:///{app.home / 'ledger.db'}")
+    ledger = open_ledger(app.ledger_url)
     try:
         return ledger.events(app="hello", env=env, step=step)
     finally:
@@ -337,9 +338,10 @@ def test_an_environment_removed_from_the_config_is_shown_and_can_be_retired(app:
     assert "merged into staging" in event.message and "Sample Dev" in event.message
 
 
-def test_kill_9_after_the_switch_shows_drift_and_up_brings_back_the_recorded_release(app: App) -> None:
+def test_kill_9_after_the_switch_shows_drift_and_up_brings_back_the_recorded_release(ledger_app: App) -> None:
     """A holder killed with no chance to record its switch leaves the new version serving under the old
     record: status says so loudly, and recover + up make what serves the recorded live release again."""
+    app = ledger_app
     app.ok("deploy", "staging", "v1")  # its own short drain is what `up` re-applies
     second = app.reconfigure(in_env("staging", "drain_seconds: 120"), on="v2")
     proc = app.start("deploy", "staging", second)

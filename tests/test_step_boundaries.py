@@ -64,7 +64,8 @@ def test_a_signal_after_the_switch_finishes_the_release(app: App, kind: str) -> 
 
 
 @pytest.mark.parametrize("kind", ["promote", "rollback"])
-def test_kill_9_after_the_switch_is_named_and_settles_back_to_the_record(app: App, kind: str) -> None:
+def test_kill_9_after_the_switch_is_named_and_settles_back_to_the_record(ledger_app: App, kind: str) -> None:
+    app = ledger_app
     held = hold_after_switch(app, kind)
     held.process.kill()
     held.process.wait(timeout=60)
@@ -90,8 +91,9 @@ def let_one_task_through(listener: socket.socket) -> threading.Thread:
 
 @pytest.mark.parametrize("how", ["SIGINT", "kill -9"])
 def test_a_promotion_stopped_before_its_switch_keeps_the_old_release_and_a_rerun_converges(
-    app: App, how: str
+    ledger_app: App, how: str
 ) -> None:
+    app = ledger_app
     app.ok("deploy", "production", "v1", "--hotfix", "--reason", "production serves v1")
     with held_task(app) as (listener, accepted):
         releaser = let_one_task_through(listener)
