@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -51,6 +52,12 @@ class Gate:
             raise AssertionError("no task reached the gate")
 
     def close(self) -> None:
+        """Stop serving. shutdown() first wakes the thread blocked in accept(), so it has ended before the socket's
+        file descriptor is freed: a thread that called accept() on a freed descriptor would accept on whatever
+        socket reuses its number next (seen: a later test's Kubernetes API server)."""
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=10)
         self._server.close()
 
     def _serve(self) -> None:

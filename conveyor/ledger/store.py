@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -368,6 +368,9 @@ class Ledger:
         # Applied to what callers write as text (event messages and data, release reasons and errors), so
         # a secret's value quoted by a task or a container never lands in the ledger. Set by the Workspace.
         self.redact: Callable[[Any], Any] = _unchanged
+        # Wraps every transaction: a release holds a signal back with it until the transaction has ended, so
+        # an interruption never lands inside one (and leaves the database locked). Set by pipeline/release.py.
+        self.guard: Callable[[], AbstractContextManager[None]] = nullcontext
         self._engine = engine
         self._writer = engine.execution_options(ledger_write=True)
 
@@ -380,12 +383,12 @@ class Ledger:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         """A transaction that holds the write lock from its first statement (BEGIN IMMEDIATE on SQLite)."""
-        with _corruption_reported(self.url), self._writer.begin() as conn:
+        with self.guard(), _corruption_reported(self.url), self._writer.begin() as conn:
             yield conn
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
-        with _corruption_reported(self.url), self._engine.begin() as conn:
+        with self.guard(), _corruption_reported(self.url), self._engine.begin() as conn:
             yield conn
 
     @property

@@ -11,9 +11,10 @@ version serves, so the release is finished and recorded `succeeded`.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
@@ -75,26 +76,51 @@ class _Interrupted(BaseException):
 
 @dataclass
 class _Signals:
-    """What a signal does at this point of a release: raise _Interrupted, or, once the outcome is being
-    recorded, nothing (recording it takes milliseconds; cutting it short would leave a false record)."""
+    """What a signal does at this point of a release: raise _Interrupted; inside a ledger transaction, wait
+    for it to end (an exception inside one could leave the database locked for this very process); once the
+    outcome is being recorded, nothing (recording it takes milliseconds; cutting it short would leave a false
+    record)."""
 
     finishing: bool = False
+    in_transaction: int = 0
+    pending: int | None = None
+
+    @contextmanager
+    def held_back(self) -> Iterator[None]:
+        """Around each ledger transaction of the main thread (the one signals interrupt)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self.in_transaction += 1
+        try:
+            yield
+        finally:
+            self.in_transaction -= 1
+        if not self.in_transaction and self.pending is not None and not self.finishing:
+            signum, self.pending = self.pending, None
+            raise _Interrupted(signum)
 
 
 @contextmanager
-def _signals_raise(signals: _Signals) -> Iterator[None]:
+def _signals_raise(ws: Workspace, signals: _Signals) -> Iterator[None]:
     def handler(signum: int, frame: FrameType | None) -> None:
-        if not signals.finishing:
-            raise _Interrupted(signum)
+        if signals.finishing:
+            return
+        if signals.in_transaction:
+            signals.pending = signum
+            return
+        raise _Interrupted(signum)
 
     try:
         previous = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
     except ValueError:  # not the main thread (tests drive the pipeline from threads)
         yield
         return
+    ws.ledger.guard = signals.held_back
     try:
         yield
     finally:
+        ws.ledger.guard = nullcontext
         for number, earlier in previous.items():
             signal.signal(number, earlier)
 
@@ -169,7 +195,7 @@ def _execute_under_lease(
 ) -> Release:
     signals = _Signals()
     try:
-        with _signals_raise(signals), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
+        with _signals_raise(ws, signals), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
             return _record_and_run(ws, plan, target, ignored_blocks, lease, signals)
     except _Interrupted as exc:  # before anything was recorded (waiting for the lease)
         if exc.by_user:
