@@ -4,8 +4,10 @@ It starts a local OCI registry (the stand-in for the registry a team already has
 buildah at this sandbox's engine settings (see devstack), makes a git repo of examples/hello, and then
 runs only `conveyor` commands, exactly as a person or CI would.
 
-    scripts/demo.sh          run the demo (state in .demo/)
-    scripts/demo.sh down     stop the app containers, the proxy and the registry it left running
+    scripts/demo.sh           run the demo (state in .demo/)
+    scripts/demo.sh --server  the same job through a `conveyor server` the demo starts: every command is
+                              sent to its API (CONVEYOR_SERVER, CONVEYOR_TOKEN) and the CLI follows it
+    scripts/demo.sh down      stop the app containers, the proxy and the registry it left running
 """
 
 from __future__ import annotations
@@ -48,9 +50,14 @@ def port_or_free(preferred: int) -> int:
             return free_port()
 
 
+CLIENT_ENV: dict[str, str] = {}  # CONVEYOR_SERVER and CONVEYOR_TOKEN in --server mode
+
+
 def conveyor(*args: str, cwd: Path) -> str:
-    print(f"\n$ conveyor {' '.join(args)}", flush=True)
-    result = subprocess.run([CONVEYOR, *args], cwd=cwd, text=True, stdout=subprocess.PIPE)
+    shown = " ".join(f"{k}=… " for k in CLIENT_ENV) if CLIENT_ENV else ""
+    print(f"\n$ {shown}conveyor {' '.join(args)}", flush=True)
+    result = subprocess.run([CONVEYOR, *args], cwd=cwd, text=True, stdout=subprocess.PIPE,
+                            env={**os.environ, **CLIENT_ENV})
     print(result.stdout, end="", flush=True)
     if result.returncode != 0:
         sys.exit(f"demo: `conveyor {' '.join(args)}` exited with {result.returncode}")
@@ -70,11 +77,36 @@ def down() -> None:
     if ids:
         subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
     stop_proxy(STATE / "home")
-    pid_file = STATE / "registry.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGTERM)
+    for name in ("registry.pid", "server.pid"):
+        pid_file = STATE / name
+        if pid_file.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGTERM)
     print("demo: stopped")
+
+
+def start_server(app: Path) -> subprocess.Popen[str]:
+    """`conveyor server` on a free port with its own state, an admin token, and the app registered by its
+    git remote; from here on every conveyor command of the demo goes through its API."""
+    print("\n$ conveyor server --bind 127.0.0.1:0 &", flush=True)
+    log = STATE / "server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([CONVEYOR, "server", "--bind", "127.0.0.1:0"], stderr=out, text=True)
+    (STATE / "server.pid").write_text(str(server.pid))
+    line = ""
+    with log.open() as lines:  # its first line says where it listens, once it does
+        while "listening on " not in line and server.poll() is None:
+            line = lines.readline() or (time.sleep(0.05) or "")
+    print(line, end="")
+    if "listening on " not in line:
+        sys.exit(f"demo: conveyor server did not start: {log.read_text()}")
+    url = line.split("listening on ", 1)[1].split()[0]
+    print("$ conveyor server token create demo --scope admin", flush=True)
+    token = subprocess.run([CONVEYOR, "server", "token", "create", "demo", "--scope", "admin"], text=True,
+                           stdout=subprocess.PIPE, check=True).stdout.strip()
+    CLIENT_ENV.update({"CONVEYOR_SERVER": url, "CONVEYOR_TOKEN": token})
+    conveyor("apps", "add", "hello", "--repo", str(STATE / "remote.git"), cwd=app)
+    return server
 
 
 def main() -> None:
@@ -105,11 +137,17 @@ def main() -> None:
     staging = f"http://127.0.0.1:{ports['STAGING_PORT']}/"
     production = f"http://127.0.0.1:{ports['PRODUCTION_PORT']}/"
 
+    through_server = "--server" in sys.argv[1:]
+    server = start_server(app) if through_server else None
+
     v1 = git(app, "rev-parse", "HEAD")
     conveyor("build", cwd=app)
     conveyor("deploy", "staging", v1, "--reason", "first release", cwd=app)
     conveyor("promote", "staging", "production", "--only", v1, cwd=app)
     v2 = commit_sample_version(app, "v2")
+    if through_server:
+        print("\n$ git push origin main   # the server ships what the team's remote has", flush=True)
+        git(app, "push", "-q", "origin", "main")
     conveyor("build", cwd=app)
     conveyor("deploy", "staging", v2, "--reason", "v2", cwd=app)
     conveyor("diff", cwd=app)
@@ -117,7 +155,14 @@ def main() -> None:
     conveyor("rollback", "production", "--reason", "demo: back to v1", cwd=app)
     conveyor("history", cwd=app)
     conveyor("status", cwd=app)
-    conveyor("audit", "verify", cwd=app)
+    if server is None:
+        conveyor("audit", "verify", cwd=app)
+    else:
+        conveyor("operations", cwd=app)
+        print("\n$ kill -TERM <server>   # drains: nothing new starts, what runs finishes", flush=True)
+        server.terminate()
+        server.wait(timeout=60)
+        print("".join((STATE / "server.log").read_text().splitlines(True)[1:]), end="")
     print("\n$ git ls-remote origin   # the refs conveyor pushed")
     print(git(app, "ls-remote", "origin"))
 

@@ -14,14 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from conveyor.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    BadInput,
-    ConveyorError,
-    InfrastructureMissing,
-    Refused,
-)
+from conveyor.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConveyorError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,10 +30,24 @@ def _say(message: str) -> None:
 
 
 class Context:
-    def __init__(self, config: Path | None, events: str = "text") -> None:
+    def __init__(self, config: Path | None, events: str = "text", server: str | None = None,
+                 app: str | None = None) -> None:
         self.config = config
         self.events = events
+        self.server = server
+        self.app = app
         self._ws: Any = None
+        self._remote: Any = None
+
+    def remote(self) -> Any:
+        """The conveyor server client when CONVEYOR_SERVER (or --server) is set, else None: run locally."""
+        if not self.server:
+            return None
+        if self._remote is None:
+            from conveyor.cli.remote import Remote
+
+            self._remote = Remote(self.server, self.app, self.events)
+        return self._remote
 
     def workspace(self) -> Any:
         if self._ws is None:
@@ -54,6 +61,8 @@ class Context:
     def close(self) -> None:
         if self._ws is not None:
             self._ws.close()
+        if self._remote is not None:
+            self._remote.close()
 
 
 EXIT_INTERRUPTED = 130
@@ -80,26 +89,15 @@ def run(fn: Callable[[], Any]) -> Any:
 
 def json_failure(exit_code: int, kind: str, message: str, *, release: Any = None,
                  extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The --json shape of every failure: ok false, the exit code, a stable error kind, and the release as
-    recorded when the failure came after one was (else null)."""
-    view = None
-    if release is not None:
-        from conveyor.pipeline.views import release_view
+    from conveyor.pipeline.outcome import failure
 
-        view = release_view(release)
-    return {"ok": False, "exit_code": exit_code, "error": {"kind": kind, "message": message}, "release": view,
-            **(extra or {})}
+    return failure(exit_code, kind, message, release=release, extra=extra)
 
 
 def _error_kind(exc: ConveyorError) -> str:
-    """One stable word per error class (subclasses first); `failed` covers every OperationFailed."""
-    if getattr(exc.release, "status", None) == "interrupted":
-        return "interrupted"
-    for cls, kind in ((InfrastructureMissing, "infrastructure_missing"), (BadInput, "bad_input"),
-                      (Refused, "refused")):
-        if isinstance(exc, cls):
-            return kind
-    return "failed"
+    from conveyor.pipeline.outcome import error_kind
+
+    return error_kind(exc)
 
 
 def _wants_json() -> bool:
@@ -130,6 +128,8 @@ def json_option(fn: F) -> F:
 
 def operation_options(fn: F) -> F:
     options = [
+        click.option("--no-follow", "no_follow", is_flag=True,
+                     help="With a server: print the queued operation's id and return at once."),
         click.option("--reason", default="", help="Why; recorded with the release."),
         click.option("--force", is_flag=True,
                      help="Override blocks and policies (needs --reason); recorded as ignoring safeties."),
@@ -148,58 +148,51 @@ def operation_options(fn: F) -> F:
 @click.option("--events", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Progress on stderr as text lines, or as one JSON object per event (step, status, message, "
                    "data, release) for a program following along.")
+@click.option("--server", "server", envvar="CONVEYOR_SERVER", default=None, metavar="URL",
+              help="Send operations and views to this conveyor server (with CONVEYOR_TOKEN) instead of running "
+                   "them here. Env: CONVEYOR_SERVER.")
+@click.option("--app", "app", envvar="CONVEYOR_APP", default=None, metavar="NAME",
+              help="With a server: the app, when not run from its checkout. Env: CONVEYOR_APP.")
 @click.version_option(package_name="conveyor")
 @click.pass_context
-def cli(ctx: click.Context, config: Path | None, events: str) -> None:
+def cli(ctx: click.Context, config: Path | None, events: str, server: str | None, app: str | None) -> None:
     """conveyor: build once, deploy by digest, promote unchanged, roll back exactly."""
-    ctx.obj = Context(config, events)
+    ctx.obj = Context(config, events, server or None, app or None)
     ctx.call_on_close(ctx.obj.close)
 
 
 def _release_result(result: Any, as_json: bool, extra: dict[str, Any] | None = None) -> None:
     """A release (deploy, promote, rollback) or, for --dry-run, its plan and checks, on stdout."""
-    from conveyor.pipeline.release import DryRun
-    from conveyor.pipeline.views import release_view
+    from conveyor.pipeline.outcome import release_result
 
-    if isinstance(result, DryRun):
-        _dry_run_result(result, as_json, extra)
-        return
-    view = release_view(result)
-    if as_json:
-        emit_json({**view, **(extra or {})})
-    else:
-        click.echo(f"{view['env']}#{view['number']} {view['kind']} {view['status']}: "
-                   f"{view['sha'][:12]} {view['digest']}")
+    show_result(release_result(result, extra), as_json)
 
 
-def _dry_run_result(dry: Any, as_json: bool, extra: dict[str, Any] | None) -> None:
-    if as_json:
-        emit_json({"ok": True, "dry_run": True, "plan": dry.steps, "checks": dry.checks, **(extra or {})})
-        return
-    click.echo("dry run: nothing will be changed. The plan:")
-    for number, line in enumerate(dry.steps, 1):
-        click.echo(f"  {number}. {line}")
-    click.echo("checks passed:")
-    for line in dry.checks:
-        click.echo(f"  - {line}")
+def show_result(data: dict[str, Any], as_json: bool) -> None:
+    """An operation's result object as --json prints it, or its one human line (the plan, for a dry run)."""
+    from conveyor.cli.render import render_result
+
+    emit_json(data) if as_json else click.echo(render_result(data))
 
 
 @cli.command(epilog=EPILOG)
 @click.argument("ref", default="HEAD")
+@click.option("--no-follow", "no_follow", is_flag=True,
+              help="With a server: print the queued operation's id and return at once.")
 @json_option
 @click.pass_obj
-def build(obj: Context, ref: str, as_json: bool) -> None:
+def build(obj: Context, ref: str, no_follow: bool, as_json: bool) -> None:
     """Build the image for REF's commit from a clean export, tag it with the full SHA, push it, print the
     digest. Skips the build when the registry already has that SHA."""
 
     def go() -> None:
+        if (remote := obj.remote()) is not None:
+            sys.exit(remote.operate("build", {"ref": remote.ref(ref)}, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.artifacts import build as build_artifact
+        from conveyor.pipeline.outcome import build_result
 
         artifact, built = build_artifact(obj.workspace(), ref)
-        if as_json:
-            emit_json({"sha": artifact.sha, "digest": artifact.digest, "image": artifact.image, "built": built})
-        else:
-            click.echo(artifact.digest)
+        show_result(build_result(artifact, built), as_json)
 
     run(go)
 
@@ -211,10 +204,14 @@ def build(obj: Context, ref: str, as_json: bool) -> None:
 @operation_options
 @click.pass_obj
 def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: bool, wait: bool,
-           dry_run: bool, as_json: bool) -> None:
+           dry_run: bool, as_json: bool, no_follow: bool) -> None:
     """Deploy REF's artifact (built earlier by `conveyor build`) to ENV."""
 
     def go() -> None:
+        if (remote := obj.remote()) is not None:
+            body = {"env": env, "ref": remote.ref(ref), "reason": reason, "hotfix": hotfix, "force": force,
+                    "dry_run": dry_run}
+            sys.exit(remote.operate("deploy", body, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.operations import deploy as deploy_op
 
         release = deploy_op(obj.workspace(), env, ref, reason=reason, hotfix=hotfix, force=force, wait=wait,
@@ -233,12 +230,16 @@ def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: b
 @operation_options
 @click.pass_obj
 def promote(obj: Context, source: str | None, target: str | None, only: str | None, reason: str, force: bool,
-            wait: bool, dry_run: bool, as_json: bool) -> None:
+            wait: bool, dry_run: bool, as_json: bool, no_follow: bool) -> None:
     """Ship exactly the artifact FROM runs to TO. The source release is pinned once, at the start, and used to
     the end. Without FROM TO it means the first two stages; with three or more stages, name them (CI should
     always name them)."""
 
     def go() -> None:
+        if (remote := obj.remote()) is not None:
+            body = {"source": source, "target": target, "only": remote.ref(only) if only else None,
+                    "reason": reason, "force": force, "dry_run": dry_run}
+            sys.exit(remote.operate("promote", body, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.operations import promote as promote_op
 
         release = promote_op(obj.workspace(), source, target, only=only, reason=reason, force=force, wait=wait,
@@ -255,10 +256,13 @@ def promote(obj: Context, source: str | None, target: str | None, only: str | No
 @operation_options
 @click.pass_obj
 def rollback(obj: Context, env: str, to: int | None, reason: str, force: bool, wait: bool, dry_run: bool,
-             as_json: bool) -> None:
+             as_json: bool, no_follow: bool) -> None:
     """Re-apply a stored release exactly (same digest, same rendered env and config) as a new release."""
 
     def go() -> None:
+        if (remote := obj.remote()) is not None:
+            body = {"env": env, "to": to, "reason": reason, "force": force, "dry_run": dry_run}
+            sys.exit(remote.operate("rollback", body, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.operations import rollback as rollback_op
 
         release, not_undone = rollback_op(obj.workspace(), env, to=to, reason=reason, force=force, wait=wait,
@@ -282,7 +286,8 @@ def status(obj: Context, as_json: bool) -> None:
         from conveyor.cli.render import render_status
         from conveyor.pipeline.views import has_outage, status_report
 
-        data = status_report(obj.workspace())
+        remote = obj.remote()
+        data = remote.client.get(f"/api/apps/{remote.app}/status") if remote else status_report(obj.workspace())
         if as_json:
             emit_json(data)
         else:
@@ -307,11 +312,15 @@ def recover(obj: Context, env: str, reason: str, force: bool, as_json: bool) -> 
         from conveyor.pipeline.repair import recover as recover_op
         from conveyor.pipeline.views import release_view
 
-        releases = recover_op(obj.workspace(), env, reason, force=force)
-        if as_json:
-            emit_json({"interrupted": [release_view(r) for r in releases]})
+        if (remote := obj.remote()) is not None:
+            views = remote.client.post(f"/api/apps/{remote.app}/environments/{env}/recover",
+                                       {"reason": reason, "force": force})["interrupted"]
         else:
-            click.echo(f"recovered {env}: " + (", ".join(f"{env}#{r.number} marked interrupted" for r in releases)
+            views = [release_view(r) for r in recover_op(obj.workspace(), env, reason, force=force)]
+        if as_json:
+            emit_json({"interrupted": views})
+        else:
+            click.echo(f"recovered {env}: " + (", ".join(f"{env}#{r['number']} marked interrupted" for r in views)
                                                 or "no release was left unfinished"))
 
     run(go)
@@ -361,7 +370,12 @@ def history(obj: Context, env: str | None, limit: int, as_json: bool) -> None:
         from conveyor.cli.render import render_history
         from conveyor.pipeline.views import history as history_view
 
-        rows = history_view(obj.workspace(), env, limit)
+        if (remote := obj.remote()) is not None:
+            from conveyor.cli.remote import remote_history
+
+            rows = remote_history(remote, env, limit)
+        else:
+            rows = history_view(obj.workspace(), env, limit)
         if as_json:
             emit_json(rows)
         else:
@@ -383,6 +397,15 @@ def diff(obj: Context, source: str | None, target: str | None, as_json: bool) ->
         from conveyor.cli.render import render_diff
         from conveyor.pipeline.diff import diff as diff_view
 
+        if (remote := obj.remote()) is not None:
+            from conveyor.cli.remote import remote_diff
+
+            found = remote.client.get(f"/api/apps/{remote.app}/diff", source=source, target=target)
+            if as_json:
+                emit_json(found)
+            else:
+                sys.stdout.buffer.writelines(remote_diff(found))
+            return
         data = diff_view(obj.workspace(), source, target, human=not as_json)
         if as_json:
             emit_json(data.as_dict())
@@ -407,16 +430,18 @@ def outbox(ctx: click.Context, as_json: bool) -> None:
         from conveyor.cli.render import render_outbox
         from conveyor.pipeline.views import outbox_view
 
-        items = outbox_view(obj.workspace())
+        remote = obj.remote()
+        items = remote.client.get(f"/api/apps/{remote.app}/outbox") if remote else outbox_view(obj.workspace())
         emit_json(items) if as_json else click.echo(render_outbox(items))
 
     run(go)
 
 
 @outbox.command("flush", epilog=EPILOG)
+@click.option("--reason", default="flushed with `conveyor outbox flush`", help="Why (recorded, with a server).")
 @json_option
 @click.pass_obj
-def outbox_flush(obj: Context, as_json: bool) -> None:
+def outbox_flush(obj: Context, reason: str, as_json: bool) -> None:
     """Deliver every undelivered item now, in order, whatever its backoff says. Exit 1 if any remain."""
 
     def go() -> None:
@@ -424,9 +449,12 @@ def outbox_flush(obj: Context, as_json: bool) -> None:
         from conveyor.pipeline.outbox import deliver
         from conveyor.pipeline.views import outbox_view
 
-        ws = obj.workspace()
-        deliver(ws, force=True)
-        items = outbox_view(ws)
+        if (remote := obj.remote()) is not None:
+            items = remote.client.post(f"/api/apps/{remote.app}/outbox/flush", {"reason": reason})["undelivered"]
+        else:
+            ws = obj.workspace()
+            deliver(ws, force=True)
+            items = outbox_view(ws)
         if items and as_json:
             message = f"{len(items)} item(s) still undelivered"
             emit_json(json_failure(EXIT_FAILED, "failed", message, extra={"outbox": items}))
@@ -514,6 +542,12 @@ def lock(obj: Context, env: str | None, reason: str, until: str | None, scope: s
         from conveyor.pipeline.guards import describe_block
         from conveyor.pipeline.views import block_view
 
+        if (remote := obj.remote()) is not None:
+            view = remote.client.post(f"/api/apps/{remote.app}/blocks",
+                                      {"env": env, "scope": scope or "env", "reason": reason, "until": until})
+            emit_json(view) if as_json else click.echo(f"locked {view['app'] or 'the organisation'}"
+                                                       f"{'/' + view['env'] if view['env'] else ''}: {view['reason']}")
+            return
         block = add_block(obj.workspace(), env, scope or "env", reason, until)
         emit_json(block_view(block)) if as_json else click.echo(describe_block(block))
 
@@ -533,11 +567,222 @@ def unlock(obj: Context, env: str | None, scope: str | None, as_json: bool) -> N
         from conveyor.pipeline.blocks import lift_block
         from conveyor.pipeline.views import block_view
 
+        if (remote := obj.remote()) is not None:
+            found = remote.client.delete(f"/api/apps/{remote.app}/blocks", env=env, scope=scope or "env")
+            emit_json(found) if as_json else click.echo(f"lifted {found['lifted']} block(s)" + "".join(
+                f"; still blocked by {b['scope']} block: {b['reason']}" for b in found["still_blocked_by"]))
+            return
         lifted = lift_block(obj.workspace(), env, scope or "env")
         if as_json:
             emit_json({"lifted": lifted.count, "still_blocked_by": [block_view(b) for b in lifted.still_blocking]})
         else:
             click.echo(lifted.summary())
+
+    run(go)
+
+
+# ---------------------------------------------------------------------------------- the server and its queue
+
+
+def _remote_only(obj: Context) -> Any:
+    remote = obj.remote()
+    if remote is None:
+        from conveyor.errors import BadInput
+
+        raise BadInput("this command talks to a conveyor server: set CONVEYOR_SERVER (or --server URL) and "
+                       "CONVEYOR_TOKEN")
+    return remote
+
+
+@cli.command("operations", epilog=EPILOG)
+@click.option("--state", "states", multiple=True,
+              type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled", "superseded"]))
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1, max=500))
+@json_option
+@click.pass_obj
+def operations_cmd(obj: Context, states: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """The server's operations, newest first: queued, running and finished, for every app."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_operations
+
+        found = _remote_only(obj).client.get("/api/operations", state=list(states) or None, limit=limit)
+        emit_json(found["operations"]) if as_json else click.echo(render_operations(found["operations"]))
+
+    run(go)
+
+
+@cli.command("operation", epilog=EPILOG)
+@click.argument("number", type=click.IntRange(min=1, max=2**63 - 1))
+@click.option("--follow", is_flag=True, help="Follow its events until it ends; exit with its exit code.")
+@json_option
+@click.pass_obj
+def operation_cmd(obj: Context, number: int, follow: bool, as_json: bool) -> None:
+    """One operation of the server: its state, and its result once finished."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_operations
+
+        remote = _remote_only(obj)
+        if follow:
+            sys.exit(remote.show_outcome(remote.follow(number), as_json))
+        found = remote.client.get(f"/api/operations/{number}")
+        emit_json(found) if as_json else click.echo(render_operations([found]))
+
+    run(go)
+
+
+@cli.command("cancel", epilog=EPILOG)
+@click.argument("number", type=click.IntRange(min=1, max=2**63 - 1))
+@json_option
+@click.pass_obj
+def cancel_cmd(obj: Context, number: int, as_json: bool) -> None:
+    """Cancel a queued operation on the server (one that runs already is never cut short): exit 3 if it is
+    no longer queued."""
+
+    def go() -> None:
+        found = _remote_only(obj).client.post(f"/api/operations/{number}/cancel", {})
+        emit_json(found) if as_json else click.echo(f"operation #{number} cancelled")
+
+    run(go)
+
+
+@cli.group(epilog=EPILOG)
+def apps() -> None:
+    """The apps a conveyor server ships (needs an admin token to change them)."""
+
+
+@apps.command("add", epilog=EPILOG)
+@click.argument("name")
+@click.option("--repo", "repo_url", required=True, metavar="GIT_URL", help="Where the server fetches the app from.")
+@json_option
+@click.pass_obj
+def apps_add(obj: Context, name: str, repo_url: str, as_json: bool) -> None:
+    """Register NAME with the server; it mirrors the repo and reads everything from the commits it ships."""
+
+    def go() -> None:
+        found = _remote_only(obj).client.post("/api/apps", {"name": name, "repo_url": repo_url})
+        emit_json(found) if as_json else click.echo(f"added {found['name']} ({found['repo_url']})")
+
+    run(go)
+
+
+@apps.command("list", epilog=EPILOG)
+@json_option
+@click.pass_obj
+def apps_list(obj: Context, as_json: bool) -> None:
+    """Every app the server ships."""
+
+    def go() -> None:
+        found = _remote_only(obj).client.get("/api/apps")
+        emit_json(found) if as_json else click.echo("\n".join(f"{a['name']}  {a['repo_url']}" for a in found)
+                                                    or "no apps registered")
+
+    run(go)
+
+
+@apps.command("remove", epilog=EPILOG)
+@click.argument("name")
+@click.pass_obj
+def apps_remove(obj: Context, name: str) -> None:
+    """Forget NAME (its records stay in the ledger)."""
+
+    def go() -> None:
+        _remote_only(obj).client.delete(f"/api/apps/{name}")
+        click.echo(f"removed {name}")
+
+    run(go)
+
+
+@cli.group("server", epilog=EPILOG, invoke_without_command=True)
+@click.option("--bind", default="127.0.0.1:8080", show_default=True, envvar="CONVEYOR_BIND", metavar="HOST:PORT",
+              help="Where the API listens (port 0: any free port, printed when ready). Env: CONVEYOR_BIND.")
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1, max=64),
+              help="Operations this replica runs at once (different apps and environments).")
+@click.pass_context
+def server_cmd(ctx: click.Context, bind: str, workers: int) -> None:
+    """Serve the API and run the deploy queue's workers on this machine's ledger (CONVEYOR_DATABASE_URL for
+    PostgreSQL, where several servers are replicas sharing one queue). SIGTERM drains: nothing new starts,
+    what runs finishes, then it exits."""
+    if ctx.invoked_subcommand is not None:
+        return
+
+    def go() -> None:
+        from conveyor.server.run import serve
+        from conveyor.settings import conveyor_home, lease_ttl
+
+        serve(bind=bind, workers=workers, ttl=lease_ttl(), home=conveyor_home(), say=_say)
+
+    run(go)
+
+
+@server_cmd.group("token", epilog=EPILOG)
+def token_cmd() -> None:
+    """API tokens, on this machine's ledger: the token is printed once and only its hash is stored."""
+
+
+@token_cmd.command("create", epilog=EPILOG)
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True,
+              help="read, operate:APP, operate:*, block, or admin; repeat for several.")
+@click.pass_obj
+def token_create(obj: Context, name: str, scopes: tuple[str, ...]) -> None:
+    """Create token NAME (the actor of everything done with it) and print it, once."""
+
+    def go() -> None:
+        from conveyor.ledger import open_ledger
+        from conveyor.pipeline.tokens import create_token
+
+        ledger = open_ledger()
+        try:
+            token = create_token(ledger, name, list(scopes))
+        finally:
+            ledger.close()
+        _say(f"token '{name}' created with {', '.join(sorted(set(scopes)))}; it is shown once, here:")
+        click.echo(token)
+
+    run(go)
+
+
+@token_cmd.command("list", epilog=EPILOG)
+@json_option
+@click.pass_obj
+def token_list(obj: Context, as_json: bool) -> None:
+    """Token names, scopes, and when each was last used (never the tokens)."""
+
+    def go() -> None:
+        from conveyor.ledger import open_ledger
+
+        ledger = open_ledger()
+        try:
+            found = [{"name": t.name, "scopes": t.scopes, "created_at": t.created_at.isoformat(),
+                      "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None}
+                     for t in ledger.server.list_tokens()]
+        finally:
+            ledger.close()
+        emit_json(found) if as_json else click.echo("\n".join(
+            f"{t['name']}  {' '.join(t['scopes'])}  last used {t['last_used_at'] or 'never'}" for t in found)
+            or "no tokens")
+
+    run(go)
+
+
+@token_cmd.command("revoke", epilog=EPILOG)
+@click.argument("name")
+@click.pass_obj
+def token_revoke(obj: Context, name: str) -> None:
+    """Revoke token NAME at once."""
+
+    def go() -> None:
+        from conveyor.ledger import open_ledger
+        from conveyor.pipeline.tokens import revoke_token
+
+        ledger = open_ledger()
+        try:
+            revoke_token(ledger, name)
+        finally:
+            ledger.close()
+        click.echo(f"revoked {name}")
 
     run(go)
 

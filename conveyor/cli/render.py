@@ -141,3 +141,26 @@ def render_audit(report: dict[str, Any]) -> str:
     lines.append(f"audit: {verdict}: {report['events_checked']} events, {report['releases_checked']} releases "
                  f"checked; {head_text}; witness {report['witness']}")
     return "\n".join(lines)
+
+
+def render_result(data: dict[str, Any]) -> str:
+    """The one line an operation ends with (its --json object, for a person): a release, a build's digest,
+    or a dry run's plan and checks."""
+    if data.get("dry_run"):
+        lines = ["dry run: nothing will be changed. The plan:"]
+        lines += [f"  {number}. {line}" for number, line in enumerate(data["plan"], 1)]
+        lines += ["checks passed:", *(f"  - {line}" for line in data["checks"])]
+        return "\n".join(lines)
+    if "built" in data:
+        return str(data["digest"])
+    return f"{data['env']}#{data['number']} {data['kind']} {data['status']}: {data['sha'][:12]} {data['digest']}"
+
+
+def render_operations(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no operations"
+    header = ["#", "APP", "ENV", "KIND", "STATE", "EXIT", "BY", "QUEUED", "NOTE"]
+    table = [[str(r["id"]), r["app"], r["env"] or "-", r["kind"], r["state"],
+              "-" if r["exit_code"] is None else str(r["exit_code"]), _cell(r["actor"]), _when(r["created_at"]),
+              _cell(r["note"])] for r in rows]
+    return _table(header, table)

@@ -153,6 +153,10 @@ class Environment(Strict):
     )
     policy: Policy = Field(default_factory=Policy)
     tasks: list[str] | None = Field(None, description="Names of pre-deploy tasks to run (default: all).")
+    queue: Literal["fifo", "supersede"] = Field(
+        "fifo", description="On `conveyor server`: how waiting deploys to this environment run. fifo: each in "
+        "turn; supersede: only the newest of several waiting deploys runs, the others are recorded as superseded.",
+    )
 
     @field_validator("target", mode="wrap")
     @classmethod

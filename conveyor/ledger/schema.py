@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
 # imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -199,5 +199,71 @@ outbox = Table(
     Column("delivered_at", UTCDateTime, nullable=True),
     Index(None, "app", "delivered_at"),
     Index(None, "app", "env", "created_at"),  # outbox_items: one env's recent items, among millions
+    sqlite_autoincrement=True,
+)
+
+# ------------------------------------------------------------------------------------------- the server
+
+# Apps a `conveyor server` ships, by name; the server keeps a bare mirror of each repo_url.
+apps = Table(
+    "apps",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("repo_url", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("created_by", String, nullable=False),
+)
+
+# API tokens: only a SHA-256 of the token is kept (tokens are 256 random bits, so a slow hash adds nothing).
+# The name is the actor of everything done with it; scopes is a JSON list.
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("name", String, primary_key=True),
+    Column("token_hash", String, nullable=False),
+    Column("scopes", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    UniqueConstraint("token_hash"),
+)
+
+# The server's durable queue: a row per submitted operation, written before the API answers. `lane` is the
+# environment an operation changes (or "" for a build), and the queue is first come, first served per
+# app+lane. A running row carries its replica (holder) and a lease its worker renews; a lapsed lease is a dead
+# replica, and another one takes the operation over.
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String, nullable=False),
+    Column("lane", String, nullable=False),
+    Column("kind", String, nullable=False),
+    Column("params", Text, nullable=False),  # JSON
+    Column("state", String, nullable=False),  # queued | running | succeeded | failed | cancelled | superseded
+    Column("exit_code", Integer, nullable=True),
+    Column("result", Text, nullable=True),  # JSON: what the CLI prints with --json
+    Column("actor", String, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("started_at", UTCDateTime, nullable=True),
+    Column("finished_at", UTCDateTime, nullable=True),
+    Column("holder", String, nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("note", Text, nullable=False),  # why it was cancelled, superseded or taken over
+    Index(None, "state", "id"),
+    Index(None, "app", "lane", "state", "id"),
+    sqlite_autoincrement=True,
+)
+
+# Each operation's progress events, in order; the id is the Server-Sent Events id a client resumes from.
+operation_events = Table(
+    "operation_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("operation_id", Integer, ForeignKey("operations.id"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("payload", Text, nullable=False),  # JSON: pipeline/events.py Progress
+    Index(None, "operation_id", "id"),
     sqlite_autoincrement=True,
 )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Engine,
@@ -68,6 +68,9 @@ from conveyor.ledger.schema import (
     releases,
     waiters,
 )
+
+if TYPE_CHECKING:
+    from conveyor.ledger.server_store import ServerStore
 
 SQLITE_BUSY_TIMEOUT = 30.0  # seconds a writer waits for another process's write lock
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -373,12 +376,28 @@ class Ledger:
         self.guard: Callable[[], AbstractContextManager[None]] = nullcontext
         self._engine = engine
         self._writer = engine.execution_options(ledger_write=True)
+        self._owns_engine = True
 
     def __repr__(self) -> str:
         return f"Ledger({self.url!r})"
 
     def close(self) -> None:
-        self._engine.dispose()
+        if self._owns_engine:
+            self._engine.dispose()
+
+    def sharing(self) -> Ledger:
+        """Another handle on the same database and connection pool, with its own redact and guard hooks (the
+        server gives each operation one); closing it leaves the pool open."""
+        handle = Ledger(self._engine, self.url)
+        handle._owns_engine = False
+        return handle
+
+    @property
+    def server(self) -> ServerStore:
+        """Apps, tokens and the operation queue of `conveyor server`."""
+        from conveyor.ledger.server_store import ServerStore
+
+        return ServerStore(self)
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -584,6 +603,12 @@ class Ledger:
             .where(releases.c.app == app, releases.c.env == env, releases.c.status.in_(("pending", "running")))
             .order_by(releases.c.number)
         )
+        with self._read() as conn:
+            return [_release(row) for row in conn.execute(query)]
+
+    def releases_by_status(self, statuses: tuple[str, ...], limit: int = 100) -> list[Release]:
+        """Every app's releases in these statuses, newest first (the server's recovery view)."""
+        query = select(releases).where(releases.c.status.in_(statuses)).order_by(releases.c.id.desc()).limit(limit)
         with self._read() as conn:
             return [_release(row) for row in conn.execute(query)]
 

@@ -287,3 +287,15 @@ def _reason(item: OutboxItem, ahead: OutboxItem | None, delivery: Delivery | Non
 
 def _at(when: datetime) -> str:
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def retry_all(ws: Workspace, reason: str) -> list[OutboxItem]:
+    """Deliver every undelivered item of the app now, whatever its backoff says, recording who asked and
+    why; returns what is still undelivered."""
+    pending = ws.ledger.undelivered(ws.config.app)
+    ws.ledger.append_event(
+        app=ws.config.app, env="", release_id=None, step="outbox", status="info",
+        message=f"{ws.identity.actor} retried {len(pending)} undelivered outbox item(s); reason: {reason}",
+        data={"actor": ws.identity.actor, "reason": reason, "items": [item.id for item in pending]},
+    )
+    return deliver(ws, force=True)

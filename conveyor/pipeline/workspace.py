@@ -35,13 +35,23 @@ class Workspace:
     below the CLI looks at the current directory). `config_override` is an explicit `--config PATH`."""
 
     def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print,
-                 sink: EventSink | None = None) -> None:
-        """Progress goes to `sink` as structured events (pipeline/events.py); without one, as text to `say`."""
+                 sink: EventSink | None = None, repo: Repo | None = None, identity: Identity | None = None,
+                 ledger: Ledger | None = None) -> None:
+        """Progress goes to `sink` as structured events (pipeline/events.py); without one, as text to `say`.
+
+        The server passes the rest: `repo`, its mirror of the app (a bare repository, so no checkout to
+        discover), `identity`, the token's name and the request's origin, and `ledger`, its own open ledger
+        (this workspace takes a handle on it and leaves it open)."""
         self._checkout = checkout
         self._override = config_override
         self._sink = sink or text_sink(say)
         self._targets: dict[str, Target] = {}
         self._noted: set[str] = set()
+        self._shared_ledger = ledger
+        if repo is not None:
+            self.__dict__["repo"] = repo
+        if identity is not None:
+            self.__dict__["identity"] = identity
 
     def emit(self, event: Progress) -> None:
         """Report progress; configured secret values never reach the user (pipeline/redact.py)."""
@@ -119,7 +129,7 @@ class Workspace:
     def ledger(self) -> Ledger:
         from conveyor.ledger import open_ledger
 
-        ledger = open_ledger()
+        ledger = self._shared_ledger.sharing() if self._shared_ledger is not None else open_ledger()
         # Events and release errors never hold a secret's value: of the config in force when they are written.
         ledger.redact = lambda value: self.redactor.value(value)
         return ledger
