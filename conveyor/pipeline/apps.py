@@ -48,7 +48,10 @@ def add_app(ledger: Ledger, home: Path, name: str, repo_url: str, actor: str) ->
     with _mirror_lock(path):
         if not (path / "HEAD").exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            _git(["clone", "--bare", "--quiet", "--", repo_url, str(path)], f"cannot clone {repo_url}")
+            try:
+                _git(["clone", "--bare", "--quiet", "--", repo_url, str(path)], f"cannot clone {repo_url}")
+            except OperationFailed as exc:
+                raise BadInput(exc.message) from None  # the URL given is what is wrong
     return ledger.server.add_app(name, repo_url, actor)
 
 

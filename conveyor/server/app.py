@@ -96,6 +96,29 @@ def create_app(server: Server) -> FastAPI:
 
     Auth = Annotated[Caller, Depends(caller)]
 
+    # Scopes are checked as dependencies, so a token too narrow for a route is told 403 before its body is
+    # even validated (a caller must not learn more than "not allowed").
+    def scoped(scope: str) -> Any:
+        def check(who: Auth) -> Caller:
+            who.need(scope)
+            return who
+
+        return Annotated[Caller, Depends(check)]
+
+    def operate_caller(request: Request, who: Auth) -> Caller:
+        who.need(f"operate:{request.path_params['app']}")
+        return who
+
+    def cancel_caller(request: Request, who: Auth) -> Caller:
+        number = str(request.path_params["operation_id"])
+        found = server.store.get_operation(int(number)) if number.isdigit() and len(number) < 19 else None
+        who.need(f"operate:{found.app if found else '*'}")
+        return who
+
+    Reader, Blocker, Admin = scoped("read"), scoped("block"), scoped("admin")
+    Operator = Annotated[Caller, Depends(operate_caller)]
+    Canceller = Annotated[Caller, Depends(cancel_caller)]
+
     @contextmanager
     def workspace(app: str, who: Caller | None = None) -> Iterator[Any]:
         if server.store.get_app(app) is None:
@@ -130,20 +153,17 @@ def create_app(server: Server) -> FastAPI:
                 "created_by": app.created_by}
 
     @api.get("/api/apps", response_model=list[s.AppOut], tags=["apps"])
-    def list_apps(who: Auth) -> list[dict[str, Any]]:
-        who.need("read")
+    def list_apps(who: Reader) -> list[dict[str, Any]]:
         return [app_view(app) for app in server.store.list_apps()]
 
     @api.post("/api/apps", response_model=s.AppOut, status_code=201, tags=["apps"])
-    def add_app(body: s.AppIn, who: Auth) -> dict[str, Any]:
-        who.need("admin")
+    def add_app(body: s.AppIn, who: Admin) -> dict[str, Any]:
         from conveyor.pipeline.apps import add_app as add
 
         return app_view(add(server.ledger, server.home, body.name, body.repo_url, who.name))
 
     @api.delete("/api/apps/{app}", response_model=s.Removed, tags=["apps"])
-    def remove_app(app: str, who: Auth) -> dict[str, Any]:
-        who.need("admin")
+    def remove_app(app: str, who: Admin) -> dict[str, Any]:
         from conveyor.pipeline.apps import remove_app as remove
 
         if server.store.get_app(app) is None:
@@ -154,20 +174,18 @@ def create_app(server: Server) -> FastAPI:
     # ------------------------------------------------------------------------------------------- views
 
     @api.get("/api/apps/{app}/status", response_model=dict[str, Any], tags=["views"])
-    def status(app: str, who: Auth) -> dict[str, Any]:
+    def status(app: str, who: Reader) -> dict[str, Any]:
         """What `conveyor status --json` prints."""
-        who.need("read")
         from conveyor.pipeline.views import status_report
 
         with workspace(app) as ws:
             return status_report(ws)
 
     @api.get("/api/apps/{app}/history", response_model=s.History, tags=["views"])
-    def history(app: str, who: Auth, env: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
+    def history(app: str, who: Reader, env: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
                 limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
                 before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> dict[str, Any]:
         """Releases newest first, a page at a time: pass the page's `next_before` as `before` for the next."""
-        who.need("read")
         from conveyor.pipeline.views import history as history_view
 
         with workspace(app) as ws:
@@ -176,27 +194,24 @@ def create_app(server: Server) -> FastAPI:
         return {"releases": page, "next_before": page[-1]["id"] if len(rows) > limit else None}
 
     @api.get("/api/apps/{app}/diff", response_model=dict[str, Any], tags=["views"])
-    def diff(app: str, who: Auth, source: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
+    def diff(app: str, who: Reader, source: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
              target: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None) -> dict[str, Any]:
         """What `conveyor diff [FROM TO] --json` prints: the commits TO lacks that FROM runs."""
-        who.need("read")
         from conveyor.pipeline.diff import diff as diff_view
 
         with workspace(app) as ws:
             return diff_view(ws, source, target, human=False).as_dict()
 
     @api.get("/api/apps/{app}/outbox", response_model=list[dict[str, Any]], tags=["views"])
-    def outbox(app: str, who: Auth) -> list[dict[str, Any]]:
-        who.need("read")
+    def outbox(app: str, who: Reader) -> list[dict[str, Any]]:
         from conveyor.pipeline.views import outbox_view
 
         with workspace(app) as ws:
             return outbox_view(ws)
 
     @api.post("/api/apps/{app}/outbox/flush", response_model=s.Flushed, tags=["recovery"])
-    def flush_outbox(app: str, body: s.ReasonIn, who: Auth) -> dict[str, Any]:
+    def flush_outbox(app: str, body: s.ReasonIn, who: Blocker) -> dict[str, Any]:
         """Retry every undelivered item now (scope block); recorded with the token's name and the reason."""
-        who.need("block")
         from conveyor.pipeline.outbox import retry_all
         from conveyor.pipeline.views import outbox_view
 
@@ -207,8 +222,7 @@ def create_app(server: Server) -> FastAPI:
     # ------------------------------------------------------------------------------------------ blocks
 
     @api.get("/api/apps/{app}/blocks", response_model=list[dict[str, Any]], tags=["blocks"])
-    def blocks(app: str, who: Auth) -> list[dict[str, Any]]:
-        who.need("read")
+    def blocks(app: str, who: Reader) -> list[dict[str, Any]]:
         from conveyor.pipeline.views import block_view
 
         with workspace(app) as ws:
@@ -219,9 +233,8 @@ def create_app(server: Server) -> FastAPI:
             return list(seen.values())
 
     @api.post("/api/apps/{app}/blocks", response_model=dict[str, Any], status_code=201, tags=["blocks"])
-    def lock(app: str, body: s.LockIn, who: Auth) -> dict[str, Any]:
+    def lock(app: str, body: s.LockIn, who: Blocker) -> dict[str, Any]:
         """Lock an environment, the app, or (scope org) every app: what `conveyor lock --json` prints."""
-        who.need("block")
         from conveyor.pipeline.blocks import add_block
         from conveyor.pipeline.views import block_view
 
@@ -229,9 +242,8 @@ def create_app(server: Server) -> FastAPI:
             return block_view(add_block(ws, body.env, body.scope, body.reason, body.until))
 
     @api.delete("/api/apps/{app}/blocks", response_model=s.Unlocked, tags=["blocks"])
-    def unlock(app: str, who: Auth, env: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
+    def unlock(app: str, who: Blocker, env: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
                scope: Annotated[str, Query(pattern="^(env|app|org)$")] = "env") -> dict[str, Any]:
-        who.need("block")
         from conveyor.pipeline.blocks import lift_block
         from conveyor.pipeline.views import block_view
 
@@ -242,7 +254,6 @@ def create_app(server: Server) -> FastAPI:
     # -------------------------------------------------------------------------------------- operations
 
     def submit(app: str, kind: str, params: dict[str, Any], who: Caller) -> dict[str, Any]:
-        who.need(f"operate:{app}")
         if server.store.get_app(app) is None:
             raise ApiError(404, "not_found", f"no app named '{app}' is registered")
         params = queue_ops.normalise(kind, params)
@@ -258,30 +269,29 @@ def create_app(server: Server) -> FastAPI:
         return view(operation)
 
     @api.post("/api/apps/{app}/build", response_model=s.OperationOut, status_code=202, tags=["operations"])
-    def build(app: str, body: s.BuildIn, who: Auth) -> dict[str, Any]:
+    def build(app: str, body: s.BuildIn, who: Operator) -> dict[str, Any]:
         return submit(app, "build", body.model_dump(), who)
 
     @api.post("/api/apps/{app}/deploy", response_model=s.OperationOut, status_code=202, tags=["operations"])
-    def deploy(app: str, body: s.DeployIn, who: Auth) -> dict[str, Any]:
+    def deploy(app: str, body: s.DeployIn, who: Operator) -> dict[str, Any]:
         return submit(app, "deploy", body.model_dump(), who)
 
     @api.post("/api/apps/{app}/promote", response_model=s.OperationOut, status_code=202, tags=["operations"])
-    def promote(app: str, body: s.PromoteIn, who: Auth) -> dict[str, Any]:
+    def promote(app: str, body: s.PromoteIn, who: Operator) -> dict[str, Any]:
         if (body.source is None) != (body.target is None):
             raise ApiError(400, "bad_input", "promote takes both source and target, or neither")
         return submit(app, "promote", body.model_dump(), who)
 
     @api.post("/api/apps/{app}/rollback", response_model=s.OperationOut, status_code=202, tags=["operations"])
-    def rollback(app: str, body: s.RollbackIn, who: Auth) -> dict[str, Any]:
+    def rollback(app: str, body: s.RollbackIn, who: Operator) -> dict[str, Any]:
         return submit(app, "rollback", body.model_dump(), who)
 
     @api.get("/api/operations", response_model=s.OperationList, tags=["operations"])
-    def operations(who: Auth, app: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
+    def operations(who: Reader, app: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
                    state: Annotated[list[str] | None, Query()] = None,
                    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 50,
                    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> dict[str, Any]:
         """Queued, running and finished operations, newest first; `state` may repeat."""
-        who.need("read")
         states = tuple(state or ())
         unknown = [name for name in states if name not in OPERATION_STATES]
         if unknown:
@@ -291,14 +301,12 @@ def create_app(server: Server) -> FastAPI:
         return {"operations": [view(op) for op in page], "next_before": page[-1].id if len(rows) > limit else None}
 
     @api.get("/api/operations/{operation_id}", response_model=s.OperationOut, tags=["operations"])
-    def operation(operation_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Auth) -> dict[str, Any]:
-        who.need("read")
+    def operation(operation_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Reader) -> dict[str, Any]:
         return view(operation_or_404(operation_id))
 
     @api.post("/api/operations/{operation_id}/cancel", response_model=s.OperationOut, tags=["operations"])
-    def cancel(operation_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Auth) -> dict[str, Any]:
+    def cancel(operation_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Canceller) -> dict[str, Any]:
         """Cancel a queued operation (one that runs is never cut short by the API)."""
-        who.need(f"operate:{operation_or_404(operation_id).app}")
         return view(queue_ops.cancel(server.store, operation_id, who.name))
 
     @api.get("/api/operations/{operation_id}/events", tags=["operations"],
@@ -306,9 +314,8 @@ def create_app(server: Server) -> FastAPI:
                               "description": "Server-Sent Events: `progress` (data: one event as "
                                              "`--events json` prints it; id: resume from it with "
                                              "Last-Event-ID), then `end` (data: the operation)."}})
-    async def events(operation_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Auth,
+    async def events(operation_id: Annotated[int, Path(ge=1, le=2**63 - 1)], who: Reader,
                      last_event_id: Annotated[str | None, Header(max_length=30)] = None) -> EventSourceResponse:
-        who.need("read")
         await anyio.to_thread.run_sync(operation_or_404, operation_id)
         after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
         return EventSourceResponse(_stream(server, operation_id, after, view), ping=10)
@@ -316,10 +323,9 @@ def create_app(server: Server) -> FastAPI:
     # ---------------------------------------------------------------------------------------- recovery
 
     @api.get("/api/recovery", response_model=s.Recovery, tags=["recovery"])
-    def recovery(who: Auth) -> dict[str, Any]:
+    def recovery(who: Reader) -> dict[str, Any]:
         """What needs a person: leases whose holder died, releases left unfinished or interrupted,
         undelivered outbox items, and operations whose replica stopped renewing them."""
-        who.need("read")
         from conveyor.pipeline.recovery import recovery_report
 
         report = recovery_report(server.ledger)
@@ -328,9 +334,8 @@ def create_app(server: Server) -> FastAPI:
         return {**report, "lapsed_operations": [view(op) for op in lapsed]}
 
     @api.post("/api/apps/{app}/environments/{env}/recover", response_model=s.Recovered, tags=["recovery"])
-    def recover(app: str, env: str, body: s.ReasonIn, who: Auth) -> dict[str, Any]:
+    def recover(app: str, env: str, body: s.ReasonIn, who: Blocker) -> dict[str, Any]:
         """`conveyor recover ENV`: take over a dead holder's lease and record its release interrupted."""
-        who.need("block")
         from conveyor.pipeline.repair import recover as recover_env
         from conveyor.pipeline.views import release_view
 
@@ -344,21 +349,18 @@ def create_app(server: Server) -> FastAPI:
                 "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None}
 
     @api.get("/api/tokens", response_model=list[s.TokenOut], tags=["tokens"])
-    def tokens(who: Auth) -> list[dict[str, Any]]:
-        who.need("admin")
+    def tokens(who: Admin) -> list[dict[str, Any]]:
         return [token_view(t) for t in server.store.list_tokens()]
 
     @api.post("/api/tokens", response_model=s.NewToken, status_code=201, tags=["tokens"])
-    def new_token(body: s.TokenIn, who: Auth) -> dict[str, Any]:
-        who.need("admin")
+    def new_token(body: s.TokenIn, who: Admin) -> dict[str, Any]:
         check_scopes(body.scopes)
         token = create_token(server.ledger, body.name, body.scopes)
         created = next(t for t in server.store.list_tokens() if t.name == body.name)
         return {**token_view(created), "token": token}
 
     @api.delete("/api/tokens/{name}", response_model=s.Removed, tags=["tokens"])
-    def drop_token(name: str, who: Auth) -> dict[str, Any]:
-        who.need("admin")
+    def drop_token(name: str, who: Admin) -> dict[str, Any]:
         if not any(t.name == name for t in server.store.list_tokens()):
             raise ApiError(404, "not_found", f"no token named '{name}'")
         revoke_token(server.ledger, name)
