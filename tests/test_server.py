@@ -98,14 +98,16 @@ def test_the_main_job_runs_through_the_server_with_the_same_output_as_locally(pg
         remote, local = server.cli(*args), app.run(*args)
         assert (remote.code, remote.out) == (local.code, local.out), args
 
-    rolled = server.cli_ok("rollback", "production", "--reason", "back", "--json").json()
-    assert (rolled["kind"], rolled["status"], rolled["not_undone"]) == ("rollback", "succeeded", [])
+    rolled = server.cli_ok("rollback", "staging", "--reason", "back", "--json").json()
+    assert (rolled["kind"], rolled["status"], rolled["sha"]) == ("rollback", "succeeded", app.git("rev-parse", "v1"))
+    assert [line.split(": ")[0] for line in rolled["not_undone"]] == ["task 'migrate' ran in staging#2 (" +
+                                                                     app.git("rev-parse", "v2")[:12] + ")"]
 
     failed = server.cli("deploy", "staging", "broken", "--json")
     assert failed.code == 1, failed.err
     body = failed.json()
     assert body["ok"] is False and body["error"]["kind"] == "failed" and body["release"]["status"] == "failed"
-    assert app.serves("staging") == "v2"  # the previous release kept serving
+    assert app.serves("staging") == "v1"  # the previous release kept serving
 
     bad = server.cli("deploy", "staging", "no-such-ref", "--json")
     assert bad.code == 2 and bad.json()["error"]["kind"] == "bad_input"
@@ -282,7 +284,7 @@ def test_supersede_runs_only_the_newest_waiting_deploy(server: ServerProcess) ->
 
 
 def test_events_stream_live_and_resume_from_last_event_id(server: ServerProcess) -> None:
-    done = server.cli_ok("deploy", "staging", "v1", "--json", "--events", "json")
+    done = server.cli_ok("--events", "json", "deploy", "staging", "v1", "--json")
     number = int(re.search(r"operation #(\d+)", done.err).group(1))
     stream = events(server, number)
     assert stream[-1][0] == "end" and json.loads(stream[-1][2])["state"] == "succeeded"
@@ -334,6 +336,7 @@ def test_a_replica_killed_mid_deploy_is_taken_over_and_nothing_runs_twice(ledger
             wait_for_task(listener, accepted)
             assert first.operation(operation["id"])["replica"].split(":")[1] == str(first.proc.pid)
             second = ServerProcess.start(app, "replica-b", CONVEYOR_LEASE_TTL="2")
+            second.tokens = first.tokens  # one ledger, so the same tokens
             first.kill()
             wait_for_task(listener, accepted)  # the second replica runs it again, after the lease lapsed
             accepted[-1].close()
@@ -368,7 +371,8 @@ def test_recovery_is_listed_and_cleared_through_the_api_with_actor_and_reason(se
     code, report = server.api("GET", "/api/recovery", token=server.token("reader", "read"))
     assert code == 200
     assert [(lease["app"], lease["env"]) for lease in report["expired_leases"]] == [("hello", "staging")]
-    assert [(r["env"], r["status"]) for r in report["unfinished_releases"]] == [("staging", "running")]
+    assert [r["env"] for r in report["unfinished_releases"]] == ["staging"]
+    assert report["unfinished_releases"][0]["status"] in ("pending", "running")
     assert server.api("POST", "/api/apps/hello/environments/staging/recover", {"reason": "x"},
                       token=server.token("reader", "read"))[0] == 403
     code, body = server.api("POST", "/api/apps/hello/environments/staging/recover",

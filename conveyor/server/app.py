@@ -186,12 +186,11 @@ def create_app(server: Server) -> FastAPI:
                 limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
                 before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> dict[str, Any]:
         """Releases newest first, a page at a time: pass the page's `next_before` as `before` for the next."""
-        from conveyor.pipeline.views import history as history_view
+        from conveyor.pipeline.views import history_page
 
         with workspace(app) as ws:
-            rows = history_view(ws, env, limit + 1, before_id=before)
-        page = rows[:limit]
-        return {"releases": page, "next_before": page[-1]["id"] if len(rows) > limit else None}
+            rows, next_before = history_page(ws, env, limit, before_id=before)
+        return {"releases": rows, "next_before": next_before}
 
     @api.get("/api/apps/{app}/diff", response_model=dict[str, Any], tags=["views"])
     def diff(app: str, who: Reader, source: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
