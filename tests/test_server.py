@@ -19,7 +19,7 @@ import pytest
 
 from tests.e2e import App
 from tests.server import ServerProcess
-from tests.test_records import held_task, wait_for_task
+from tests.test_records import held_task, read_until, wait_for_task
 
 
 @pytest.fixture
@@ -254,8 +254,12 @@ def test_a_queued_operation_can_be_cancelled_and_a_running_one_cannot(server: Se
         assert server.wait_for_state(other_lane["id"], "succeeded", "failed")["state"] == "succeeded"
         code, body = server.api("POST", f"/api/operations/{first['id']}/cancel", {})
         assert code == 409 and "only a queued operation" in body["error"]["message"]
+        follower = server.cli_start("operation", str(second["id"]), "--follow")
+        read_until(follower, "waiting: 1 operation(s) ahead of it in staging")  # told where it waits
         cancelled = server.cli("cancel", str(second["id"]))
         assert cancelled.code == 0, cancelled.err
+        _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 3 and "was cancelled by ci while queued" in err
         accepted[0].close()
     assert server.wait_for_state(first["id"], "succeeded", "failed")["state"] == "succeeded"
     final = server.operation(second["id"])
@@ -292,6 +296,7 @@ def test_events_stream_live_and_resume_from_last_event_id(server: ServerProcess)
     ids = [int(item[1]) for item in progress]
     assert ids == sorted(ids) and len(ids) > 5
     printed = [json.loads(line) for line in done.err.splitlines() if line.startswith("{")]
+    printed = [e for e in printed if e["step"] != "queue"]  # where it waited: told live, not recorded
     assert [e["message"] for e in printed] == [json.loads(item[2])["message"] for item in progress]
     middle = progress[len(progress) // 2][1]
     resumed = events(server, number, last_id=middle)
@@ -389,3 +394,12 @@ def test_recovery_is_listed_and_cleared_through_the_api_with_actor_and_reason(se
         ledger.close()
     assert recorded and recorded[-1].data == {"actor": "ops", "reason": "replica died",
                                               "interrupted": ["staging#1"]}
+    code, body = server.api("POST", "/api/apps/hello/outbox/flush", {"reason": "remote back"},
+                            token=server.token("ops", "block"))
+    assert code == 200 and body == {"undelivered": []}
+    ledger = open_ledger(app.ledger_url)
+    try:
+        retried = [e for e in ledger.events() if e.step == "outbox"]
+    finally:
+        ledger.close()
+    assert retried[-1].data["actor"] == "ops" and retried[-1].data["reason"] == "remote back"
