@@ -42,6 +42,7 @@ class Registry:
     def __init__(
         self, repository: str, *, insecure: bool = False, username_env: str | None = None,
         password_env: str | None = None, timeout: float = 10.0, say: Callable[[str], None] | None = None,
+        username: str | None = None,
     ) -> None:
         self.repository = repository
         self.timeout = timeout
@@ -49,7 +50,9 @@ class Registry:
         self.name = RepositoryName.parse(repository)
         scheme = "http" if insecure else "https"
         self.base = f"{scheme}://{self.name.host}/v2/{self.name.path}"
-        user = os.environ.get(username_env, "") if username_env else ""
+        # A fixed user name (Heroku's registry takes any, e.g. "_", with the API token as password) or one
+        # read from an env var.
+        user = username or (os.environ.get(username_env, "") if username_env else "")
         password = os.environ.get(password_env, "") if password_env else ""
         self._basic = (user, password) if user else None
         self._client = httpx.Client(timeout=timeout)
