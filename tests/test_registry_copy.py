@@ -13,7 +13,7 @@ import pytest
 from conveyor.errors import BadInput
 from conveyor.registry.client import Registry
 from conveyor.registry.copy import DigestMismatch, UploadJournal, copy_image
-from tests.fakes.registries import AuthRegistry, push_test_blob, push_test_image
+from tests.fakes.registries import AuthRegistry, push_test_blob, push_test_image, push_test_index
 
 USERS = {"deployer": "s3cret-pw"}
 
@@ -72,6 +72,19 @@ def test_copy_sends_only_the_blobs_the_destination_lacks(registry, basic_registr
     assert again.already_there and again.bytes_sent == 0
 
 
+def test_an_index_is_copied_with_every_image_it_names(registry, basic_registry, credentials, tmp_path):
+    amd64, _ = push_test_image(registry.host, "copy/multi", [os.urandom(10_000)], tag="amd64")
+    arm64, arm_blobs = push_test_image(registry.host, "copy/multi", [os.urandom(10_000)], tag="arm64")
+    index = push_test_index(registry.host, "copy/multi", [amd64, arm64])
+    result = copy_image(_anonymous(registry, "copy/multi"), _with_credentials(basic_registry, "team/multi"), index,
+                        journal=UploadJournal(tmp_path), tag="v1")
+    assert result.blobs_uploaded == 4
+    copied = _with_credentials(basic_registry, "team/multi")
+    assert copied.digest_for_tag("v1") == index
+    assert copied.has_digest(amd64) and copied.has_digest(arm64)
+    assert len(_blob(basic_registry.host, "team/multi", arm_blobs[1])) == 10_000
+
+
 def test_copy_inside_one_registry_mounts_every_blob(registry, tmp_path):
     digest, _ = push_test_image(registry.host, "copy/mount-from", [os.urandom(100_000)])
     result = copy_image(_anonymous(registry, "copy/mount-from"), _anonymous(registry, "copy/mount-to"), digest,
@@ -83,7 +96,10 @@ def test_copy_inside_one_registry_mounts_every_blob(registry, tmp_path):
 def test_an_interrupted_copy_resumes_where_the_destination_got_to(registry, basic_registry, credentials,
                                                                     tmp_path):
     layer = os.urandom(1_000_000)
-    digest, _ = push_test_image(registry.host, "copy/resume", [layer])
+    digest, blobs = push_test_image(registry.host, "copy/resume", [layer])
+    with httpx.Client(auth=("deployer", USERS["deployer"])) as client:  # only the layer is copied below
+        config = httpx.get(f"http://{registry.host}/v2/copy/resume/blobs/{blobs[0]}").content
+        push_test_blob(client, f"http://{basic_registry.host}/v2/team/resume", config)
     journal = UploadJournal(tmp_path / "uploads")
 
     class CutOff(Exception):
@@ -100,7 +116,7 @@ def test_an_interrupted_copy_resumes_where_the_destination_got_to(registry, basi
     result = copy_image(_anonymous(registry, "copy/resume"), _with_credentials(basic_registry, "team/resume"),
                         digest, journal=journal, chunk_bytes=262_144)
     assert result.bytes_resumed == 262_144
-    assert result.bytes_sent == 1_000_000 - 262_144  # the config blob was committed before the cut
+    assert result.bytes_sent == 1_000_000 - 262_144
     assert _blob(basic_registry.host, "team/resume", _layer_digest(layer)) == layer
     assert not list((tmp_path / "uploads").glob("*.json"))  # nothing left to resume
 

@@ -4,7 +4,9 @@ bearer-token auth (the token flow Docker Hub, GHCR, Heroku and most hosted regis
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,7 +57,7 @@ class Registry:
         user = username or (os.environ.get(username_env, "") if username_env else "")
         password = os.environ.get(password_env, "") if password_env else ""
         self._basic = (user, password) if user else None
-        self._client = httpx.Client(timeout=timeout)
+        self._client = httpx.Client(timeout=timeout, verify=_tls_context())
         self._token: str | None = None
         # What a bearer token is asked for: pull here, plus push and other repositories' pull (for a
         # cross-repository mount) when registry.copy writes.
@@ -193,6 +195,14 @@ class Registry:
         if response.status_code == 200:
             body = response.json()
             self._token = body.get("token") or body.get("access_token")
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One per process: loading the CA bundle costs ~50 ms, more than a whole copy of a present image."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _parse_challenge(params: str) -> list[tuple[str, str]]:

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import queue
+import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,8 @@ from conveyor.registry.client import MANIFEST_TYPES, Registry
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json"}
 CHUNK_BYTES = 64 * 1024 * 1024  # one PATCH; what an interruption can cost at most
-READ_BYTES = 1024 * 1024  # what is in memory at once, whatever the layer's size
+READ_BYTES = 1024 * 1024  # what is in memory at once per blob, whatever the layer's size
+PARALLEL_BLOBS = 4  # blobs copied at once, as skopeo does: one stream rarely fills a link or a disk
 Progress = Callable[[str], None]
 
 
@@ -46,6 +50,11 @@ class CopyResult:
     blobs_uploaded: int = 0
     bytes_sent: int = 0
     bytes_resumed: int = 0  # bytes an earlier, interrupted copy had already sent
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, name: str, count: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + count)
 
     def summary(self) -> str:
         if self.already_there:
@@ -94,8 +103,9 @@ def copy_image(source: Registry, destination: Registry, digest: str, *, journal:
     if there == digest:
         result.already_there = True
         return result
-    copier = _Copier(source, destination, journal, progress, chunk_bytes, result)
-    copier.manifest(digest, tag)
+    if source.host == destination.host:
+        destination.allow(f"repository:{source.name.path}:pull")  # for cross-repository mounts
+    _Copier(source, destination, journal, progress, chunk_bytes, result).manifest(digest, tag)
     return result
 
 
@@ -107,6 +117,10 @@ class _Copier:
     progress: Progress
     chunk_bytes: int
     result: CopyResult
+    say: Progress = field(init=False, repr=False)  # a blob copy's progress line (through the relay)
+
+    def __post_init__(self) -> None:
+        self.say = self.progress
 
     def manifest(self, digest: str, tag: str | None = None) -> None:
         body, media_type = self._read_manifest(digest)
@@ -116,8 +130,7 @@ class _Copier:
                 for child in document.get("manifests", []):
                     self.manifest(child["digest"])
             else:
-                for blob in [document["config"], *document.get("layers", [])]:
-                    self.blob(blob["digest"], int(blob.get("size", 0)))
+                self._blobs([document["config"], *document.get("layers", [])])
             self._write_manifest(digest, body, media_type, digest)
         if tag is not None:
             self._write_manifest(digest, body, media_type, tag)
@@ -140,16 +153,22 @@ class _Copier:
         if arrived != digest:
             raise DigestMismatch(f"{self.destination.host} stored {what} as {arrived}")
 
+    def _blobs(self, descriptors: list[dict[str, Any]]) -> None:
+        relay = _Relay()
+        self.say = relay.say
+        jobs = [lambda d=d: self.blob(d["digest"], int(d.get("size", 0))) for d in descriptors]
+        relay.run(jobs, self.progress, PARALLEL_BLOBS)
+
     def blob(self, digest: str, size: int) -> None:
         if self._destination_has_blob(digest):
-            self.result.blobs_present += 1
+            self.result.add("blobs_present")
             return
         if self._mounted(digest):
-            self.result.blobs_mounted += 1
-            self.progress(f"mounted {_short(digest)} from {self.source.name.path}")
+            self.result.add("blobs_mounted")
+            self.say(f"mounted {_short(digest)} from {self.source.name.path}")
             return
         self._upload(digest, size)
-        self.result.blobs_uploaded += 1
+        self.result.add("blobs_uploaded")
 
     def _destination_has_blob(self, digest: str) -> bool:
         what = f"blob {digest} in {self.destination.repository}"
@@ -160,7 +179,6 @@ class _Copier:
         """Inside one registry a blob in the source repository is linked, not sent."""
         if self.source.host != self.destination.host or self.source.name.path == self.destination.name.path:
             return False
-        self.destination.allow(f"repository:{self.source.name.path}:pull")
         url = self.destination.url(f"blobs/uploads/?mount={digest}&from={self.source.name.path}")
         response = self.destination.call("POST", url, f"a mount of {digest}")
         if response.status_code == 201:
@@ -172,10 +190,10 @@ class _Copier:
     def _upload(self, digest: str, size: int) -> None:
         location, offset = self._resume_or_start(digest)
         if offset:
-            self.result.bytes_resumed += offset
-            self.progress(f"resuming {_short(digest)} at {_mb(offset)} of {_mb(size)}")
+            self.result.add("bytes_resumed", offset)
+            self.say(f"resuming {_short(digest)} at {_mb(offset)} of {_mb(size)}")
         else:
-            self.progress(f"uploading {_short(digest)} ({_mb(size)})")
+            self.say(f"uploading {_short(digest)} ({_mb(size)})")
         hasher = hashlib.sha256()
         what = f"blob {digest} of {self.source.repository}"
         with self.source.stream(self.source.url(f"blobs/{digest}"), what) as response:
@@ -214,8 +232,8 @@ class _Copier:
         location = self._location(response, location)
         sent = _received(response) - offset
         self.journal.save(self.destination, digest, location, offset + sent)
-        self.result.bytes_sent += sent
-        self.progress(f"sent {_mb(offset + sent)} of {_short(digest)}")
+        self.result.add("bytes_sent", sent)
+        self.say(f"sent {_mb(offset + sent)} of {_short(digest)}")
         return location, offset + sent
 
     def _commit(self, digest: str, location: str) -> None:
@@ -237,6 +255,67 @@ class _Copier:
             base = self.destination.base.split("/v2/", 1)[0]
             location = base + location
         return location
+
+
+class _Stopped(Exception):
+    """A blob's copy stops at its next progress line: another failed, or the caller's callback raised."""
+
+
+class _Relay:
+    """Runs blob copies on worker threads and hands their progress lines to the caller's thread one at a
+    time (the caller's callback writes the ledger, whose session is not shared across threads). A worker
+    waits until its line is handled, so when the callback raises (or the caller is interrupted) every
+    copy stops at its next line, its upload journalled for a resume."""
+
+    def __init__(self) -> None:
+        self._lines: queue.Queue[tuple[str, threading.Event] | None] = queue.Queue()
+        self._finished = 0
+        self.stopped = False
+
+    def say(self, line: str) -> None:
+        handled = threading.Event()
+        self._lines.put((line, handled))
+        handled.wait()
+        if self.stopped:
+            raise _Stopped(line)
+
+    def run(self, jobs: list[Callable[[], None]], progress: Progress, parallel: int) -> None:
+        with ThreadPoolExecutor(max(1, min(parallel, len(jobs)))) as pool:
+            futures = [pool.submit(self._job, job) for job in jobs]
+            try:
+                self._relay(len(jobs), progress)
+            except BaseException:
+                self.stopped = True
+                self._relay(len(jobs), None)  # let every worker reach its next line and end
+                raise
+        failures = [f.exception() for f in futures if f.exception() is not None]
+        for failure in failures:  # a worker's own failure (a refused upload, a digest mismatch) first
+            if not isinstance(failure, _Stopped):
+                raise failure
+        if failures:
+            raise failures[0]
+
+    def _job(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException:
+            self.stopped = True  # the others stop too: the copy has failed
+            raise
+        finally:
+            self._lines.put(None)
+
+    def _relay(self, count: int, progress: Progress | None) -> None:
+        while self._finished < count:
+            item = self._lines.get()
+            if item is None:
+                self._finished += 1
+                continue
+            line, handled = item
+            try:
+                if progress is not None and not self.stopped:
+                    progress(line)
+            finally:
+                handled.set()
 
 
 class _Pieces:

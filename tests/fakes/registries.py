@@ -203,3 +203,23 @@ def push_test_blob(client: object, base: str, blob: bytes) -> dict[str, object]:
                       content=blob, headers={"Content-Type": "application/octet-stream"})
     done.raise_for_status()
     return {"digest": digest, "size": len(blob)}
+
+
+def push_test_index(host: str, repo: str, children: list[str]) -> str:
+    """Push an OCI index naming the given image manifests (already in `repo`); returns its digest."""
+    import hashlib
+
+    import httpx
+
+    entries = []
+    for child, arch in zip(children, ("amd64", "arm64", "riscv64"), strict=False):
+        body = httpx.get(f"http://{host}/v2/{repo}/manifests/{child}",
+                         headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}).content
+        entries.append({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": child,
+                        "size": len(body), "platform": {"architecture": arch, "os": "linux"}})
+    index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                        "manifests": entries}).encode()
+    response = httpx.put(f"http://{host}/v2/{repo}/manifests/multi", content=index,
+                         headers={"Content-Type": "application/vnd.oci.image.index.v1+json"})
+    response.raise_for_status()
+    return "sha256:" + hashlib.sha256(index).hexdigest()
