@@ -255,7 +255,9 @@ def _stopped(ws: Workspace, recorder: _Recorder, signals: _Signals, status: str,
     and is recorded as succeeded rather than as `status`. A release the steps already recorded as finished
     (a failed deploy) is left as it is."""
     signals.finishing = True
-    if recorder.switched:
+    # A target may fail after its switch (Heroku: a dyno of the current release crashed); the steps then
+    # recorded `failed` and rolled back, and that record stands.
+    if recorder.switched and recorder.release.status != "failed":
         recorder.succeed_after_switch(ws, cause)
         return True
     if recorder.release.finished_at is None:
