@@ -163,3 +163,17 @@ def test_a_formation_naming_an_image_the_registry_lacks_is_refused(heroku: FakeH
         api.call("PATCH", "/apps/hello-staging/formation",
                  body={"updates": [{"type": "web", "docker_image": "sha256:" + "0" * 64}]})
     api.close()
+
+
+def test_promote_only_ships_the_chosen_digest_to_the_next_app(heroku_app: App, heroku: FakeHeroku,
+                                                              heroku_registry) -> None:
+    first, first_digest = _ship(heroku_app, heroku, heroku_registry)
+    heroku_app.ok("deploy", "staging", first)
+    second, second_digest = _ship(heroku_app, heroku, heroku_registry, "staging-2")
+    heroku_app.ok("deploy", "staging", second)
+    promoted = heroku_app.ok("promote", "--only", first)
+    assert "--only" in promoted.err
+    assert heroku.apps["hello-prod"].formation["web"] == first_digest != second_digest
+    assert heroku.apps["hello-staging"].formation["web"] == second_digest
+    record = heroku_app.history("production")[0]
+    assert record["kind"] == "promote" and record["digest"] == first_digest
