@@ -275,7 +275,10 @@ class _Relay:
     def say(self, line: str) -> None:
         handled = threading.Event()
         self._lines.put((line, handled))
-        handled.wait()
+        # A signal can land between the caller taking the line and marking it handled: a stopped relay is
+        # not waited for.
+        while not handled.wait(0.5) and not self.stopped:
+            pass
         if self.stopped:
             raise _Stopped(line)
 
