@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(git docker-registry buildah podman runc catatonit haproxy busybox-static postgresql curl)
+DEBIAN_PACKAGES=(git docker-registry buildah podman runc catatonit haproxy busybox-static postgresql curl skopeo)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -46,6 +46,24 @@ class ConfigProblems(ValueError):
         self.problems = problems
 
 
+def check_repository(value: str) -> str:
+    """An image repository without tag or digest, in the distribution spec's grammar."""
+    last = value.rsplit("/", 1)[-1]
+    if "@" in value or ":" in last:
+        raise ValueError("give the repository only, without a tag or digest")
+    parts = value.split("/")
+    # As in docker's reference grammar: a first part with '.' or ':' (or localhost) is the registry host.
+    host = parts[0] if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost") \
+        else None
+    path = parts[1:] if host else parts
+    for part in path:
+        if not OCI_PATH_COMPONENT.fullmatch(part):
+            hint = " (OCI repository names are lowercase)" if part.lower() != part else ""
+            raise ValueError(f"{quoted(part)} is not a valid repository name part{hint}: use lowercase letters, "
+                             "digits, and '.', '_' or '-' between them")
+    return value
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,6 +72,19 @@ class RegistrySettings(Strict):
     insecure: bool = Field(False, description="Talk plain HTTP to the registry (a local registry).")
     username_env: str | None = Field(None, pattern=ENV_VAR, description="Env var holding the user name.")
     password_env: str | None = Field(None, pattern=ENV_VAR, description="Env var holding the password.")
+
+
+class EnvironmentRegistry(RegistrySettings):
+    """Where an environment pulls its image from, when that is not the registry the artifact is built into:
+    conveyor copies the artifact there by digest before the release applies it."""
+
+    image: str = Field(min_length=1, description="The image repository in that registry, e.g. "
+                       "registry.prod.example.com/team/app.")
+
+    @field_validator("image")
+    @classmethod
+    def _image_repository(cls, value: str) -> str:
+        return check_repository(value)
 
 
 class BuildSettings(Strict):
@@ -157,6 +188,8 @@ class Environment(Strict):
         "fifo", description="On `conveyor server`: how waiting deploys to this environment run. fifo: each in "
         "turn; supersede: only the newest of several waiting deploys runs, the others are recorded as superseded.",
     )
+    registry: EnvironmentRegistry | None = Field(
+        None, description="This environment's own registry: the artifact is copied there by digest first.")
 
     @field_validator("target", mode="wrap")
     @classmethod
@@ -227,20 +260,7 @@ class AppConfig(Strict):
     @field_validator("image")
     @classmethod
     def _image_repository(cls, value: str) -> str:
-        last = value.rsplit("/", 1)[-1]
-        if "@" in value or ":" in last:
-            raise ValueError("give the repository only, without a tag or digest")
-        parts = value.split("/")
-        # As in docker's reference grammar: a first part with '.' or ':' (or localhost) is the registry host.
-        host = parts[0] if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost") \
-            else None
-        path = parts[1:] if host else parts
-        for part in path:
-            if not OCI_PATH_COMPONENT.fullmatch(part):
-                hint = " (OCI repository names are lowercase)" if part.lower() != part else ""
-                raise ValueError(f"{quoted(part)} is not a valid repository name part{hint}: use lowercase letters, "
-                                 "digits, and '.', '_' or '-' between them")
-        return value
+        return check_repository(value)
 
     @model_validator(mode="after")
     def _cross_references(self) -> AppConfig:

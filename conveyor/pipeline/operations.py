@@ -5,6 +5,7 @@ from __future__ import annotations
 from conveyor.errors import BadInput, Refused
 from conveyor.ledger.models import Release
 from conveyor.pipeline.artifacts import require_artifact
+from conveyor.pipeline.copies import render as render_placed
 from conveyor.pipeline.guards import check_promotion_policy
 from conveyor.pipeline.release import DryRun, ReleasePlan, execute
 from conveyor.pipeline.stages import stage_pair
@@ -37,8 +38,7 @@ def deploy(
     env = ws.config.environment(env_name)
     kind = "hotfix" if hotfix else "deploy"
     check_promotion_policy(env, kind=kind, source_env=None, forced=force)
-    artifact = require_artifact(ws, sha)
-    spec = ws.target(env.target.type).render(ws.config, env, artifact)
+    artifact, spec = render_placed(ws, env, require_artifact(ws, sha))
     plan = ReleasePlan(env=env, kind=kind, artifact=artifact, spec=spec, reason=reason, forced=force)
     return execute(ws, plan, wait=wait, dry_run=dry_run)
 
@@ -71,8 +71,7 @@ def promote(
     ws.ship(pinned.sha)
     env = ws.config.environment(target_env)
     check_promotion_policy(env, kind="promote", source_env=source_cfg.name, forced=force)
-    artifact = Artifact(pinned.image.split("@")[0], pinned.sha, pinned.digest)
-    spec = ws.target(env.target.type).render(ws.config, env, artifact)
+    artifact, spec = render_placed(ws, env, Artifact(pinned.image.split("@")[0], pinned.sha, pinned.digest))
     plan = ReleasePlan(
         env=env, kind="promote", artifact=artifact, spec=spec,
         reason=reason or f"promote {source_cfg.name}#{pinned.number}", forced=force, source=pinned,

@@ -22,6 +22,8 @@ from typing import Any
 from conveyor.config.models import Environment
 from conveyor.errors import ConveyorError, OperationFailed, Refused
 from conveyor.ledger.models import Block, Release
+from conveyor.pipeline.copies import COPY_STEP, run_copy
+from conveyor.pipeline.copies import describe as describe_copy
 from conveyor.pipeline.events import Progress
 from conveyor.pipeline.guards import check_blocks, check_promotion_policy, describe_block
 from conveyor.pipeline.lease import LeaseKeeper
@@ -54,6 +56,7 @@ class ReleasePlan:
             f"acquire the lease on {app}/{self.env.name}",
             f"record the next {self.env.name} release as pending",
         ]
+        lines += [describe_copy(copy) for copy in self.spec.get("copies", [])]
         lines += [f"run pre-deploy task '{t['name']}' with the new image" for t in self.tasks]
         lines += [
             f"deploy on {self.spec['target']}: apply the new version and verify it (health check or rollout); "
@@ -252,7 +255,9 @@ def _stopped(ws: Workspace, recorder: _Recorder, signals: _Signals, status: str,
     and is recorded as succeeded rather than as `status`. A release the steps already recorded as finished
     (a failed deploy) is left as it is."""
     signals.finishing = True
-    if recorder.switched:
+    # A target may fail after its switch (Heroku: a dyno of the current release crashed); the steps then
+    # recorded `failed` and rolled back, and that record stands.
+    if recorder.switched and recorder.release.status != "failed":
         recorder.succeed_after_switch(ws, cause)
         return True
     if recorder.release.finished_at is None:
@@ -280,6 +285,13 @@ def _run_steps(
     ws: Workspace, plan: ReleasePlan, release: Release, recorder: _Recorder, lease: LeaseKeeper, target: Any,
     signals: _Signals,
 ) -> Release:
+    for copy in plan.spec.get("copies", []):
+        _check_lease(lease)
+        recorder.step(COPY_STEP)
+        recorder.event(COPY_STEP, "started", describe_copy(copy), {"digest": copy["digest"]}, shown=True)
+        summary = run_copy(ws, copy, recorder.report)
+        recorder.event(COPY_STEP, "ok", summary, {"digest": copy["digest"], "to": copy["to"]["repository"]},
+                       shown=True)
     for task in plan.tasks:
         _check_lease(lease)
         recorder.step(f"task:{task['name']}")

@@ -1,10 +1,12 @@
-"""A small Distribution (OCI registry) API v2 client: enough to find an image's digest by tag and to
-confirm a digest exists. Anonymous, basic, and bearer-token auth (the token flow Docker Hub, GHCR and
-most hosted registries use)."""
+"""A small Distribution (OCI registry) API v2 client: find an image's digest by tag, confirm a digest
+exists, and the manifest and blob calls registry.copy moves images with. Anonymous, basic, and
+bearer-token auth (the token flow Docker Hub, GHCR, Heroku and most hosted registries use)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +44,7 @@ class Registry:
     def __init__(
         self, repository: str, *, insecure: bool = False, username_env: str | None = None,
         password_env: str | None = None, timeout: float = 10.0, say: Callable[[str], None] | None = None,
+        username: str | None = None,
     ) -> None:
         self.repository = repository
         self.timeout = timeout
@@ -49,11 +52,57 @@ class Registry:
         self.name = RepositoryName.parse(repository)
         scheme = "http" if insecure else "https"
         self.base = f"{scheme}://{self.name.host}/v2/{self.name.path}"
-        user = os.environ.get(username_env, "") if username_env else ""
+        # A fixed user name (Heroku's registry takes any, e.g. "_", with the API token as password) or one
+        # read from an env var.
+        user = username or (os.environ.get(username_env, "") if username_env else "")
         password = os.environ.get(password_env, "") if password_env else ""
         self._basic = (user, password) if user else None
-        self._client = httpx.Client(timeout=timeout)
+        self._client = httpx.Client(timeout=timeout, verify=_tls_context())
         self._token: str | None = None
+        # What a bearer token is asked for: pull here, plus push and other repositories' pull (for a
+        # cross-repository mount) when registry.copy writes.
+        self._scopes = [f"repository:{self.name.path}:pull"]
+
+    @property
+    def host(self) -> str:
+        return self.name.host
+
+    def allow(self, scope: str) -> None:
+        """Ask for `scope` too in the next token (e.g. repository:team/app:pull,push)."""
+        if scope not in self._scopes:
+            self._scopes.append(scope)
+            self._token = None
+
+    def url(self, path: str) -> str:
+        """The absolute URL of `path` under this repository (`manifests/…`, `blobs/…`)."""
+        return f"{self.base}/{path}"
+
+    def call(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
+             content: bytes | None = None) -> httpx.Response:
+        """One authenticated request; a 401 gets a token (or proves the credentials wrong) and is retried."""
+        return self._request(method, url, what, headers=headers, content=content)
+
+    @contextmanager
+    def stream(self, url: str, what: str, headers: dict[str, str] | None = None) -> Iterator[httpx.Response]:
+        """A GET whose body is read as it arrives (a layer is never held in memory)."""
+        self.call("HEAD", url, what, headers=headers)  # authenticates first: a streamed 401 cannot be replayed
+        try:
+            with self._client.stream("GET", url, headers=self._auth_headers(headers or {}),
+                                     auth=None if self._token else self._basic) as response:
+                yield response
+        except httpx.TransportError as exc:
+            raise InfrastructureMissing(f"registry {self.name.host} broke off {what}: {_transport_reason(exc)}") \
+                from None
+
+    def send_streamed(self, method: str, url: str, what: str, headers: dict[str, str],
+                      content: Iterator[bytes]) -> httpx.Response:
+        """A request whose body is produced as it is sent; the caller has authenticated already."""
+        try:
+            return self._client.request(method, url, headers=self._auth_headers(headers), content=content,
+                                        auth=None if self._token else self._basic)
+        except httpx.TransportError as exc:
+            raise InfrastructureMissing(f"registry {self.name.host} broke off {what}: {_transport_reason(exc)}") \
+                from None
 
     def close(self) -> None:
         self._client.close()
@@ -66,7 +115,7 @@ class Registry:
         return self._head_manifest(digest) is not None
 
     def _head_manifest(self, reference: str) -> str | None:
-        response = self._request("HEAD", f"{self.base}/manifests/{reference}", reference)
+        response = self._manifest_request("HEAD", f"{self.base}/manifests/{reference}", reference)
         if response.status_code == 404:
             return None
         if response.status_code >= 400:
@@ -77,21 +126,25 @@ class Registry:
         digest = response.headers.get("Docker-Content-Digest")
         if not digest:
             # Some registries omit the header on HEAD; the body's digest is then computed by GET.
-            body = self._request("GET", f"{self.base}/manifests/{reference}", reference)
+            body = self._manifest_request("GET", f"{self.base}/manifests/{reference}", reference)
             import hashlib
 
             digest = "sha256:" + hashlib.sha256(body.content).hexdigest()
         return digest
 
-    def _request(self, method: str, url: str, reference: str) -> httpx.Response:
-        headers = {"Accept": MANIFEST_TYPES}
-        what = f"the manifest of {self.repository}:{reference}"
+    def _manifest_request(self, method: str, url: str, reference: str) -> httpx.Response:
+        return self._request(method, url, f"the manifest of {self.repository}:{reference}",
+                             headers={"Accept": MANIFEST_TYPES})
+
+    def _request(self, method: str, url: str, what: str, *, headers: dict[str, str] | None = None,
+                 content: bytes | None = None) -> httpx.Response:
+        headers = headers or {}
         try:
             with self._announce_when_slow(what):
-                response = self._send(method, url, headers)
+                response = self._send(method, url, headers, content)
                 if response.status_code == 401:
                     self._authenticate(response)
-                    response = self._send(method, url, headers)
+                    response = self._send(method, url, headers, content)
         except httpx.TimeoutException:
             raise InfrastructureMissing(
                 f"registry {self.name.host} did not answer within {self.timeout:g}s (asked for {what})"
@@ -120,11 +173,12 @@ class Registry:
         finally:
             timer.cancel()
 
-    def _send(self, method: str, url: str, headers: dict[str, str]) -> httpx.Response:
-        if self._token:
-            headers = {**headers, "Authorization": f"Bearer {self._token}"}
-            return self._client.request(method, url, headers=headers)
-        return self._client.request(method, url, headers=headers, auth=self._basic)
+    def _send(self, method: str, url: str, headers: dict[str, str], content: bytes | None) -> httpx.Response:
+        return self._client.request(method, url, headers=self._auth_headers(headers), content=content,
+                                    auth=None if self._token else self._basic)
+
+    def _auth_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        return {**headers, "Authorization": f"Bearer {self._token}"} if self._token else headers
 
     def _authenticate(self, challenge: httpx.Response) -> None:
         header = challenge.headers.get("WWW-Authenticate", "")
@@ -132,11 +186,23 @@ class Registry:
         if scheme.lower() != "bearer":
             return  # basic auth was already sent when configured
         fields = dict(_parse_challenge(params))
-        query = {"service": fields.get("service", ""), "scope": f"repository:{self.name.path}:pull"}
-        response = self._client.get(fields["realm"], params=query, auth=self._basic)
+        query = [("service", fields.get("service", "")), *(("scope", scope) for scope in self._scopes)]
+        try:
+            response = self._client.get(fields["realm"], params=query, auth=self._basic)
+        except httpx.TransportError as exc:
+            raise InfrastructureMissing(f"the token server of registry {self.name.host} ({fields['realm']}) is "
+                                        f"unreachable: {_transport_reason(exc)}") from None
         if response.status_code == 200:
             body = response.json()
             self._token = body.get("token") or body.get("access_token")
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One per process: loading the CA bundle costs ~50 ms, more than a whole copy of a present image."""
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def _parse_challenge(params: str) -> list[tuple[str, str]]:

@@ -25,9 +25,16 @@ def _kubernetes(state_dir: Path, repo_dir: Path) -> Target:
     return Kubernetes(state_dir, repo_dir)
 
 
+def _heroku(state_dir: Path, repo_dir: Path) -> Target:
+    from conveyor.targets.heroku.target import Heroku
+
+    return Heroku(state_dir)
+
+
 TARGETS: dict[str, Callable[[Path, Path], Target]] = {
     "container-host": _container_host,
     "kubernetes": _kubernetes,
+    "heroku": _heroku,
 }
 
 

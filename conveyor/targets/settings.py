@@ -2,6 +2,7 @@
 `target:` sections are validated by the model of their type. Cheap: pydantic only, no target's client."""
 
 from conveyor.targets.container_host import settings as container_host
+from conveyor.targets.heroku import settings as heroku
 from conveyor.targets.kubernetes import settings as kubernetes
 
-__all__ = ["container_host", "kubernetes"]
+__all__ = ["container_host", "heroku", "kubernetes"]
