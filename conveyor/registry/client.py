@@ -4,7 +4,9 @@ most hosted registries use)."""
 
 from __future__ import annotations
 
+import functools
 import os
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +25,13 @@ MANIFEST_TYPES = ", ".join(
     ]
 )
 PATIENCE = 1.5  # seconds of silence from the registry before conveyor says what it is waiting for
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verification, made once per process: loading the CA bundle costs 60-100 ms, and the
+    server makes a Registry for every operation it performs (it was most of a queued build's start-up)."""
+    return httpx.create_ssl_context()
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,7 @@ class Registry:
         user = os.environ.get(username_env, "") if username_env else ""
         password = os.environ.get(password_env, "") if password_env else ""
         self._basic = (user, password) if user else None
-        self._client = httpx.Client(timeout=timeout)
+        self._client = httpx.Client(timeout=timeout, verify=_tls_context())
         self._token: str | None = None
 
     def close(self) -> None:
