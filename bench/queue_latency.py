@@ -31,6 +31,7 @@ from server_harness import (
     client,
     create_token,
     first_sse_event,
+    free_ports,
     make_app_repo,
     push_image,
     register,
@@ -38,7 +39,7 @@ from server_harness import (
     summary,
 )
 
-from devstack import Postgres, Registry, free_port
+from devstack import Postgres, Registry
 
 
 def one_run(api: object, app: str) -> tuple[int, float, float, str]:
@@ -78,7 +79,7 @@ def breakdown(database_url: str, numbers: list[int]) -> tuple[list[float], list[
 
 
 def measure(label: str, root: Path, registry: str, database_url: str | None, runs: int) -> None:
-    app = make_app_repo(root / "repos", "lat", registry, "lat", (free_port(), free_port()))
+    app = make_app_repo(root / "repos", "lat", registry, "lat", tuple(free_ports(2)))  # type: ignore[arg-type]
     push_image(registry, "lat", [app.sha])
     env = server_env(root / "home", database_url)
     admin = create_token(env, "admin", "admin")

@@ -37,19 +37,22 @@ from server_harness import (
     ServerProcess,
     client,
     create_token,
+    free_ports,
     make_app_repo,
     push_image,
     register,
     server_env,
 )
 
-from devstack import Postgres, Registry, free_port
+from devstack import Postgres, Registry
 
 TAKEN_OVER = ("taking over operation", "stopped renewing its lease")
 
 
 def make_apps(root: Path, registry: str, count: int) -> list[AppRepo]:
-    apps = [make_app_repo(root, f"app-{n:02d}", registry, "load", (free_port(), free_port())) for n in range(count)]
+    ports = free_ports(2 * count)
+    apps = [make_app_repo(root, f"app-{n:02d}", registry, "load", (ports[2 * n], ports[2 * n + 1]))
+            for n in range(count)]
     push_image(registry, "load", [app.sha for app in apps])
     return apps
 

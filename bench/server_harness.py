@@ -39,6 +39,21 @@ environments:
 """
 
 
+def free_ports(count: int) -> list[int]:
+    """COUNT distinct free ports: all held open until all are picked (one at a time, the OS may hand the same
+    one out twice, and two environments of an app sharing a port is a config error)."""
+    import socket
+
+    held = [socket.socket() for _ in range(count)]
+    try:
+        for sock in held:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))]
