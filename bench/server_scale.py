@@ -165,6 +165,53 @@ def compare(label: str, small: Served, big: Served, runs: int, depth: int) -> No
         print(f"  {name:40} {ms(a, .5):>9} {ms(a, .95):>9} {ms(b, .5):>9} {ms(b, .95):>9}  {verdict}")
 
 
+def ledger_share(url: str, runs: int, depth: int) -> None:
+    """The ledger's part of those requests, in-process through the Ledger API (the same queries the views
+    run), so what the size of the ledger costs is seen apart from the per-request work around it."""
+    from conveyor.ledger import open_ledger
+
+    ledger = open_ledger(url)
+    try:
+        before = deep_id(url, depth)
+        calls = {
+            "list_releases, first page": lambda: ledger.list_releases("bench", None, 21),
+            "list_releases staging, first page": lambda: ledger.list_releases("bench", "staging", 21),
+            "list_releases, deep page": lambda: ledger.list_releases("bench", None, 21, before_id=before),
+            "list_releases staging, deep page":
+                lambda: ledger.list_releases("bench", "staging", 21, before_id=before),
+            "live_release staging": lambda: ledger.live_release("bench", "staging"),
+            "list_leases": lambda: ledger.list_leases(),
+        }
+        print("  the ledger's share (big ledger, in-process Ledger API calls), ms:")
+        for name, call in calls.items():
+            call()
+            took = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                call()
+                took.append(time.perf_counter() - started)
+            print(f"    {name:38} p50 {percentile(took, .5) * 1000:6.2f}  p95 {percentile(took, .95) * 1000:6.2f}")
+        if url.startswith("postgresql"):
+            explain(url, before)
+    finally:
+        ledger.close()
+
+
+def explain(url: str, before: int) -> None:
+    """PostgreSQL's plan for the deep history pages (what the view's query compiles to)."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        for env in ("", " AND env = 'staging'"):
+            sql = (f"SELECT * FROM releases WHERE app = 'bench'{env} AND id < {before} "
+                   "ORDER BY id DESC LIMIT 21")
+            plan = [row[0] for row in conn.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql)]
+            print(f"  EXPLAIN ANALYZE {sql}:")
+            for line in plan:
+                if "Scan" in line or "Execution Time" in line or "Limit" in line:
+                    print(f"    {line.strip()}")
+
+
 def run_backend(label: str, root: Path, repo: Path, shas: list[str], urls: dict[str, str | None],
                 fill: Any, releases: int, per_release: int, runs: int) -> None:
     for name, url in urls.items():
@@ -177,6 +224,7 @@ def run_backend(label: str, root: Path, repo: Path, shas: list[str], urls: dict[
     big = Served(root, "big", urls["big"], repo)
     try:
         compare(label, small, big, runs, depth=releases // 2)
+        ledger_share(big.url, runs, depth=releases // 2)
     finally:
         small.close()
         big.close()
