@@ -20,8 +20,8 @@ Target: p95 ≤ 50 ms on PostgreSQL.
 
 Defaults are the issue's sizes (1,000,000 releases, 10 events each, 50 runs, both backends, SQLite as big
 as PostgreSQL); `--releases 20000 --runs 10` is a quick run. The full PostgreSQL fill took 16 minutes on the
-2-core development machine under load (1,000,000 releases with 1,000,000 rows take ~80 s); the SQLite one is
-about half as fast per row, so `--sqlite-releases 100000` keeps a full run near 20 minutes.
+2-core development machine under load (100,000 releases with 1,000,000 events: ~80 s); the SQLite one took
+~50 s for that size, and `--sqlite-releases 100000` keeps a full run of both near 20 minutes.
 """
 
 from __future__ import annotations
