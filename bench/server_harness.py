@@ -200,8 +200,10 @@ def register(api: Any, app: AppRepo) -> None:
 
 
 def first_sse_event(api: Any, operation_id: int) -> tuple[str, str]:
-    """Follow GET /api/operations/{id}/events up to its first event: (event name, data)."""
-    name, data = "message", ""
+    """Follow GET /api/operations/{id}/events up to the operation's first recorded event (or `end`): (event
+    name, data). Notes the stream sends without an id (where a queued operation waits) are not the
+    operation's events: skipped."""
+    name, data, event_id = "message", "", ""
     with api.stream("GET", f"/api/operations/{operation_id}/events",
                     headers={"Accept": "text/event-stream"}) as response:
         response.raise_for_status()
@@ -210,8 +212,12 @@ def first_sse_event(api: Any, operation_id: int) -> tuple[str, str]:
                 name = line[6:].strip()
             elif line.startswith("data:"):
                 data += line[5:].strip()
+            elif line.startswith("id:"):
+                event_id = line[3:].strip()
             elif line == "" and data:
-                return name, data
+                if event_id or name == "end":
+                    return name, data
+                name, data, event_id = "message", "", ""
     raise SystemExit(f"operation #{operation_id}'s event stream ended with no event")
 
 

@@ -17,7 +17,6 @@ def release_view(release: Release, holder_gone_since: datetime | None = None) ->
     """`holder_gone_since`: for a pending or running release whose process stopped heartbeating, when it
     was last heard from (the record itself is only rewritten by `recover` or a takeover, never by a view)."""
     return {
-        "id": release.id,  # what source_release_id refers to, and the API's history pages by (`before`)
         "app": release.app,
         "env": release.env,
         "number": release.number,
