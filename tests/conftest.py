@@ -157,9 +157,18 @@ def ledger_app(request: pytest.FixtureRequest, app: object) -> object:
 @pytest.fixture
 def app(tmp_path: Path, sample_origin: Path, sample_ports: dict[str, int]) -> Iterator[object]:
     """A fresh clone of the sample app with its own ledger, proxy and ports; cleaned up afterwards."""
+    from devstack import stop_proxy
+
+    the_app = clone_sample_app(tmp_path, sample_origin, sample_ports)
+    yield the_app
+    stop_proxy(the_app.home)
+    _remove_containers("hello")
+
+
+def clone_sample_app(tmp_path: Path, sample_origin: Path, sample_ports: dict[str, int]) -> object:
+    """The sample app cloned into tmp_path, with its own real remote (tmp_path/remote.git) and state dir."""
     import subprocess
 
-    from devstack import stop_proxy
     from tests.e2e import App
 
     repo = tmp_path / "hello"
@@ -173,7 +182,4 @@ def app(tmp_path: Path, sample_origin: Path, sample_ports: dict[str, int]) -> It
     subprocess.run(["git", "-C", str(repo), "remote", "set-url", "origin", str(remote)], check=True)
     subprocess.run(["git", "-C", str(repo), "push", "-q", "origin", "main", "--tags"], check=True)
     _remove_containers("hello")
-    the_app = App(repo, tmp_path / "home", dict(sample_ports))
-    yield the_app
-    stop_proxy(the_app.home)
-    _remove_containers("hello")
+    return App(repo, tmp_path / "home", dict(sample_ports))

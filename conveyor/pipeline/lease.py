@@ -187,7 +187,7 @@ class LeaseKeeper:
     def mark_interrupted(self, release: Release, message: str) -> None:
         """Record a release whose holder is gone as interrupted at the step it reached."""
         ledger = self.ws.ledger
-        ledger.update_release(
+        recorded = ledger.update_release(
             release.id, status="interrupted", finished=True,
             error=f"holder stopped heartbeating during step '{release.step}'",
         )
@@ -195,7 +195,7 @@ class LeaseKeeper:
             app=self.app, env=self.env, release_id=release.id, step="interrupted", status="failed",
             message=f"interrupted at step '{release.step}'; {message}",
         )
-        self.interrupted.append(release)
+        self.interrupted.append(recorded)  # as recorded now (recover --json shows it)
         self.ws.say(f"release {self.env}#{release.number} was interrupted at step '{release.step}'")
 
     def _beat(self) -> bool:

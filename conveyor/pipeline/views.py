@@ -163,6 +163,18 @@ def history(ws: Workspace, env: str | None, limit: int, *, before_id: int | None
             for r in ws.ledger.list_releases(ws.config.app, env, limit, before_id=before_id)]
 
 
+def history_page(ws: Workspace, env: str | None, limit: int, *, before_id: int | None = None
+                 ) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of history and where the next one starts (the `before_id` to pass), or None on the last page."""
+    if env is not None:
+        ws.config.environment(env)
+    leases = ws.ledger.list_leases()
+    found = ws.ledger.list_releases(ws.config.app, env, limit + 1, before_id=before_id)
+    page = found[:limit]
+    rows = [release_view(r, holder_gone_since(ws, r, leases)) for r in page]
+    return rows, page[-1].id if len(found) > limit else None
+
+
 def outbox_view(ws: Workspace) -> list[dict[str, Any]]:
     from datetime import UTC, datetime
 

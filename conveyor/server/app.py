@@ -186,12 +186,11 @@ def create_app(server: Server) -> FastAPI:
                 limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
                 before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None) -> dict[str, Any]:
         """Releases newest first, a page at a time: pass the page's `next_before` as `before` for the next."""
-        from conveyor.pipeline.views import history as history_view
+        from conveyor.pipeline.views import history_page
 
         with workspace(app) as ws:
-            rows = history_view(ws, env, limit + 1, before_id=before)
-        page = rows[:limit]
-        return {"releases": page, "next_before": page[-1]["id"] if len(rows) > limit else None}
+            rows, next_before = history_page(ws, env, limit, before_id=before)
+        return {"releases": rows, "next_before": next_before}
 
     @api.get("/api/apps/{app}/diff", response_model=dict[str, Any], tags=["views"])
     def diff(app: str, who: Reader, source: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
@@ -381,6 +380,7 @@ async def _stream(server: Server, operation_id: int, after: int,
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
     unsubscribe = server.events_woken.subscribe(lambda: loop.call_soon_threadsafe(woken.set))
+    position: int | None = None
     try:
         while True:
             woken.clear()
@@ -392,6 +392,17 @@ async def _stream(server: Server, operation_id: int, after: int,
                                       id=str(event.id))
             if batch:
                 continue
+            if operation is not None and operation.state == "queued":
+                # Not recorded (no id): where it waits, each time that changes, so a follower never stares at
+                # silence while operations ahead of it run.
+                ahead = await anyio.to_thread.run_sync(server.store.queue_position, operation)
+                if ahead != position:
+                    position = ahead
+                    lane = operation.lane or "the build lane"
+                    note = {"step": "queue", "status": "info", "data": {"ahead": ahead}, "release": None,
+                            "shown": True, "message": f"waiting: {ahead} operation(s) ahead of it in {lane}"
+                            if ahead else f"next in {lane}: waiting for a worker"}
+                    yield ServerSentEvent(data=json.dumps(note, sort_keys=True), event="progress")
             if operation is None or operation.state in FINISHED_STATES:
                 final = await anyio.to_thread.run_sync(view, operation) if operation else None
                 yield ServerSentEvent(data=json.dumps(final, sort_keys=True), event="end")
