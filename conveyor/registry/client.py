@@ -27,6 +27,13 @@ MANIFEST_TYPES = ", ".join(
 PATIENCE = 1.5  # seconds of silence from the registry before conveyor says what it is waiting for
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default verification, made once per process: loading the CA bundle costs 60-100 ms, and the
+    server makes a Registry for every operation it performs (it was most of a queued build's start-up)."""
+    return httpx.create_ssl_context()
+
+
 @dataclass(frozen=True)
 class RepositoryName:
     host: str
