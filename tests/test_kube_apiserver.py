@@ -143,7 +143,7 @@ def test_discovery_serves_the_dynamic_client(
 def test_bearer_token_is_required(kube_api: KubeApi) -> None:
     request = urllib.request.Request(kube_api.url + "/api/v1/namespaces")
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=5)
+        urllib.request.urlopen(request, timeout=5, context=kube_api.ssl_context())
     assert caught.value.code == 401
     assert json.loads(caught.value.read()) == {
         "kind": "Status",
@@ -155,6 +155,7 @@ def test_bearer_token_is_required(kube_api: KubeApi) -> None:
         "code": 401,
     }
     configuration = client.Configuration(host=kube_api.url, api_key={"BearerToken": "Bearer wrong"})
+    configuration.ssl_ca_cert = str(kube_api.pki.ca.cert_file)
     with pytest.raises(ApiException) as exc:
         client.CoreV1Api(client.ApiClient(configuration)).list_namespace()
     assert exc.value.status == 401

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devstack import Registry
 from tests.e2e import App
@@ -151,7 +152,8 @@ def kapp(tmp_path: Path, registry: Registry, kube_api: KubeApi) -> KubeApp:
     repo.mkdir()
     image_repo = f"kweb-{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:10]}"
     image = f"{registry.host}/{image_repo}"
-    (repo / "conveyor.yml").write_text(CONFIG.format(image=image, kubeconfig=kube_api.kubeconfig_path))
+    # conveyor authenticates with a client certificate here (the target tests use the token)
+    (repo / "conveyor.yml").write_text(CONFIG.format(image=image, kubeconfig=kube_api.cert_kubeconfig_path))
     (repo / "deploy").mkdir()
 
     def git(*args: str) -> str:
@@ -284,6 +286,18 @@ def test_conveyor_run_streams_output_and_passes_the_exit_code(kapp: KubeApp) -> 
     assert ran[-1][2].startswith("bin/console with staging#1")  # the `--` separator is not part of the command
     kapp.kube.behave(f"{kapp.image}@{kapp.digests['v1']}", "succeeds", logs=["ok"])
     assert kapp.run("run", "staging", "--", "true").code == 0
+
+
+def test_a_kubeconfig_trusting_the_wrong_ca_is_refused_in_one_line(kapp: KubeApp) -> None:
+    kube = kapp.kube
+    kube.cert_kubeconfig_path.write_text(yaml.safe_dump(kube.kubeconfig(credentials="client-certificate-data",
+                                                                        ca="wrong")))
+    result = kapp.run("deploy", "staging", "v1")
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        f"error: TLS: the certificate of the cluster at {kube.url} does not verify against the kubeconfig's "
+        "certificate-authority: self-signed certificate in certificate chain"]
+    assert kapp.history("staging") == [] or kapp.history("staging")[0]["status"] != "succeeded"
 
 
 def test_help_does_not_import_the_kubernetes_client() -> None:
