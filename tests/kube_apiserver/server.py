@@ -195,7 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as err:
             rec.status = err.code
             self._send_json(err.code, err.status())
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # the client went away
             self.close_connection = True
         except Exception as exc:  # a bug in the test server: say so loudly, like a 500 from the real one
             rec.status = 500
@@ -554,7 +554,7 @@ class _Handler(BaseHTTPRequestHandler):
             for event in events:
                 self._chunk(json.dumps(event).encode() + b"\n")
             self._end_chunks()
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # the client went away
             self.close_connection = True
 
     def _logs(self, ns: str, name: str, query: dict[str, str], rec: RequestRecord) -> None:
@@ -607,7 +607,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._chunk(render(s, line).encode())
                 sent = len(all_lines)
             self._end_chunks()
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # the client went away
             self.close_connection = True
 
 
