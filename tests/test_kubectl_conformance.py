@@ -8,6 +8,7 @@ conveyor that trusts it with it.
 
 from __future__ import annotations
 
+import socket
 import textwrap
 from pathlib import Path
 
@@ -163,3 +164,35 @@ def test_logs_wait_and_delete(kube_api: KubeApi, kubectl: Kubectl) -> None:
     assert kube_api.get("Deployment", "web") is None and kube_api.list("Pod") == []
     missing = kubectl.run("get", "deployment", "web")
     assert missing.returncode == 1 and 'deployments.apps "web" not found' in missing.stderr
+
+
+def test_the_server_runs_standalone_for_kubectl_and_conveyor_by_hand(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    kubeconfig = tmp_path / "by-hand" / "config"
+    server = subprocess.Popen([sys.executable, "-m", "tests.kube_apiserver", "serve", "--kubeconfig",
+                               str(kubeconfig)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).parent.parent)
+    try:
+        assert server.stdout is not None
+        ready = server.stdout.readline()  # blocks until the server says it is ready
+        assert ready.startswith("kube-apiserver (test) ready at https://127.0.0.1:")
+        assert ready.rstrip().endswith(f"; kubeconfig {kubeconfig}")
+        kubectl = Kubectl(kubeconfig, tmp_path / "kubectl-home")
+        kubectl.ok("apply", "--server-side", "-f", "-", stdin=web())
+        assert 'deployment "web" successfully rolled out' in kubectl.ok("rollout", "status", "deployment/web",
+                                                                         "--timeout=30s")
+    finally:
+        server.terminate()
+        out, err = server.communicate(timeout=10)
+    assert server.returncode == 0 and out == "" and err == ""
+    with socket.socket() as holder:  # a port already in use: one line, exit 2
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        taken = subprocess.run([sys.executable, "-m", "tests.kube_apiserver", "serve", "--kubeconfig",
+                                str(kubeconfig), "--port", str(port)], capture_output=True, text=True,
+                               cwd=Path(__file__).parent.parent, timeout=60)
+    assert taken.returncode == 2
+    assert taken.stderr.splitlines() == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"]
