@@ -164,7 +164,6 @@ def _wrapped(exc: BaseException) -> BaseException | None:
     if exc.args and isinstance(exc.args[0], BaseException):
         return exc.args[0]
     return exc.__cause__ or exc.__context__
-    return None
 
 
 def connect(cluster: dict[str, Any], cache_dir: Path) -> Session:
