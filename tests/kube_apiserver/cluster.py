@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from . import openapi
 from .controllers import Controllers
 from .kubelet import Behaviour
 from .pki import Pki, session_pki
@@ -51,6 +52,8 @@ class KubeApi:
         expired_certificate: bool = False,
     ) -> None:
         self.pki: Pki = session_pki()
+        # Built once per process (it imports the client's models): here, not inside a test's first write.
+        openapi.discovery_document()
         self.token = secrets.token_urlsafe(24)
         self.store = Store(history_size)
         self.server = ApiServer(

@@ -72,13 +72,33 @@ class _TlsServer(ThreadingHTTPServer):
             if request.recv(1, socket.MSG_PEEK) in (b"G", b"P", b"D", b"H", b"O"):  # an HTTP verb, not TLS
                 request.sendall(PLAIN_HTTP_ANSWER)
                 return
-            conn = self.tls.wrap_socket(request, server_side=True)
+            conn = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            return
+        try:
+            conn.do_handshake()
         except (ssl.SSLError, OSError):  # a refused handshake (wrong CA, expired certificate) ends here
+            _close_after_alert(conn)
             return
         try:
             super().finish_request(conn, client_address)
         finally:
             conn.close()
+
+
+def _close_after_alert(conn: ssl.SSLSocket) -> None:
+    """Close a connection whose handshake we refused so that the client reads our alert (`certificate
+    expired`): with TLS 1.3 its request is already on the way, and closing with unread data would send a
+    reset that can overtake the alert."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(2)
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 def _server_tls(pki: Pki, expired: bool) -> ssl.SSLContext:
