@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.kube_apiserver.cluster import KubeApi
 from tests.kube_apiserver.kubectl import KUBECTL_VERSION, Kubectl
@@ -68,7 +69,7 @@ def test_the_pinned_kubectl_talks_tls_with_a_token_and_with_a_client_certificate
     assert "default" in by_cert.ok("get", "namespace", "default")
     assert {r.user for r in kube_api.requests if r.user} == {"conveyor-admin"}  # the token's user and the CN
     wrong = tmp_path / "wrong-ca"
-    wrong.write_text(__import__("yaml").safe_dump(kube_api.kubeconfig(ca="wrong")))
+    wrong.write_text(yaml.safe_dump(kube_api.kubeconfig(ca="wrong")))
     refused = Kubectl(wrong, tmp_path / "kubectl-wrong-home").run("get", "ns")
     assert refused.returncode == 1 and "x509: certificate signed by unknown authority" in refused.stderr
 
