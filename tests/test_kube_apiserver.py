@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -143,7 +145,7 @@ def test_discovery_serves_the_dynamic_client(
 def test_bearer_token_is_required(kube_api: KubeApi) -> None:
     request = urllib.request.Request(kube_api.url + "/api/v1/namespaces")
     with pytest.raises(urllib.error.HTTPError) as caught:
-        urllib.request.urlopen(request, timeout=5)
+        urllib.request.urlopen(request, timeout=5, context=kube_api.ssl_context())
     assert caught.value.code == 401
     assert json.loads(caught.value.read()) == {
         "kind": "Status",
@@ -155,6 +157,7 @@ def test_bearer_token_is_required(kube_api: KubeApi) -> None:
         "code": 401,
     }
     configuration = client.Configuration(host=kube_api.url, api_key={"BearerToken": "Bearer wrong"})
+    configuration.ssl_ca_cert = str(kube_api.pki.ca.cert_file)
     with pytest.raises(ApiException) as exc:
         client.CoreV1Api(client.ApiClient(configuration)).list_namespace()
     assert exc.value.status == 401
@@ -302,6 +305,155 @@ def test_list_pages_and_an_expired_continue_token(api_client: client.ApiClient, 
     with pytest.raises(ApiException) as exc:
         v1.list_namespaced_config_map("default", limit=2, _continue=page.metadata._continue)
     assert exc.value.status == 410 and status_body(exc.value)["reason"] == "Expired"
+
+
+class Https:
+    """Raw HTTPS to the test server (what a client sees on the wire), with the admin token."""
+
+    def __init__(self, kube_api: KubeApi) -> None:
+        host, port = kube_api.url.removeprefix("https://").split(":")
+        self.conn = http.client.HTTPSConnection(host, int(port), context=kube_api.ssl_context(), timeout=10)
+        self.token = kube_api.token
+
+    def request(self, method: str, path: str, body: Any = None, **headers: str) -> http.client.HTTPResponse:
+        data = json.dumps(body).encode() if body is not None else None
+        sent = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json", **headers}
+        self.conn.request(method, path, body=data, headers=sent)
+        return self.conn.getresponse()
+
+    def json(self, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, Any]:
+        response = self.request(method, path, body, **headers)
+        return response.status, json.loads(response.read())
+
+
+def configmap(name: str, **extra: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": "v"}, **extra}
+
+
+def test_https_only_a_plain_http_request_gets_the_real_servers_400(kube_api: KubeApi) -> None:
+    host, port = kube_api.url.removeprefix("https://").split(":")
+    plain = http.client.HTTPConnection(host, int(port), timeout=5)
+    plain.request("GET", "/api/v1/namespaces")
+    response = plain.getresponse()
+    assert response.status == 400 and response.read() == b"Client sent an HTTP request to an HTTPS server.\n"
+
+
+def test_a_client_certificate_authenticates_its_cn_and_an_unknown_ca_is_refused(kube_api: KubeApi) -> None:
+    pair = kube_api.pki.client("jane", group="deployers")
+    context = kube_api.ssl_context()
+    context.load_cert_chain(pair.cert_file, pair.key_file)
+    request = urllib.request.Request(kube_api.url + "/api/v1/namespaces/default")
+    with urllib.request.urlopen(request, timeout=5, context=context) as response:
+        assert json.loads(response.read())["metadata"]["name"] == "default"
+    assert kube_api.requests[-1].user == "jane"
+    untrusting = ssl.create_default_context(cafile=str(kube_api.pki.wrong_ca.cert_file))
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(request, timeout=5, context=untrusting)
+
+
+def test_watch_list_sends_the_current_objects_then_the_initial_events_end_bookmark(kube_api: KubeApi) -> None:
+    https = Https(kube_api)
+    for name in ("alpha", "beta"):
+        assert https.json("POST", "/api/v1/namespaces/default/configmaps", configmap(name))[0] == 201
+    listed_rv = https.json("GET", "/api/v1/namespaces/default/configmaps")[1]["metadata"]["resourceVersion"]
+    stream = https.request(
+        "GET", "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true"
+        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=10")
+    events = [json.loads(stream.readline()) for _ in range(3)]
+    assert [(e["type"], e["object"]["metadata"].get("name")) for e in events] == [
+        ("ADDED", "alpha"), ("ADDED", "beta"), ("BOOKMARK", None)]
+    bookmark = events[2]["object"]
+    assert bookmark == {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {
+        "resourceVersion": listed_rv, "annotations": {"k8s.io/initial-events-end": "true"}}}
+    other = Https(kube_api)
+    other.json("POST", "/api/v1/namespaces/default/configmaps", configmap("gamma"))
+    added = json.loads(stream.readline())
+    assert added["type"] == "ADDED" and added["object"]["metadata"]["name"] == "gamma"
+    kube_api.store.request_bookmarks()  # a long quiet watch: the server sends a bookmark to resume from
+    quiet = json.loads(stream.readline())
+    assert quiet["type"] == "BOOKMARK" and "annotations" not in quiet["object"]["metadata"]
+    assert quiet["object"]["metadata"]["resourceVersion"] == added["object"]["metadata"]["resourceVersion"]
+
+
+def test_watch_list_with_a_field_selector_and_the_combinations_upstream_refuses(kube_api: KubeApi) -> None:
+    https = Https(kube_api)
+    for name in ("alpha", "beta"):
+        https.json("POST", "/api/v1/namespaces/default/configmaps", configmap(name))
+    stream = https.request(
+        "GET", "/api/v1/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan"
+        "&allowWatchBookmarks=true&timeoutSeconds=10&fieldSelector=metadata.name%3Dbeta,metadata.namespace%3Ddefault")
+    first, second = json.loads(stream.readline()), json.loads(stream.readline())
+    assert (first["type"], first["object"]["metadata"]["name"]) == ("ADDED", "beta")
+    assert second["type"] == "BOOKMARK"
+    https = Https(kube_api)
+    base = "/api/v1/namespaces/default/configmaps?watch=1"
+    refusals = {
+        "&sendInitialEvents=true&allowWatchBookmarks=true": "sendInitialEvents requires setting "
+                                                            "resourceVersionMatch to NotOlderThan",
+        "&sendInitialEvents=true&resourceVersionMatch=NotOlderThan": "sendInitialEvents requires setting "
+                                                                     "allowWatchBookmarks to true",
+        "&resourceVersionMatch=NotOlderThan": "resourceVersionMatch is forbidden for watch unless "
+                                              "sendInitialEvents is provided",
+    }
+    for query, message in refusals.items():
+        code, body = https.json("GET", base + query)
+        assert code == 422 and body["reason"] == "Invalid" and message in body["message"]
+
+
+def test_openapi_v3_declares_field_validation_and_the_server_enforces_it(kube_api: KubeApi) -> None:
+    https = Https(kube_api)
+    code, root = https.json("GET", "/openapi/v3")
+    assert code == 200 and {"api/v1", "apis/apps/v1", "apis/batch/v1"} <= set(root["paths"])
+    code, apps = https.json("GET", root["paths"]["apis/apps/v1"]["serverRelativeURL"])
+    patch = apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"]
+    assert patch["x-kubernetes-group-version-kind"] == {"group": "apps", "version": "v1", "kind": "Deployment"}
+    assert "fieldValidation" in [p["name"] for p in patch["parameters"]]
+    gvk = {"group": "apps", "version": "v1", "kind": "Deployment"}
+    schemas = apps["components"]["schemas"].values()
+    schema = next(s for s in schemas if gvk in s.get("x-kubernetes-group-version-kind", []))
+    assert {"apiVersion", "kind", "metadata", "spec", "status"} == set(schema["properties"])
+    path = "/api/v1/namespaces/default/configmaps"
+    code, body = https.json("POST", path + "?fieldValidation=Strict", configmap("strict", dataa={"x": "y"}))
+    assert code == 400 and body["message"] == ('ConfigMap in version "v1" cannot be handled as a ConfigMap: '
+                                               'strict decoding error: unknown field "dataa"')
+    response = https.request("POST", path, configmap("warned", dataa={"x": "y"}))  # Warn is the default
+    assert response.status == 201 and response.getheader("Warning") == '299 - "unknown field \\"dataa\\""'
+    response.read()
+    assert https.json("POST", path + "?fieldValidation=Ignore", configmap("ignored", dataa={}))[0] == 201
+    code, body = https.json("PATCH", path + "/applied?fieldManager=t&fieldValidation=Strict",
+                            configmap("applied", dataa={}), **{"Content-Type": APPLY})
+    assert code == 400 and body["message"] == ("failed to create typed patch object (default/applied; v1, "
+                                               "Kind=ConfigMap): .dataa: field not declared in schema")
+
+
+def test_table_output_for_get_and_list(kube_api: KubeApi, dyn: dynamic.DynamicClient) -> None:
+    apply(dyn, deployment())
+    wait_verdict(kube_api, dyn)
+    https = Https(kube_api)
+    table_type = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    code, table = https.json("GET", "/apis/apps/v1/namespaces/default/deployments", Accept=table_type)
+    assert code == 200 and (table["kind"], table["apiVersion"]) == ("Table", "meta.k8s.io/v1")
+    assert [(c["name"], c["priority"]) for c in table["columnDefinitions"]] == [
+        ("Name", 0), ("Ready", 0), ("Up-to-date", 0), ("Available", 0), ("Age", 0),
+        ("Containers", 1), ("Images", 1), ("Selector", 1)]
+    (row,) = table["rows"]
+    assert row["cells"][:4] == ["web", "2/2", 2, 2] and row["cells"][5:] == [
+        "web", "registry.test/web:1", "app.kubernetes.io/name=web"]
+    assert row["object"]["kind"] == "PartialObjectMetadata" and row["object"]["metadata"]["name"] == "web"
+    code, one = https.json("GET", "/apis/apps/v1/namespaces/default/deployments/web?includeObject=Object",
+                           Accept=table_type)
+    assert one["rows"][0]["object"]["spec"]["replicas"] == 2
+    code, plain = https.json("GET", "/apis/apps/v1/namespaces/default/deployments/web")
+    assert plain["kind"] == "Deployment"  # without the Table media type: the object itself
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [(5, "5s"), (119, "119s"), (200, "3m20s"), (600, "10m"),
+                                                (5 * 3600 + 180, "5h3m"), (30 * 3600, "30h"),
+                                                (3 * 86400 + 4 * 3600, "3d4h"), (40 * 86400, "40d")])
+def test_ages_read_as_kubectl_prints_them(seconds: int, shown: str) -> None:
+    from tests.kube_apiserver.tables import human_duration
+
+    assert human_duration(seconds) == shown
 
 
 # --- server-side apply -----------------------------------------------------------------------------

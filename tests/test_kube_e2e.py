@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devstack import Registry
 from tests.e2e import App
 from tests.kube_apiserver.cluster import KubeApi
+from tests.kube_apiserver.kubectl import Kubectl
 
 pytest_plugins = ["tests.kube_apiserver.fixture"]
 
@@ -137,6 +139,15 @@ class KubeApp(App):
         assert config is not None
         return str(config["data"]["RELEASE_NOTE"])
 
+    def confirm_with_kubectl(self, version: str, namespace: str = "default", config_version: str = "") -> None:
+        """What the cluster holds, seen through kubectl (another client, with its own token): the
+        Deployment runs `version`'s image by digest, applied by field manager conveyor, and the ConfigMap
+        holds `config_version`'s note (default: the same version's)."""
+        kubectl = Kubectl(self.kube.kubeconfig_path, self.home.parent / "kubectl-home")
+        kubectl.confirm_workload("deployment", "kweb", namespace, f"{self.image}@{self.digests[version]}")
+        config = kubectl.get_json("configmap", "kweb-config", "-n", namespace)
+        assert config["data"]["RELEASE_NOTE"] == f"release {config_version or version}"
+
     def events(self, step: str | None = None) -> list[tuple[str, str, str]]:
         with sqlite3.connect(self.home / "ledger.db") as db:
             rows = db.execute("SELECT step, status, message FROM events ORDER BY id").fetchall()
@@ -151,7 +162,8 @@ def kapp(tmp_path: Path, registry: Registry, kube_api: KubeApi) -> KubeApp:
     repo.mkdir()
     image_repo = f"kweb-{hashlib.sha256(str(tmp_path).encode()).hexdigest()[:10]}"
     image = f"{registry.host}/{image_repo}"
-    (repo / "conveyor.yml").write_text(CONFIG.format(image=image, kubeconfig=kube_api.kubeconfig_path))
+    # conveyor authenticates with a client certificate here (the target tests use the token)
+    (repo / "conveyor.yml").write_text(CONFIG.format(image=image, kubeconfig=kube_api.cert_kubeconfig_path))
     (repo / "deploy").mkdir()
 
     def git(*args: str) -> str:
@@ -194,6 +206,8 @@ def test_deploy_and_promote_apply_the_commits_manifests_pinned_to_the_digest(kap
     assert status["staging"]["drift"] is False and status["production"]["drift"] is False
     assert status["production"]["serving"] == f"{kapp.image}@{kapp.digests['v2']}"
     assert [r["status"] for r in kapp.history("staging")] == ["succeeded", "succeeded"]
+    kapp.confirm_with_kubectl("v2")
+    kapp.confirm_with_kubectl("v2", "production")
 
 
 def test_failed_deploy_is_rolled_back_automatically_and_both_outcomes_recorded(kapp: KubeApp) -> None:
@@ -227,6 +241,7 @@ def test_failed_deploy_is_rolled_back_automatically_and_both_outcomes_recorded(k
     failed_summary = summary[summary.index(results[1]):]
     assert any("Warning BackOff" in line for line in failed_summary)
     assert any(line.startswith("  | error: could not connect to database") for line in failed_summary)
+    kapp.confirm_with_kubectl("v1")
 
 
 def test_rollback_reapplies_the_stored_manifests_and_image(kapp: KubeApp) -> None:
@@ -243,6 +258,7 @@ def test_rollback_reapplies_the_stored_manifests_and_image(kapp: KubeApp) -> Non
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "APP_VERSION", "value": "staging"} in env  # the stored spec, not today's config
     assert deployment["metadata"]["annotations"]["conveyor.dev/release"] == "staging#3"
+    kapp.confirm_with_kubectl("v1")
 
 
 def test_pre_deploy_task_runs_first_and_a_failing_one_stops_the_deploy(kapp: KubeApp) -> None:
@@ -256,6 +272,8 @@ def test_pre_deploy_task_runs_first_and_a_failing_one_stops_the_deploy(kapp: Kub
     assert failed.code == 1 and "task migrate exited with 9" in failed.err
     assert kapp.live_image() == f"{kapp.image}@{kapp.digests['v1']}"  # the main apply never happened
     assert kapp.history("staging")[0]["status"] == "failed"
+    # ConfigMaps go in before the tasks (so a task can read them): v2's is there, v1's Deployment still runs
+    kapp.confirm_with_kubectl("v1", config_version="v2")
 
 
 def test_status_reports_drift_after_a_hand_edit(kapp: KubeApp) -> None:
@@ -267,6 +285,10 @@ def test_status_reports_drift_after_a_hand_edit(kapp: KubeApp) -> None:
     row = kapp.status()["staging"]
     assert row["drift"] is True and row["serving"] == f"{kapp.image}:hotfix-by-hand"
     assert "production" in kapp.status() and kapp.status()["production"]["live"] is None
+    kubectl = Kubectl(kapp.kube.kubeconfig_path, kapp.home.parent / "kubectl-home")
+    edited = kubectl.get_json("deployment", "kweb")
+    assert edited["spec"]["template"]["spec"]["containers"][0]["image"] == f"{kapp.image}:hotfix-by-hand"
+    assert {e["manager"] for e in edited["metadata"]["managedFields"]} >= {"conveyor", "kubectl-edit"}
 
 
 def test_conveyor_run_streams_output_and_passes_the_exit_code(kapp: KubeApp) -> None:
@@ -284,6 +306,19 @@ def test_conveyor_run_streams_output_and_passes_the_exit_code(kapp: KubeApp) -> 
     assert ran[-1][2].startswith("bin/console with staging#1")  # the `--` separator is not part of the command
     kapp.kube.behave(f"{kapp.image}@{kapp.digests['v1']}", "succeeds", logs=["ok"])
     assert kapp.run("run", "staging", "--", "true").code == 0
+    kapp.confirm_with_kubectl("v1")
+
+
+def test_a_kubeconfig_trusting_the_wrong_ca_is_refused_in_one_line(kapp: KubeApp) -> None:
+    kube = kapp.kube
+    kube.cert_kubeconfig_path.write_text(yaml.safe_dump(kube.kubeconfig(credentials="client-certificate-data",
+                                                                        ca="wrong")))
+    result = kapp.run("deploy", "staging", "v1")
+    assert result.code == 2
+    assert result.err.strip().splitlines() == [
+        f"error: TLS: the certificate of the cluster at {kube.url} does not verify against the kubeconfig's "
+        "certificate-authority: self-signed certificate in certificate chain"]
+    assert kapp.history("staging") == [] or kapp.history("staging")[0]["status"] != "succeeded"
 
 
 def test_help_does_not_import_the_kubernetes_client() -> None:

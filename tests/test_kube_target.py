@@ -337,8 +337,8 @@ def test_token_auth_and_context_choice(k8s: Env, tmp_path: Path) -> None:
 
 def test_in_cluster_service_account_and_client_certificates_are_loaded(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Configuration only: the in-repo server speaks plain HTTP, so TLS (client certificates, the in-cluster
-    CA) is not exercised on the wire here; the kind suite does that."""
+    """Configuration only: the in-cluster service account needs a pod. The kubeconfig's certificates are
+    exercised on the wire by the TLS tests below."""
     from kubernetes.config import incluster_config
 
     from conveyor.targets.kubernetes.client import load_configuration
@@ -368,6 +368,65 @@ def test_in_cluster_service_account_and_client_certificates_are_loaded(tmp_path:
     assert context == "c" and configuration.host == "https://k8s.example:6443"
     assert Path(configuration.cert_file).read_bytes().startswith(b"-----BEGIN CERTIFICATE")
     assert configuration.key_file and configuration.ssl_ca_cert
+
+
+@pytest.mark.parametrize(("credentials", "ca", "user"), [
+    ("token", "data", "conveyor-admin"),
+    ("token", "file", "conveyor-admin"),
+    ("client-certificate-data", "data", "deployer-by-cert"),
+    ("client-certificate-files", "file", "ci-by-cert-file"),
+])
+def test_tls_with_the_kubeconfigs_ca_and_each_kind_of_credential(k8s: Env, tmp_path: Path, credentials: str,
+                                                                 ca: str, user: str) -> None:
+    path = tmp_path / "kubeconfig-tls"
+    path.write_text(yaml.safe_dump(k8s.kube.kubeconfig(credentials=credentials, ca=ca, user=user)))
+    spec = k8s.spec(kubeconfig=str(path))
+    k8s.target.preflight(spec)
+    assert spec["cluster"]["kubeconfig"] == str(path) and k8s.kube.url.startswith("https://")
+    seen = {r.user for r in k8s.kube.requests if r.path != "/healthz"}
+    assert seen == {user}  # the token's user, or the client certificate's CN
+    if credentials == "client-certificate-data":  # and a whole deploy over it
+        assert k8s.target.deploy(spec, "staging#1", Reports()).succeeded
+
+
+def test_an_unknown_client_certificate_or_token_is_unauthorized(k8s: Env, tmp_path: Path) -> None:
+    config = k8s.kube.kubeconfig(credentials="client-certificate-data")
+    config["users"][0]["user"]["token"] = "not-the-token"  # a wrong token is refused despite a good cert
+    path = tmp_path / "kubeconfig-bad-token"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(TargetError, match="Unauthorized"):
+        k8s.target.preflight(k8s.spec(kubeconfig=str(path)))
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("wrong-ca", "does not verify against the kubeconfig's certificate-authority: self-signed certificate "
+                 "in certificate chain"),
+    ("expired-server-certificate", "does not verify against the kubeconfig's certificate-authority: "
+                                   "certificate has expired"),
+    ("expired-client-certificate", "refused the handshake: certificate expired (check the kubeconfig's "
+                                   "client certificate)"),
+])
+def test_a_wrong_ca_or_an_expired_certificate_is_bad_input_in_one_line(k8s: Env, tmp_path: Path, case: str,
+                                                                       expected: str) -> None:
+    kube = k8s.kube
+    if case == "expired-server-certificate":
+        kube = KubeApi(tmp_path, expired_certificate=True)
+    try:
+        config = kube.kubeconfig(ca="wrong" if case == "wrong-ca" else "data",
+                                 credentials="client-certificate-data",
+                                 expired_client_certificate=case == "expired-client-certificate")
+        path = tmp_path / f"kubeconfig-{case}"
+        path.write_text(yaml.safe_dump(config))
+        with pytest.raises(BadInput) as caught:
+            k8s.target.preflight(k8s.spec(kubeconfig=str(path)))
+    finally:
+        if kube is not k8s.kube:
+            kube.close()
+    assert caught.value.exit_code == 2
+    assert caught.value.message == f"TLS: the {'certificate of the ' if 'verify' in expected else ''}cluster at " \
+                                   f"{kube.url} {expected}"
+    assert "\n" not in caught.value.message
+    assert not [r for r in kube.requests if r.path != "/healthz"]  # refused before any request was read
 
 
 # --- 3. apply --------------------------------------------------------------------------------------------

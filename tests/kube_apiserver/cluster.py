@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import secrets
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -10,14 +12,21 @@ from typing import Any, TypeVar
 
 import yaml
 
+from . import openapi
 from .controllers import Controllers
 from .kubelet import Behaviour
+from .pki import Pki, session_pki
 from .resources import resource_for
 from .selectors import label_matcher
 from .server import ApiServer, RequestRecord
 from .store import Store
 
 T = TypeVar("T")
+# How a kubeconfig's user authenticates: a bearer token, or a client certificate (embedded or as files).
+CREDENTIALS = ("token", "client-certificate-data", "client-certificate-files")
+# How a kubeconfig's cluster names the CA it trusts: embedded, as a file, or another CA altogether.
+CA_CHOICES = ("data", "file", "wrong")
+ADMIN = "conveyor-admin"
 BEHAVIOURS = (
     "healthy",
     "slow",
@@ -34,26 +43,77 @@ BEHAVIOURS = (
 class KubeApi:
     """A running server plus the handles a test needs to script and inspect it."""
 
-    def __init__(self, directory: Path, step: float = 0.1, history_size: int = 1000) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        step: float = 0.1,
+        history_size: int = 1000,
+        port: int = 0,
+        expired_certificate: bool = False,
+    ) -> None:
+        self.pki: Pki = session_pki()
+        # Built once per process (it imports the client's models): here, not inside a test's first write.
+        openapi.discovery_document()
         self.token = secrets.token_urlsafe(24)
         self.store = Store(history_size)
-        self.server = ApiServer(self.store, self.token).start()
+        self.server = ApiServer(
+            self.store, {self.token: ADMIN}, self.pki, port=port, expired_certificate=expired_certificate
+        ).start()
         self.controllers = Controllers(self.store, step).start()
         self.url = self.server.url
+        # Two ways in, both over TLS: a bearer token, and a client certificate whose CN is the user.
         self.kubeconfig_path = directory / "kubeconfig"
         self.kubeconfig_path.write_text(yaml.safe_dump(self.kubeconfig()))
+        self.cert_kubeconfig_path = directory / "kubeconfig-client-cert"
+        self.cert_kubeconfig_path.write_text(
+            yaml.safe_dump(self.kubeconfig(credentials="client-certificate-data"))
+        )
 
-    def kubeconfig(self, context: str = "conveyor-test", namespace: str = "default") -> dict[str, Any]:
+    def kubeconfig(
+        self,
+        context: str = "conveyor-test",
+        namespace: str = "default",
+        credentials: str = "token",
+        ca: str = "data",
+        user: str = ADMIN,
+        expired_client_certificate: bool = False,
+    ) -> dict[str, Any]:
+        """A kubeconfig for this server. credentials: one of CREDENTIALS; ca: one of CA_CHOICES."""
         return {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
-            "users": [{"name": context, "user": {"token": self.token}}],
+            "clusters": [{"name": context, "cluster": {"server": self.url, **self._trust(ca)}}],
+            "users": [{"name": context, "user": self._credentials(credentials, user, expired_client_certificate)}],
             "contexts": [
                 {"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}
             ],
             "current-context": context,
         }
+
+    def _trust(self, ca: str) -> dict[str, str]:
+        if ca == "file":
+            return {"certificate-authority": str(self.pki.ca.cert_file)}
+        pem = self.pki.wrong_ca.cert_pem if ca == "wrong" else self.pki.ca.cert_pem
+        if ca not in CA_CHOICES:
+            raise ValueError(f"ca: choose from {', '.join(CA_CHOICES)}")
+        return {"certificate-authority-data": base64.b64encode(pem).decode()}
+
+    def _credentials(self, credentials: str, user: str, expired: bool) -> dict[str, str]:
+        if credentials == "token":
+            return {"token": self.token}
+        pair = self.pki.client(user, expired=expired)
+        if credentials == "client-certificate-files":
+            return {"client-certificate": str(pair.cert_file), "client-key": str(pair.key_file)}
+        if credentials != "client-certificate-data":
+            raise ValueError(f"credentials: choose from {', '.join(CREDENTIALS)}")
+        return {
+            "client-certificate-data": base64.b64encode(pair.cert_pem).decode(),
+            "client-key-data": base64.b64encode(pair.key_pem).decode(),
+        }
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client-side context trusting this cluster's CA, for tests that speak raw HTTPS."""
+        return ssl.create_default_context(cafile=str(self.pki.ca.cert_file))
 
     # --- scripting ---------------------------------------------------------------------------------
 

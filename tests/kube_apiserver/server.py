@@ -1,12 +1,18 @@
-"""The HTTP front of the test API server: routing, auth, bodies, watch and log streaming.
+"""The HTTPS front of the test API server: TLS, authentication, routing, bodies, watch and log streaming.
 
-Plain `http.server` speaking HTTP/1.1 with keep-alive (the client's urllib3 pool reuses connections) and
-chunked transfer for watches and followed logs, exactly as the real server streams them.
+`http.server` speaking HTTP/1.1 with keep-alive (the client's urllib3 pool reuses connections) and
+chunked transfer for watches and followed logs, exactly as the real server streams them. HTTPS only, as
+every real cluster: each connection's TLS handshake runs in its own handler thread (a client that stalls
+mid-handshake holds up nobody else), and a plain-HTTP request gets the 400 the real server sends.
+Users are authenticated by bearer token or by a client certificate signed by the cluster's CA, whose
+CN names the user.
 """
 
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import threading
 import time
 import traceback
@@ -17,7 +23,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from . import resources
+from . import openapi, resources, tables
+from .pki import Pki
 from .resources import BY_PATH, Resource
 from .selectors import field_matcher, label_matcher
 from .status import (
@@ -44,15 +51,83 @@ class RequestRecord:
     content_type: str
     user_agent: str
     status: int = 0
+    user: str = ""  # who the request was authenticated as
+    accept: str = ""
+
+
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
+
+
+class _TlsServer(ThreadingHTTPServer):
+    """Accepts plain TCP and does the TLS handshake in the connection's own thread."""
+
+    daemon_threads = True
+    tls: ssl.SSLContext
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.settimeout(_Handler.timeout)
+            if request.recv(1, socket.MSG_PEEK) in (b"G", b"P", b"D", b"H", b"O"):  # an HTTP verb, not TLS
+                request.sendall(PLAIN_HTTP_ANSWER)
+                return
+            conn = self.tls.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            return
+        try:
+            conn.do_handshake()
+        except (ssl.SSLError, OSError):  # a refused handshake (wrong CA, expired certificate) ends here
+            _close_after_alert(conn)
+            return
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()
+
+
+def _close_after_alert(conn: ssl.SSLSocket) -> None:
+    """Close a connection whose handshake we refused so that the client reads our alert (`certificate
+    expired`): with TLS 1.3 its request is already on the way, and closing with unread data would send a
+    reset that can overtake the alert."""
+    try:
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(2)
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def _server_tls(pki: Pki, expired: bool) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    pair = pki.expired_server if expired else pki.server
+    context.load_cert_chain(pair.cert_file, pair.key_file)
+    # Client certificates are optional (token users send none) but verified against the CA when sent.
+    context.verify_mode = ssl.CERT_OPTIONAL
+    context.load_verify_locations(cafile=pki.ca.cert_file)
+    return context
 
 
 class ApiServer:
-    def __init__(self, store: Store, token: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tokens: dict[str, str],
+        pki: Pki,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        expired_certificate: bool = False,
+    ) -> None:
+        """tokens: bearer token -> user name."""
         self.store = store
-        self.token = token
+        self.tokens = tokens
         self.requests: list[RequestRecord] = []
         self._requests_lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer((host, port), _Handler)
+        self.httpd = _TlsServer((host, port), _Handler)
+        self.httpd.tls = _server_tls(pki, expired_certificate)
         self.httpd.daemon_threads = True
         self.httpd.api = self  # type: ignore[attr-defined]
         # A short poll interval so shutdown() returns quickly (the default 0.5 s would add up per test).
@@ -66,7 +141,7 @@ class ApiServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"https://{host}:{port}"
 
     def start(self) -> ApiServer:
         self._thread.start()
@@ -117,28 +192,50 @@ class _Handler(BaseHTTPRequestHandler):
     # --- plumbing ------------------------------------------------------------------------------------
 
     def _dispatch(self, method: str) -> None:
+        self._warnings: list[str] = []
         split = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
-        rec = RequestRecord(method, split.path, query, content_type, self.headers.get("User-Agent") or "")
+        rec = RequestRecord(
+            method,
+            split.path,
+            query,
+            content_type,
+            self.headers.get("User-Agent") or "",
+            accept=self.headers.get("Accept") or "",
+        )
         self.api.record(rec)
         try:
             if split.path in ("/healthz", "/readyz", "/livez"):
                 return self._send_text(200, "ok")
-            if self.headers.get("Authorization") != f"Bearer {self.api.token}":
-                raise unauthorized()
+            rec.user = self._authenticate()
             self._route(method, split.path, query, raw, content_type, rec)
         except ApiError as err:
             rec.status = err.code
             self._send_json(err.code, err.status())
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # the client went away
             self.close_connection = True
         except Exception as exc:  # a bug in the test server: say so loudly, like a 500 from the real one
             rec.status = 500
             detail = "".join(traceback.format_exception(exc))
             self._send_json(500, ApiError(500, "InternalError", f"test apiserver bug: {detail}").status())
+
+    def _authenticate(self) -> str:
+        """The user a bearer token names, else the CN of a verified client certificate; else 401."""
+        header = self.headers.get("Authorization") or ""
+        if header:
+            user = self.api.tokens.get(header.removeprefix("Bearer ")) if header.startswith("Bearer ") else None
+            if user is None:  # a wrong token is refused even when a certificate was sent, as upstream
+                raise unauthorized()
+            return user
+        peer = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+        for rdn in (peer or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+        raise unauthorized()
 
     def _send_json(self, code: int, body: Any) -> None:
         data = json.dumps(body).encode()
@@ -146,6 +243,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("Audit-Id", str(time.monotonic_ns()))
+        for warning in self._warnings:
+            quoted = warning.replace("\\", "\\\\").replace('"', '\\"')
+            self.send_header("Warning", f'299 - "{quoted}"')
         self.end_headers()
         self.wfile.write(data)
 
@@ -178,7 +278,7 @@ class _Handler(BaseHTTPRequestHandler):
         self, method: str, path: str, query: dict[str, str], raw: bytes, ctype: str, rec: RequestRecord
     ) -> None:
         parts = [p for p in path.split("/") if p]
-        discovery = self._discovery(parts)
+        discovery = self._discovery(parts) if parts[:2] != ["openapi", "v3"] else self._openapi(parts[2:])
         if discovery is not None:
             if method != "GET":
                 raise method_not_allowed(method)
@@ -211,6 +311,12 @@ class _Handler(BaseHTTPRequestHandler):
         }[method]
         handler(res, ns if res.namespaced else "", namespace, name, sub, query, raw, ctype, rec)
 
+    @staticmethod
+    def _openapi(parts: list[str]) -> dict[str, Any]:
+        if not parts:
+            return openapi.discovery_document()
+        return openapi.document_for_path(parts) or _raise(no_route())
+
     def _discovery(self, parts: list[str]) -> dict[str, Any] | None:
         if parts == ["version"]:
             return resources.SERVER_VERSION
@@ -226,6 +332,34 @@ class _Handler(BaseHTTPRequestHandler):
         if len(parts) == 3 and parts[0] == "apis":
             return resources.resource_list(parts[1], parts[2]) or _raise(no_route())
         return None
+
+    def _validate_fields(
+        self, res: Resource, body: Any, query: dict[str, str], apply: bool, where: str = ""
+    ) -> None:
+        """fieldValidation: Strict refuses fields the schema lacks, Warn (the default) names them in
+        Warning headers, Ignore drops the check. Messages as upstream's for apply and for JSON bodies."""
+        directive = query.get("fieldValidation") or "Warn"
+        if directive not in ("Ignore", "Warn", "Strict"):
+            raise bad_request(f'fieldValidation: Unsupported value: "{directive}": supported values: '
+                              '"Ignore", "Strict", "Warn"')
+        if directive == "Ignore" or not isinstance(body, dict):
+            return
+        unknown = openapi.unknown_fields(res, body)
+        if not unknown:
+            return
+        if directive == "Warn":
+            self._warnings.extend(f'unknown field "{path}"' for path in unknown)
+            return
+        if apply:
+            raise bad_request(
+                f"failed to create typed patch object ({where}; {res.api_version}, Kind={res.kind}): "
+                + "; ".join(f".{path}: field not declared in schema" for path in unknown)
+            )
+        fields = ", ".join(f'unknown field "{path}"' for path in unknown)
+        raise bad_request(
+            f'{res.kind} in version "{res.version}" cannot be handled as a {res.kind}: '
+            f"strict decoding error: {fields}"
+        )
 
     # --- verbs ------------------------------------------------------------------------------------------
 
@@ -260,6 +394,10 @@ class _Handler(BaseHTTPRequestHandler):
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
             rec.status = 200
+            if tables.wants_table(self.headers.get("Accept") or ""):
+                table = tables.table(res, items, str(rv), query.get("includeObject", "Metadata"))
+                table["metadata"].update({k: v for k, v in meta.items() if k != "resourceVersion"})
+                return self._send_json(200, table)
             return self._send_json(
                 200,
                 {"kind": f"{res.kind}List", "apiVersion": res.api_version, "metadata": meta, "items": items},
@@ -268,6 +406,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._logs(ns, name, query, rec)
         obj = store.require(res, ns, name)
         rec.status = 200
+        if not sub and tables.wants_table(self.headers.get("Accept") or ""):
+            rv = obj["metadata"].get("resourceVersion", "")
+            return self._send_json(200, tables.table(res, [obj], rv, query.get("includeObject", "Metadata")))
         self._send_json(200, {"kind": res.kind, "apiVersion": res.api_version, **obj})
 
     def _post(
@@ -285,6 +426,7 @@ class _Handler(BaseHTTPRequestHandler):
         if name is not None:
             raise method_not_allowed("POST")
         body = _decode(raw, ctype)
+        self._validate_fields(res, body, query, apply=False)
         obj = self.api.store.create(res, ns, body, _manager(query, self.headers), _dry_run(query))
         rec.status = 201
         self._send_json(201, obj)
@@ -304,6 +446,7 @@ class _Handler(BaseHTTPRequestHandler):
         if name is None or sub == "log":
             raise method_not_allowed("PUT")
         body = _decode(raw, ctype)
+        self._validate_fields(res, body, query, apply=False)
         obj = self.api.store.replace(res, ns, name, body, _manager(query, self.headers), sub, _dry_run(query))
         rec.status = 200
         self._send_json(200, obj)
@@ -344,11 +487,13 @@ class _Handler(BaseHTTPRequestHandler):
                     },
                 )
             body = _decode(raw, ctype)
+            self._validate_fields(res, body, query, apply=True, where=f"{ns}/{name}" if ns else name)
             existed = store.get(res, ns, name) is not None
             obj = store.apply(res, ns, name, body, manager, _flag(query, "force"), sub, _dry_run(query))
             code = 200 if existed else 201
         elif ctype in MERGE_TYPES:
             body = _decode(raw, ctype)
+            self._validate_fields(res, body, query, apply=False)
             obj = store.merge_patch(res, ns, name, body, _manager(query, self.headers), sub, _dry_run(query))
             code = 200
         else:
@@ -413,13 +558,23 @@ class _Handler(BaseHTTPRequestHandler):
         self, res: Resource, namespace: str | None, query: dict[str, str], labels: Any, fields: Any
     ) -> None:
         timeout = float(query.get("timeoutSeconds") or 1800)
-        events = self.api.store.watch(res, namespace, query.get("resourceVersion"), labels, fields, timeout)
+        send_initial = _check_watch_list(query)
+        events = self.api.store.watch(
+            res,
+            namespace,
+            query.get("resourceVersion"),
+            labels,
+            fields,
+            timeout,
+            send_initial_events=send_initial,
+            bookmarks=_flag(query, "allowWatchBookmarks"),
+        )
         self._start_chunks("application/json")
         try:
             for event in events:
                 self._chunk(json.dumps(event).encode() + b"\n")
             self._end_chunks()
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # the client went away
             self.close_connection = True
 
     def _logs(self, ns: str, name: str, query: dict[str, str], rec: RequestRecord) -> None:
@@ -472,8 +627,32 @@ class _Handler(BaseHTTPRequestHandler):
                     self._chunk(render(s, line).encode())
                 sent = len(all_lines)
             self._end_chunks()
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):  # the client went away
             self.close_connection = True
+
+
+def _check_watch_list(query: dict[str, str]) -> bool:
+    """Whether a watch asks for its initial events (watch-list), refusing the combinations upstream's
+    ListOptions validation refuses."""
+    send_initial = _flag(query, "sendInitialEvents")
+    match = query.get("resourceVersionMatch", "")
+    problem = ""
+    if send_initial and match != "NotOlderThan":
+        problem = "resourceVersionMatch: Forbidden: sendInitialEvents requires setting resourceVersionMatch to "
+        problem += "NotOlderThan"
+    elif send_initial and not _flag(query, "allowWatchBookmarks"):
+        problem = "allowWatchBookmarks: Forbidden: sendInitialEvents requires setting allowWatchBookmarks to true"
+    elif match and "sendInitialEvents" not in query:
+        problem = "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch unless "
+        problem += "sendInitialEvents is provided"
+    if problem:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'ListOptions.meta.k8s.io "" is invalid: {problem}',
+            {"group": "meta.k8s.io", "kind": "ListOptions"},
+        )
+    return send_initial
 
 
 def _raise(err: ApiError) -> Any:

@@ -53,6 +53,7 @@ from .status import (
 Obj = dict[str, Any]
 OwnerKey = tuple[str, str, str]  # (manager, operation "Apply"|"Update", subresource "" | "status")
 
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 _SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"  # the alphabet the real server uses for generateName
 
 
@@ -84,6 +85,9 @@ class Store:
         self.compacted_rv = 0  # events at or below this resourceVersion are gone from history
         self.logs: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
         self.closed = False
+        # Real servers send a bookmark about once a minute on a quiet watch; tests ask for one directly.
+        self.bookmark_interval = 60.0
+        self.bookmark_generation = 0
         # Called with every committed WatchEvent, under the lock, right after the write: tests and the
         # failure-detection bench use it to timestamp when the API first showed a state.
         self.listeners: list[Callable[[WatchEvent], None]] = []
@@ -363,18 +367,27 @@ class Store:
         labels: Matcher,
         fields: Matcher,
         timeout: float,
+        send_initial_events: bool = False,
+        bookmarks: bool = False,
     ) -> Iterator[dict[str, Any]]:
         """Yield watch events ({"type", "object"}) until `timeout` seconds pass or the store closes.
 
         No resourceVersion (or "0") starts with a synthetic ADDED per existing object, as the real
         server does. An object that stops matching a label selector is reported DELETED, one that
         starts matching ADDED.
+        send_initial_events (watch-list, what client-go's reflector asks for by default): the current
+        objects as ADDED, then a BOOKMARK annotated `k8s.io/initial-events-end`, then the changes.
+        bookmarks (allowWatchBookmarks): a BOOKMARK with the latest resourceVersion every
+        `bookmark_interval` seconds of a quiet watch, and whenever a test calls `request_bookmarks`.
         """
         deadline = time.monotonic() + timeout
         with self.cond:
-            if resource_version in (None, "", "0"):
+            bookmark_generation = self.bookmark_generation
+            if send_initial_events or resource_version in (None, "", "0"):
                 current, cursor = self.list(res, namespace, labels, fields)
                 initial = [{"type": "ADDED", "object": _with_type(res, obj)} for obj in current]
+                if send_initial_events:
+                    initial.append(_bookmark(res, cursor, {INITIAL_EVENTS_END: "true"}))
             else:
                 cursor = int(resource_version)
                 if cursor < self.compacted_rv:
@@ -382,7 +395,9 @@ class Store:
                     return
                 initial = []
         yield from initial
+        quiet_since = time.monotonic()
         while True:
+            bookmark = None
             with self.cond:
                 if cursor < self.compacted_rv:  # we fell behind the bounded history
                     expired_event = self._expired_event(cursor)
@@ -398,18 +413,35 @@ class Store:
                     if self.history:
                         cursor = max(cursor, self.history[-1].rv)
                     remaining = deadline - time.monotonic()
-                    if not batch and remaining > 0 and not self.closed:
+                    due = self.bookmark_generation != bookmark_generation or (
+                        time.monotonic() - quiet_since >= self.bookmark_interval
+                    )
+                    if bookmarks and not batch and due:
+                        bookmark_generation = self.bookmark_generation
+                        bookmark = _bookmark(res, max(cursor, self.rv))
+                    elif not batch and remaining > 0 and not self.closed:
                         self.cond.wait(timeout=min(remaining, 0.5))
                         continue
             if batch is None:
                 yield expired_event
                 return
+            if bookmark is not None:
+                quiet_since = time.monotonic()
+                yield bookmark
+                continue
             for event in batch:
                 translated = _translate(event, labels, fields)
                 if translated:
+                    quiet_since = time.monotonic()
                     yield {"type": translated, "object": _with_type(res, event.obj)}
             if self.closed or time.monotonic() >= deadline:
                 return
+
+    def request_bookmarks(self) -> None:
+        """Every open watch that allows bookmarks sends one now (a test's handle on "a long quiet watch")."""
+        with self.cond:
+            self.bookmark_generation += 1
+            self.cond.notify_all()
 
     def compact(self) -> int:
         """Forget all watch history, like etcd compaction: older resourceVersions now answer 410."""
@@ -631,6 +663,14 @@ def _with_type(res: Resource, obj: Obj) -> Obj:
     out = {"kind": res.kind, "apiVersion": res.api_version}
     out.update({k: v for k, v in obj.items() if k not in ("kind", "apiVersion")})
     return out
+
+
+def _bookmark(res: Resource, rv: int, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A BOOKMARK event: only the kind and a resourceVersion the client may resume from, as upstream."""
+    meta: dict[str, Any] = {"resourceVersion": str(rv)}
+    if annotations:
+        meta["annotations"] = annotations
+    return {"type": "BOOKMARK", "object": {"kind": res.kind, "apiVersion": res.api_version, "metadata": meta}}
 
 
 def _translate(event: WatchEvent, labels: Matcher, fields: Matcher) -> str | None:

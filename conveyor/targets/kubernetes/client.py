@@ -135,6 +135,37 @@ def _current_context(paths: list[str]) -> str:
     return "(current)"
 
 
+def tls_refusal(exc: BaseException, host: str) -> BadInput | None:
+    """A failed TLS handshake as one line, or None if `exc` is something else. Bad input (exit 2): the
+    kubeconfig trusts the wrong CA, or holds a certificate the server will not take, and retrying will not
+    help. urllib3 buries the ssl error under MaxRetryError.reason / __cause__, so walk the chain."""
+    import ssl
+
+    seen: set[int] = set()
+    node: BaseException | None = exc
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, ssl.SSLCertVerificationError):
+            return BadInput(f"TLS: the certificate of the cluster at {host} does not verify against the "
+                            f"kubeconfig's certificate-authority: {node.verify_message}")
+        if isinstance(node, ssl.SSLError):
+            reason = str(node.reason or node).lower().replace("_", " ").removeprefix("sslv3 alert ")
+            return BadInput(f"TLS: the cluster at {host} refused the handshake: {reason} (check the "
+                            "kubeconfig's client certificate)")
+        node = _wrapped(node)
+    return None
+
+
+def _wrapped(exc: BaseException) -> BaseException | None:
+    """The error under `exc`: MaxRetryError.reason, urllib3.SSLError(ssl_error), else the cause."""
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, BaseException):
+        return reason
+    if exc.args and isinstance(exc.args[0], BaseException):
+        return exc.args[0]
+    return exc.__cause__ or exc.__context__
+
+
 def connect(cluster: dict[str, Any], cache_dir: Path) -> Session:
     from kubernetes import client
 

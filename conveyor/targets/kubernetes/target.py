@@ -99,7 +99,7 @@ class Kubernetes:
     def preflight(self, spec: dict[str, Any]) -> None:
         """Credentials work, the namespace exists, every kind is served, every secret is set."""
         from conveyor.targets.kubernetes.apply import api_message, resolve, secret_values
-        from conveyor.targets.kubernetes.client import describe
+        from conveyor.targets.kubernetes.client import describe, tls_refusal
 
         _check_spec(spec)
         secret_values(spec)
@@ -117,6 +117,8 @@ class Kubernetes:
                 pass  # a deployer may lack permission to read namespaces: the dry run will tell
             elif status is not None:
                 raise TargetError(f"the cluster ({session.host}) refused: {api_message(exc)}") from None
+            elif (refused := tls_refusal(exc, session.host)) is not None:
+                raise refused from None
             else:
                 raise TargetError(f"cannot reach the cluster at {session.host} ({describe(spec['cluster'])}): "
                                   f"{type(exc).__name__}: {exc}") from None
