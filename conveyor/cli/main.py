@@ -398,7 +398,8 @@ def diff(obj: Context, source: str | None, target: str | None, as_json: bool) ->
 @json_option
 @click.pass_context
 def outbox(ctx: click.Context, as_json: bool) -> None:
-    """What is still owed to the outside world (git tags and branches), and why it is not delivered yet."""
+    """What is still owed to the outside world (git tags and branches, announcements), and why it is not
+    delivered yet."""
     if ctx.invoked_subcommand is not None:
         return
     obj: Context = ctx.obj
@@ -538,6 +539,29 @@ def unlock(obj: Context, env: str | None, scope: str | None, as_json: bool) -> N
             emit_json({"lifted": lifted.count, "still_blocked_by": [block_view(b) for b in lifted.still_blocking]})
         else:
             click.echo(lifted.summary())
+
+    run(go)
+
+
+@cli.group(epilog=EPILOG)
+def notify() -> None:
+    """Deploy announcements (the `notify:` destinations in conveyor.yml)."""
+
+
+@notify.command("test", epilog=EPILOG)
+@click.argument("destination", required=False)
+@click.pass_obj
+def notify_test(obj: Context, destination: str | None) -> None:
+    """Send a sample message to DESTINATION (default: every destination). Exit 1 if one fails."""
+
+    def go() -> None:
+        from conveyor.pipeline.announce import send_test
+
+        results = send_test(obj.workspace(), destination)
+        for name, error in results:
+            click.echo(f"{name}: " + (f"FAILED: {error}" if error else "sent"))
+        if any(error for _, error in results):
+            sys.exit(EXIT_FAILED)
 
     run(go)
 

@@ -50,6 +50,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Defined in its own module, which builds on Strict and the patterns above.
+from conveyor.config.notify import Notify  # noqa: E402
+
+
 class RegistrySettings(Strict):
     insecure: bool = Field(False, description="Talk plain HTTP to the registry (a local registry).")
     username_env: str | None = Field(None, pattern=ENV_VAR, description="Env var holding the user name.")
@@ -207,6 +211,7 @@ class AppConfig(Strict):
     build: BuildSettings = Field(default_factory=BuildSettings)
     tasks: list[Task] = Field(default_factory=list)
     release_refs: ReleaseRefs = Field(default_factory=ReleaseRefs)
+    notify: Notify = Field(default_factory=Notify, description="Where deploys are announced (config/notify.py).")
     migrations: list[str] = Field(
         default_factory=list, description="Paths whose changes `conveyor diff` flags as migrations."
     )
