@@ -6,8 +6,6 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidatorFunctionWrapHandler,
@@ -15,8 +13,9 @@ from pydantic import (
     model_validator,
 )
 
-NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
+from conveyor.config.base import ENV_VAR, NAME, Strict
+from conveyor.config.notify import Notify
+
 REF_PREFIX = r"^[A-Za-z0-9._/-]*$"
 # The path of an OCI repository name: lowercase components separated by '/', each joined by '.', '_', '__'
 # or dashes (the distribution spec's grammar); the registry host before it may have any case.
@@ -44,14 +43,6 @@ class ConfigProblems(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
         super().__init__("; ".join(p.message for p in problems))
         self.problems = problems
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# Defined in its own module, which builds on Strict and the patterns above.
-from conveyor.config.notify import Notify  # noqa: E402
 
 
 class RegistrySettings(Strict):

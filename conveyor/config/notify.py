@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from conveyor.config.models import ENV_VAR, NAME, Strict
+from conveyor.config.base import ENV_VAR, NAME, Strict
 
 EVENTS = ("started", "succeeded", "failed", "rolled_back", "interrupted", "blocked", "unblocked", "freeze")
 DEFAULT_EVENTS = tuple(event for event in EVENTS if event != "started")

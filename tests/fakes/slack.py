@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -46,7 +47,7 @@ class FakeSlack:
         self._rate_limited = 0
         self._retry_after = 0
         self._holds: list[Hold] = []
-        self._next_ts = 1_700_000_000
+        self._last_ts = 0.0
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
         self.up()
@@ -118,8 +119,8 @@ class FakeSlack:
         channel = self._channel(params.get("channel", ""))
         if channel is None:
             return {"ok": False, "error": "channel_not_found"}
-        self._next_ts += 1
-        message = Message(channel, f"{self._next_ts}.000100", params.get("text", ""), params.get("thread_ts"),
+        self._last_ts = max(time.time(), self._last_ts + 0.000001)  # Slack's ts: the post's time, unique
+        message = Message(channel, f"{self._last_ts:.6f}", params.get("text", ""), params.get("thread_ts"),
                           params.get("metadata"))
         self.messages.append(message)
         return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": message.text}}
