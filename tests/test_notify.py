@@ -204,7 +204,8 @@ def test_notify_test_sends_a_sample_to_the_destination_named(notified: Announced
     assert sent.out.strip() == "slack-dev: sent"
     assert "conveyor test message for *hello*" in n.texts()[0]
     both = n.ok("notify", "test")
-    assert both.out.splitlines() == ["slack-dev: sent", f"webhook-127-0-0-1-{n.hooks.url.split(':')[2].split('/')[0]}: sent"]
+    port = n.hooks.url.split(":")[2].split("/")[0]
+    assert both.out.splitlines() == ["slack-dev: sent", f"webhook-127-0-0-1-{port}: sent"]
     check_schema(n.hooks.payloads())
     unknown = n.run("notify", "test", "nope")
     assert unknown.code == 2 and "no notify destination named 'nope'" in unknown.err
