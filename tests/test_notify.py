@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import App
-from tests.gate import wait_out_lease
+from tests.gate import Gate, gate_fixture, wait_out_lease  # noqa: F401  (a fixture)
 from tests.notify_setup import HOOK_SECRET, SLACK_TOKEN, Announced, announced, check_schema
 
 
@@ -222,3 +222,23 @@ def test_a_destination_without_a_token_is_bad_input_on_one_line(notified: Announ
     assert result.code == 2, result.err
     assert "give channel and token_env" in result.err and "Traceback" not in result.err
     assert len(result.err.strip().splitlines()) <= 2
+
+
+def test_a_release_whose_holder_was_killed_is_announced_as_interrupted_by_recover(
+        notified: Announced, gate: Gate) -> None:
+    n = notified
+    text = n.config.read_text()
+    start = text.index("    command:", text.index("  - name: migrate"))
+    n.config.write_text(text[:start] + f"    command: {gate.task_command()}" + text[text.index("\n", start):])
+    gate.hold()
+    deploy = n.app.start("--config", str(n.config), "deploy", "staging", "v1")
+    gate.wait_arrival()
+    os.kill(deploy.pid, signal.SIGKILL)
+    deploy.wait()
+    gate.release()
+    wait_out_lease(n.app, "staging")
+    n.ok("recover", "staging", "--reason", "the deploy was killed")
+    assert "staging#1 deploy interrupted" in n.texts()[-1]
+    assert "why: holder stopped heartbeating during step 'task:migrate'" in n.texts()[-1]
+    assert [p["event"] for p in n.hooks.payloads()] == ["interrupted"]
+    check_schema(n.hooks.payloads())

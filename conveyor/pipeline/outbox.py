@@ -180,7 +180,7 @@ def backoff(attempts: int) -> timedelta:
 
 def jittered(delay: timedelta) -> timedelta:
     """±20 %: many runs retrying after one outage do not all come back in the same second."""
-    return delay * random.uniform(0.8, 1.2)
+    return min(delay * random.uniform(0.8, 1.2), MAX_BACKOFF)
 
 
 @dataclass(frozen=True)

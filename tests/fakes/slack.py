@@ -35,8 +35,10 @@ class Hold:
 
 
 class FakeSlack:
-    def __init__(self, token: str, channels: dict[str, str], users: dict[str, str]) -> None:
+    def __init__(self, token: str, channels: dict[str, str], users: dict[str, str], port: int = 0,
+                 echo: bool = False) -> None:
         self.token = token
+        self.echo = echo  # print each post and update (the demo's view of the channel)
         self.channels = channels  # "#dev" -> "C0DEV"
         self.users = users  # email -> user id
         self.messages: list[Message] = []
@@ -49,7 +51,7 @@ class FakeSlack:
         self._holds: list[Hold] = []
         self._last_ts = 0.0
         self._server: ThreadingHTTPServer | None = None
-        self.port = 0
+        self.port = port
         self.up()
 
     @property
@@ -123,6 +125,7 @@ class FakeSlack:
         message = Message(channel, f"{self._last_ts:.6f}", params.get("text", ""), params.get("thread_ts"),
                           params.get("metadata"))
         self.messages.append(message)
+        self._show("posted", message)
         return {"ok": True, "channel": channel, "ts": message.ts, "message": {"text": message.text}}
 
     def _chat_update(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -130,6 +133,7 @@ class FakeSlack:
             if message.channel == params.get("channel") and message.ts == params.get("ts"):
                 message.text = params.get("text", "")
                 message.updates.append(message.text)
+                self._show("updated", message)
                 return {"ok": True, "channel": message.channel, "ts": message.ts}
         if self._channel(params.get("channel", "")) != params.get("channel"):
             return {"ok": False, "error": "channel_not_found"}  # chat.update takes a channel id only
@@ -151,6 +155,11 @@ class FakeSlack:
                  for m in reversed(self.messages)
                  if m.channel == channel and m.thread_ts is None and float(m.ts) >= oldest]
         return {"ok": True, "channel": channel, "messages": found}
+
+    def _show(self, what: str, message: Message) -> None:
+        if self.echo:
+            where = f"thread {message.thread_ts}" if message.thread_ts else f"ts {message.ts}"
+            print(f"--- {what} in {message.channel} ({where}):\n{message.text}", flush=True)
 
     def wait_if_held(self, method: str) -> None:
         for hold in list(self._holds):
@@ -186,3 +195,17 @@ def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def main() -> None:
+    """Serve until interrupted, printing each message: `python -m tests.fakes.slack PORT TOKEN`."""
+    import sys
+
+    port, token = int(sys.argv[1]), sys.argv[2]
+    FakeSlack(token, {"#dev": "C0DEV"}, {}, port=port, echo=True)
+    print(f"fake Slack Web API at http://127.0.0.1:{port}/api (channel #dev)", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
