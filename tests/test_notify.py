@@ -42,7 +42,7 @@ def test_each_release_is_one_message_updated_in_place_and_one_signed_webhook_per
     (first,) = n.slack.top_level()
     assert first.updates and "succeeded" in first.text and "started" not in first.text
     assert "*hello* staging#1 deploy succeeded" in first.text
-    assert "by Sample Dev <dev@example.com>" in first.text
+    assert "by Sample Dev &lt;dev@example.com&gt;" in first.text
     n.ok("deploy", "staging", "v2")
     first_again, second = n.slack.top_level()
     assert first_again.text == first.text  # the earlier release's message is left as it was
@@ -92,13 +92,13 @@ def test_blocks_and_freezes_are_announced_with_who_why_and_until(notified: Annou
     n = notified
     n.ok("lock", "staging", "--reason", "database maintenance", "--until", "2h")
     (blocked,) = n.slack.top_level()
-    assert "*hello* staging blocked by Sample Dev <dev@example.com> until 20" in blocked.text
+    assert "*hello* staging blocked by Sample Dev &lt;dev@example.com&gt; until 20" in blocked.text
     assert blocked.text.endswith(": database maintenance")
     n.ok("unlock", "staging")
     (same,) = n.slack.top_level()  # the block's message, updated in place
     assert "unblocked by Sample Dev" in same.text and same.updates
     n.ok("lock", "--org", "--reason", "holiday freeze")
-    assert "the whole organisation frozen by Sample Dev <dev@example.com> until lifted: holiday freeze" \
+    assert "the whole organisation frozen by Sample Dev &lt;dev@example.com&gt; until lifted: holiday freeze" \
         in n.texts()[-1]
     events = [(p["event"], p["block"]["scope"]) for p in n.hooks.payloads()]
     assert events == [("blocked", "env"), ("unblocked", "env"), ("freeze", "org")]

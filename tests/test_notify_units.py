@@ -103,3 +103,12 @@ def test_webhook_signatures_verify_with_the_standardwebhooks_library() -> None:
     assert Webhook(secret).verify(body, headers) == {"event": "succeeded"}
     with pytest.raises(WebhookVerificationError):
         Webhook(secret).verify(body + b" ", headers)
+
+
+def test_text_from_commits_and_people_cannot_ping_a_channel() -> None:
+    from conveyor.notify.slack import render
+
+    announcement = _failed([])
+    announcement["release"]["commits"]["shown"] = [{"sha": "c" * 40, "author": "Eve", "subject": "<!channel> hi"}]
+    text = render(announcement, {})
+    assert "&lt;!channel&gt; hi" in text and "<!channel>" not in text

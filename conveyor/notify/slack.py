@@ -116,6 +116,11 @@ _ICONS = {"started": ":hourglass_flowing_sand:", "succeeded": ":white_check_mark
           "unblocked": ":unlock:", "freeze": ":snowflake:", "test": ":wave:"}
 
 
+def _esc(text: str) -> str:
+    """Slack's escaping for text from users and commits: `<!channel>` in a commit subject pings no one."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render(announcement: dict[str, Any], mentions: dict[str, str]) -> str:
     """The message text (Slack mrkdwn). `mentions` maps an author's email to `<@U…>`."""
     icon = _ICONS.get(announcement["event"], ":information_source:")
@@ -123,7 +128,7 @@ def render(announcement: dict[str, Any], mentions: dict[str, str]) -> str:
         return f"{icon} " + "\n".join(_release_lines(announcement, mentions))
     if announcement.get("block"):
         return f"{icon} " + _block_line(announcement)
-    return f"{icon} conveyor test message for *{announcement['app']}* from {announcement['actor']}: " \
+    return f"{icon} conveyor test message for *{announcement['app']}* from {_esc(announcement['actor'])}: " \
            "this destination is set up"
 
 
@@ -132,15 +137,15 @@ def _release_lines(announcement: dict[str, Any], mentions: dict[str, str]) -> li
     label = f"{announcement['env']}#{release['number']}"
     took = f" in {release['duration_seconds']:.1f}s" if release.get("duration_seconds") is not None else ""
     head = (f"*{announcement['app']}* {label} {release['kind']} {_word(announcement['event'])} — "
-            f"`{release['sha'][:12]}` by {release['actor']} ({release['origin']}){took}")
+            f"`{release['sha'][:12]}` by {_esc(release['actor'])} ({_esc(release['origin'])}){took}")
     lines = [head]
     if announcement["event"] in ("failed", "interrupted") and release.get("error"):
-        lines.append(f"why: {release['error']}")
+        lines.append(f"why: {_esc(release['error'])}")
     lines += _commit_lines(release)
     if release.get("does_not_undo"):
-        lines.append("not undone by this rollback: " + "; ".join(release["does_not_undo"]))
+        lines.append("not undone by this rollback: " + _esc("; ".join(release["does_not_undo"])))
     if announcement["event"] == "failed" and release["commits"]["authors"]:
-        names = [mentions.get(a["email"]) or a["name"] for a in release["commits"]["authors"]]
+        names = [mentions.get(a["email"]) or _esc(a["name"]) for a in release["commits"]["authors"]]
         lines.append("cc " + ", ".join(dict.fromkeys(names)))
     links = [f"<{url}|{name}>" for name, url in (("release page", release["links"].get("release_page")),
                                                  ("compare", release["links"].get("compare"))) if url]
@@ -160,7 +165,7 @@ def _commit_lines(release: dict[str, Any]) -> list[str]:
     over = f" over {release['env']}#{release['previous_number']}" if release.get("previous_number") else ""
     verb = "takes back" if commits["direction"] == "removes" else "ships"
     lines = [f"{verb} {commits['count']} commit(s){over}:"]
-    lines += [f"• {c['subject']} — {c['author']}" for c in commits["shown"][:SHOWN_COMMITS]]
+    lines += [f"• {_esc(c['subject'])} — {_esc(c['author'])}" for c in commits["shown"][:SHOWN_COMMITS]]
     if commits["count"] > len(commits["shown"][:SHOWN_COMMITS]):
         lines.append(f"… and {commits['count'] - len(commits['shown'][:SHOWN_COMMITS])} more")
     return lines
@@ -171,11 +176,12 @@ def _block_line(announcement: dict[str, Any]) -> str:
     where = {"org": "the whole organisation", "app": f"every environment of *{announcement['app']}*",
              "env": f"*{announcement['app']}* {announcement['env']}"}[block["scope"]]
     if announcement["event"] == "unblocked":
-        return f"{where} unblocked by {block['lifted_by']} (was: {block['reason']}, blocked by {block['actor']})"
+        return (f"{where} unblocked by {_esc(block['lifted_by'])} (was: {_esc(block['reason'])}, blocked by "
+                f"{_esc(block['actor'])})")
     until = f" until {block['until']}" if block.get("until") else " until lifted"
     what = "frozen" if announcement["event"] == "freeze" else "blocked"
-    return f"{where} {what} by {block['actor']}{until}: {block['reason']}"
+    return f"{where} {what} by {_esc(block['actor'])}{until}: {_esc(block['reason'])}"
 
 
 def log_thread_text(lines: list[str]) -> str:
-    return "last log lines:\n```\n" + "\n".join(lines) + "\n```"
+    return "last log lines:\n```\n" + _esc("\n".join(lines)) + "\n```"
