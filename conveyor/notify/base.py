@@ -40,13 +40,27 @@ class Answer:
             return None
 
 
+_clients: dict[bool, Any] = {}  # one httpx.Client per process for https, one for plain http
+
+
+def _client(url: str) -> Any:
+    """Shared clients keep connections alive between calls, and load the CA certificates (a few hundred ms
+    on a busy machine) once a process, only for https: a plain-http URL has nothing to verify."""
+    import httpx
+
+    tls = url.lower().startswith("https:")
+    if tls not in _clients:
+        _clients[tls] = httpx.Client(verify=tls)
+    return _clients[tls]
+
+
 def post(url: str, *, what: str, body: bytes, headers: dict[str, str], timeout: float = TIMEOUT_SECONDS) -> Answer:
     """POST once. Connection failures and timeouts are Unavailable; `what` names the destination in errors
     (never the URL, which may hold a secret: an incoming webhook's URL is one)."""
     import httpx
 
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=timeout)
+        response = _client(url).post(url, content=body, headers=headers, timeout=timeout)
     except httpx.TimeoutException:
         raise Unavailable(f"{what} did not answer within {timeout:g}s") from None
     except httpx.HTTPError as exc:

@@ -183,12 +183,16 @@ class _Announcements:
 
     kind = ""
     retry_delays: tuple[float, ...] = ()  # one attempt per run: a deploy never waits on a chat outage
+    # Both kinds are asked for the same outcome in turn: the announcement (git, ledger reads) is built once.
+    _built: tuple[tuple[int, str, datetime], list[tuple[str, dict[str, Any]]]] | None = None
 
     def owed(self, ws: Workspace, release: Release, finished_at: datetime) -> list[dict[str, Any]]:
         from dataclasses import replace
 
-        final = replace(release, finished_at=finished_at)
-        return [payload for kind, payload in release_items(ws, final) if kind == self.kind]
+        key = (release.id, release.status, finished_at)
+        if _Announcements._built is None or _Announcements._built[0] != key:
+            _Announcements._built = (key, release_items(ws, replace(release, finished_at=finished_at)))
+        return [payload for kind, payload in _Announcements._built[1] if kind == self.kind]
 
     def lane(self, item: OutboxItem) -> str:
         return f"{self.kind}:{item.payload['destination']['name']}"
