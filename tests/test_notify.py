@@ -242,3 +242,20 @@ def test_a_release_whose_holder_was_killed_is_announced_as_interrupted_by_recove
     assert "why: holder stopped heartbeating during step 'task:migrate'" in n.texts()[-1]
     assert [p["event"] for p in n.hooks.payloads()] == ["interrupted"]
     check_schema(n.hooks.payloads())
+
+
+def test_a_slack_incoming_webhook_gets_each_announcement_and_its_url_is_kept_secret(notified: Announced) -> None:
+    n = notified
+    url = n.slack.incoming_webhook_url
+    n.config.write_text(n.config.read_text().replace(
+        "  destinations:\n",
+        "  destinations:\n    - slack: {webhook_url_env: SLACK_WEBHOOK_URL}\n      events: [succeeded]\n"))
+    n.app.extra_env["SLACK_WEBHOOK_URL"] = url
+    n.ok("deploy", "staging", "v1")
+    assert n.slack.calls.count("incoming-webhook") == 1
+    assert sum("staging#1 deploy succeeded" in text for text in n.texts()) == 2  # the bot's and the webhook's
+    assert url.encode() not in n.stored_bytes() and b"SLACK_WEBHOOK_URL" in n.stored_bytes()
+    n.slack.webhook_path = "/services/T000/B000/revoked"
+    n.ok("deploy", "staging", "v2")
+    (stopped,) = n.outbox()
+    assert "STOPPED: Slack incoming webhook refused: HTTP 404 no_service" in stopped["waiting"]

@@ -39,6 +39,7 @@ class FakeSlack:
                  echo: bool = False) -> None:
         self.token = token
         self.echo = echo  # print each post and update (the demo's view of the channel)
+        self.webhook_path = "/services/T000/B000/s3cr3tIncomingWebhookPath"
         self.channels = channels  # "#dev" -> "C0DEV"
         self.users = users  # email -> user id
         self.messages: list[Message] = []
@@ -57,6 +58,10 @@ class FakeSlack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
+
+    @property
+    def incoming_webhook_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.webhook_path}"
 
     # --- switches the test controls
 
@@ -174,6 +179,9 @@ def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802 - the http.server API
             method = self.path.rsplit("/", 1)[-1]
             raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.startswith("/services/"):
+                self._incoming_webhook(raw)
+                return
             if self.headers.get("Content-Type", "").startswith("application/json"):
                 params = json.loads(raw or b"{}")
             else:
@@ -190,6 +198,20 @@ def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(data)
             except OSError:
                 pass  # the caller was killed while the answer was held
+
+        def _incoming_webhook(self, raw: bytes) -> None:
+            """An incoming webhook (its URL is the secret) posts to #dev and answers a plain `ok`."""
+            with slack._lock:
+                slack.calls.append("incoming-webhook")
+                known = self.path == slack.webhook_path
+                if known:
+                    slack._chat_postMessage({"channel": "#dev", "text": json.loads(raw).get("text", "")})
+            body = b"ok" if known else b"no_service"
+            self.send_response(200 if known else 404)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server API
             pass
