@@ -23,6 +23,10 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.fakes.slack import FakeSlack
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -109,6 +113,24 @@ def start_server(app: Path) -> subprocess.Popen[str]:
     return server
 
 
+def announce_to_demo_slack(app: Path) -> FakeSlack:
+    """The in-repo Slack Web API server (tests/fakes/slack.py) prints each message as it is posted and
+    updated; the app's conveyor.yml gets a `notify:` pointed at it (every event, so each release's message
+    is posted when it starts and updated when it ends)."""
+    from tests.fakes.slack import FakeSlack
+
+    os.environ["DEMO_SLACK_TOKEN"] = "xoxb-demo-token"
+    slack = FakeSlack("xoxb-demo-token", {"#dev": "C0DEV"}, {}, echo=True)
+    config = app / "conveyor.yml"
+    config.write_text(config.read_text() + (
+        "notify:\n"
+        f'  - slack: {{channel: "#dev", token_env: DEMO_SLACK_TOKEN, api_url: "{slack.api_url}"}}\n'
+        "    events: [started, succeeded, failed, rolled_back, interrupted, blocked, unblocked, freeze]\n"
+    ))
+    git(app, "commit", "-qam", "announce deploys in #dev")
+    return slack
+
+
 def main() -> None:
     if sys.argv[1:] == ["down"]:
         down()
@@ -130,6 +152,7 @@ def main() -> None:
     }
     (STATE / "demo.json").write_text(json.dumps({"engine_env": engine_env}))
     app = make_sample_repo(STATE / "hello", ports, version="v1")
+    slack = announce_to_demo_slack(app)
     # The app's git remote: conveyor pushes its release tags and the staging/production branches here.
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(STATE / "remote.git")], check=True)
     git(app, "remote", "add", "origin", str(STATE / "remote.git"))
@@ -171,6 +194,7 @@ def main() -> None:
     print(f"\nstaging    {staging}  serves {'v2' if '>v2<' in staging_page else 'UNEXPECTED'}")
     print(f"production {production}  serves {'v1' if '>v1<' in production_page else 'UNEXPECTED'}")
     registry.stop()
+    slack.close()
     if ">v2<" not in staging_page or ">v1<" not in production_page:
         sys.exit("demo: an environment does not serve the version it should")
     print("\ndemo: done. `scripts/demo.sh down` stops the app and the proxy.")

@@ -378,8 +378,13 @@ def test_two_releases_in_the_same_second_get_distinct_timestamp_tags(app: App) -
 class _Announcements:
     """A second outbox kind, as announcements will be: owed for every outcome, delivered to a list."""
 
+    retry_delays = ()
+
     def __init__(self) -> None:
         self.sent: list[str] = []
+
+    def lane(self, item: Any) -> str:
+        return "announce"
 
     def owed(self, ws: object, release: Any, finished_at: datetime) -> list[dict[str, Any]]:
         return [{"text": f"{release.env}#{release.number} {release.status}"}]

@@ -421,7 +421,8 @@ def diff(obj: Context, source: str | None, target: str | None, as_json: bool) ->
 @json_option
 @click.pass_context
 def outbox(ctx: click.Context, as_json: bool) -> None:
-    """What is still owed to the outside world (git tags and branches), and why it is not delivered yet."""
+    """What is still owed to the outside world (git tags and branches, announcements), and why it is not
+    delivered yet."""
     if ctx.invoked_subcommand is not None:
         return
     obj: Context = ctx.obj
@@ -783,6 +784,30 @@ def token_revoke(obj: Context, name: str) -> None:
         finally:
             ledger.close()
         click.echo(f"revoked {name}")
+
+
+    run(go)
+
+
+@cli.group(epilog=EPILOG)
+def notify() -> None:
+    """Deploy announcements (the `notify:` destinations in conveyor.yml)."""
+
+
+@notify.command("test", epilog=EPILOG)
+@click.argument("destination", required=False)
+@click.pass_obj
+def notify_test(obj: Context, destination: str | None) -> None:
+    """Send a sample message to DESTINATION (default: every destination). Exit 1 if one fails."""
+
+    def go() -> None:
+        from conveyor.pipeline.announce import send_test
+
+        results = send_test(obj.workspace(), destination)
+        for name, error in results:
+            click.echo(f"{name}: " + (f"FAILED: {error}" if error else "sent"))
+        if any(error for _, error in results):
+            sys.exit(EXIT_FAILED)
 
     run(go)
 

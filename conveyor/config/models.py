@@ -6,8 +6,6 @@ import re
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SerializeAsAny,
     ValidatorFunctionWrapHandler,
@@ -15,8 +13,9 @@ from pydantic import (
     model_validator,
 )
 
-NAME = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"
-ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
+from conveyor.config.base import ENV_VAR, NAME, Strict
+from conveyor.config.notify import Notify
+
 REF_PREFIX = r"^[A-Za-z0-9._/-]*$"
 # The path of an OCI repository name: lowercase components separated by '/', each joined by '.', '_', '__'
 # or dashes (the distribution spec's grammar); the registry host before it may have any case.
@@ -62,10 +61,6 @@ def check_repository(value: str) -> str:
             raise ValueError(f"{quoted(part)} is not a valid repository name part{hint}: use lowercase letters, "
                              "digits, and '.', '_' or '-' between them")
     return value
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RegistrySettings(Strict):
@@ -244,6 +239,7 @@ class AppConfig(Strict):
     build: BuildSettings = Field(default_factory=BuildSettings)
     tasks: list[Task] = Field(default_factory=list)
     release_refs: ReleaseRefs = Field(default_factory=ReleaseRefs)
+    notify: Notify = Field(default_factory=Notify, description="Where deploys are announced (config/notify.py).")
     migrations: list[str] = Field(
         default_factory=list, description="Paths whose changes `conveyor diff` flags as migrations."
     )

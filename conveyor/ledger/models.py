@@ -94,10 +94,20 @@ class OutboxItem:
     app: str
     env: str
     release_id: int | None
-    kind: str  # git-refs
+    kind: str  # git-refs | slack | webhook
     payload: dict[str, Any]
     created_at: datetime
     attempts: int
     next_attempt_at: datetime
     last_error: str
     delivered_at: datetime | None
+    stopped: str = ""  # why delivery stopped until someone acts (a revoked token, a webhook gone)
+
+
+@dataclass(frozen=True)
+class NotifyMessage:
+    """The chat message an operation's announcements update in place; ts is None while it is being posted."""
+
+    channel: str
+    ts: str | None
+    claimed_at: datetime

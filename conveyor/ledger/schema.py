@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
 # imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -197,6 +197,8 @@ outbox = Table(
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("last_error", Text, nullable=False),
     Column("delivered_at", UTCDateTime, nullable=True),
+    # Why delivery stopped for good until someone acts (a revoked token, a webhook gone): "" while it retries.
+    Column("stopped", Text, nullable=False, server_default=""),
     Index(None, "app", "delivered_at"),
     Index(None, "app", "env", "created_at"),  # outbox_items: one env's recent items, among millions
     sqlite_autoincrement=True,
@@ -265,5 +267,21 @@ operation_events = Table(
     Column("at", UTCDateTime, nullable=False),
     Column("payload", Text, nullable=False),  # JSON: pipeline/events.py Progress
     Index(None, "operation_id", "id"),
+    sqlite_autoincrement=True,
+)
+
+# The chat message an operation's announcements update in place: claimed (ts NULL) just before it is posted,
+# so a run killed between posting and storing `ts` knows to look for the message rather than post another.
+notify_messages = Table(
+    "notify_messages",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String, nullable=False),
+    Column("destination", String, nullable=False),
+    Column("operation", String, nullable=False),  # release-ID or block-ID
+    Column("channel", String, nullable=False),
+    Column("ts", String, nullable=True),
+    Column("claimed_at", UTCDateTime, nullable=False),
+    UniqueConstraint("app", "destination", "operation"),
     sqlite_autoincrement=True,
 )

@@ -55,6 +55,7 @@ from conveyor.ledger.models import (
     Event,
     Lease,
     LeaseAttempt,
+    NotifyMessage,
     OutboxItem,
     Release,
 )
@@ -63,6 +64,7 @@ from conveyor.ledger.schema import (
     blocks,
     events,
     leases,
+    notify_messages,
     outbox,
     release_counters,
     releases,
@@ -318,6 +320,7 @@ def _outbox_item(row: Row[Any]) -> OutboxItem:
         next_attempt_at=row.next_attempt_at,
         last_error=row.last_error,
         delivered_at=row.delivered_at,
+        stopped=row.stopped,
     )
 
 
@@ -445,13 +448,14 @@ class Ledger:
         previous_number: int | None,
         source_release_id: int | None,
         holder: str | None = None,
+        announce: Callable[[Release], list[tuple[str, dict[str, Any]]]] | None = None,
     ) -> Release:
         """Record a new pending release with the next gapless number for app+env.
 
         With `holder`, the release is attached to app+env's lease in the same transaction, so a process
         killed at any instant leaves either no release or one its lease names (a takeover finds it); when
         `holder` does not hold that lease, nothing is recorded (Refused). Only ledger tests and benchmarks
-        record releases without a lease."""
+        record releases without a lease. `announce(release)` names outbox items queued in the same transaction."""
         if kind not in RELEASE_KINDS:
             raise ValueError(f"release kind {kind!r} is not one of {RELEASE_KINDS}")
         with self._write() as conn:
@@ -478,7 +482,22 @@ class Ledger:
                 )
             release = _release(row)
             self._record_release_state(conn, release)
+            if announce is not None:
+                self._queue(conn, app, env, release.id, announce(release))
         return release
+
+    def _queue(self, conn: Connection, app: str, env: str, release_id: int | None,
+               items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Queue outbox items (kind, payload) in the caller's transaction; no secret value is stored."""
+        if not items:
+            return
+        now = _now()
+        conn.execute(insert(outbox), [
+            {"app": app, "env": env, "release_id": release_id, "kind": kind,
+             "payload": _canonical(self.redact(payload)), "created_at": now, "attempts": 0,
+             "next_attempt_at": now, "last_error": "", "delivered_at": None, "stopped": ""}
+            for kind, payload in items
+        ])
 
     @staticmethod
     def _lock_own_lease(conn: Connection, app: str, env: str, holder: str) -> None:
@@ -543,13 +562,7 @@ class Ledger:
             else:
                 row = conn.execute(select(releases).where(releases.c.id == release_id)).one_or_none()
             if row is not None and outbox_items:
-                now = _now()
-                conn.execute(insert(outbox), [
-                    {"app": row.app, "env": row.env, "release_id": row.id, "kind": kind,
-                     "payload": _canonical(payload), "created_at": now, "attempts": 0, "next_attempt_at": now,
-                     "last_error": "", "delivered_at": None}
-                    for kind, payload in outbox_items
-                ])
+                self._queue(conn, row.app, row.env, row.id, outbox_items)
         if row is None:
             raise BadInput(f"no release with id {release_id} in the ledger")
         return _release(row)
@@ -906,19 +919,27 @@ class Ledger:
         return app, env
 
     def add_block(
-        self, *, scope: str, app: str, env: str, reason: str, actor: str, until: datetime | None
+        self, *, scope: str, app: str, env: str, reason: str, actor: str, until: datetime | None,
+        announce: Callable[[Block], tuple[str, list[tuple[str, dict[str, Any]]]]] | None = None,
     ) -> Block:
-        """Stop deploys for an env, an app, or the whole org, until lifted or until `until` passes."""
+        """Stop deploys for an env, an app, or the whole org, until lifted or until `until` passes.
+        `announce(block)` gives (the app whose outbox it is, items) to queue in the same transaction."""
         app, env = self._block_target(scope, app, env)
         stmt = insert(blocks).values(
             scope=scope, app=app, env=env, reason=reason, actor=actor, created_at=_now(), until=until
         )
         with self._write() as conn:
-            row = conn.execute(stmt.returning(*blocks.c)).one()
-        return _block(row)
+            block = _block(conn.execute(stmt.returning(*blocks.c)).one())
+            if announce is not None:
+                owner, items = announce(block)
+                self._queue(conn, owner, env, None, items)
+        return block
 
-    def lift_blocks(self, *, scope: str, app: str, env: str, actor: str) -> int:
-        """Lift the active blocks of exactly this scope and target; rows are kept, stamped with who lifted."""
+    def lift_blocks(self, *, scope: str, app: str, env: str, actor: str,
+                    announce: Callable[[list[Block]], tuple[str, list[tuple[str, dict[str, Any]]]]] | None = None,
+                    ) -> int:
+        """Lift the active blocks of exactly this scope and target; rows are kept, stamped with who lifted.
+        `announce(lifted)` gives (the app whose outbox it is, items) to queue in the same transaction."""
         app, env = self._block_target(scope, app, env)
         now = _now()
         stmt = (
@@ -931,9 +952,14 @@ class Ledger:
                 or_(blocks.c.until.is_(None), blocks.c.until > now),
             )
             .values(lifted_at=now, lifted_by=actor)
+            .returning(*blocks.c)
         )
         with self._write() as conn:
-            return conn.execute(stmt).rowcount
+            lifted = [_block(row) for row in conn.execute(stmt)]
+            if lifted and announce is not None:
+                owner, items = announce(lifted)
+                self._queue(conn, owner, env, None, items)
+        return len(lifted)
 
     def active_blocks(self, app: str, env: str) -> list[Block]:
         """Blocks that stop a deploy of app to env now: its env block, its app block, and org blocks."""
@@ -972,16 +998,46 @@ class Ledger:
 
     def mark_delivered(self, item_id: int) -> None:
         stmt = update(outbox).where(outbox.c.id == item_id).values(
-            delivered_at=_now(), attempts=outbox.c.attempts + 1, last_error=""
+            delivered_at=_now(), attempts=outbox.c.attempts + 1, last_error="", stopped=""
         )
         with self._write() as conn:
             conn.execute(stmt)
 
-    def mark_attempt_failed(self, item_id: int, *, error: str, retry_at: datetime) -> OutboxItem:
+    def mark_attempt_failed(self, item_id: int, *, error: str, retry_at: datetime, stopped: str = "") -> OutboxItem:
+        """`stopped`: why no automatic retry can help (the item waits for `conveyor outbox flush`)."""
         stmt = (
             update(outbox).where(outbox.c.id == item_id)
-            .values(attempts=outbox.c.attempts + 1, last_error=error, next_attempt_at=retry_at)
+            .values(attempts=outbox.c.attempts + 1, last_error=self.redact(error), next_attempt_at=retry_at,
+                    stopped=self.redact(stopped))
             .returning(*outbox.c)
         )
         with self._write() as conn:
             return _outbox_item(conn.execute(stmt).one())
+
+    # ------------------------------------------------------------------------------------------ notify
+
+    def notify_message(self, app: str, destination: str, operation: str) -> NotifyMessage | None:
+        query = select(notify_messages).where(
+            notify_messages.c.app == app, notify_messages.c.destination == destination,
+            notify_messages.c.operation == operation,
+        )
+        with self._read() as conn:
+            row = conn.execute(query).one_or_none()
+        return NotifyMessage(row.channel, row.ts, row.claimed_at) if row else None
+
+    def claim_notify_message(self, app: str, destination: str, operation: str, channel: str) -> None:
+        """Note, before posting, that an operation's message is being posted (ts unknown until Slack answers)."""
+        stmt = self._upsert(notify_messages).values(
+            app=app, destination=destination, operation=operation, channel=channel, ts=None, claimed_at=_now()
+        ).on_conflict_do_nothing()
+        with self._write() as conn:
+            conn.execute(stmt)
+
+    def set_notify_ts(self, app: str, destination: str, operation: str, *, channel: str, ts: str) -> None:
+        """Slack answered: the message's channel id and ts, which later updates address."""
+        stmt = update(notify_messages).where(
+            notify_messages.c.app == app, notify_messages.c.destination == destination,
+            notify_messages.c.operation == operation,
+        ).values(channel=channel, ts=ts)
+        with self._write() as conn:
+            conn.execute(stmt)

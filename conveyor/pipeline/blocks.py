@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 from conveyor.errors import BadInput
 from conveyor.ledger.models import Block
+from conveyor.pipeline.announce import block_items, unblock_items
 from conveyor.pipeline.guards import describe_block
+from conveyor.pipeline.outbox import deliver
 from conveyor.pipeline.workspace import Workspace
 
 # A duration is units in this order, each at most once: 90s, 30m, 2h30m, 1d12h, 1w.
@@ -74,8 +76,10 @@ def add_block(ws: Workspace, env: str | None, scope: str, reason: str, until: st
         raise BadInput("lock needs --reason TEXT: everyone it stops will read it")
     expires = parse_until(until)
     app, env_name = _scope(ws, env, scope)
-    return ws.ledger.add_block(scope=scope, app=app, env=env_name, reason=reason, actor=ws.identity.actor,
-                               until=expires)
+    block = ws.ledger.add_block(scope=scope, app=app, env=env_name, reason=reason, actor=ws.identity.actor,
+                                until=expires, announce=lambda added: block_items(ws, added))
+    deliver(ws)
+    return block
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,10 @@ def lift_block(ws: Workspace, env: str | None, scope: str) -> Lifted:
     """Lift the blocks of exactly this scope. Lifting nothing is bad input (exit 2): the block the user
     meant is not there, most often because it has a wider scope, which the message then names."""
     app, env_name = _scope(ws, env, scope)
-    count = ws.ledger.lift_blocks(scope=scope, app=app, env=env_name, actor=ws.identity.actor)
+    count = ws.ledger.lift_blocks(scope=scope, app=app, env=env_name, actor=ws.identity.actor,
+                                  announce=lambda lifted: unblock_items(ws, lifted))
+    if count:
+        deliver(ws)
     wider = [b for b in ws.ledger.active_blocks(app, env_name) if b.scope in _WIDER[scope]] if app else []
     target = _target_name(scope, app, env_name)
     if count == 0:

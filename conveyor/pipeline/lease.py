@@ -185,11 +185,20 @@ class LeaseKeeper:
                 self.mark_interrupted(release, message)
 
     def mark_interrupted(self, release: Release, message: str) -> None:
-        """Record a release whose holder is gone as interrupted at the step it reached."""
+        """Record a release whose holder is gone as interrupted at the step it reached, queueing what that
+        outcome owes (its announcements) in the same transaction."""
+        from dataclasses import replace
+        from datetime import UTC, datetime
+
+        from conveyor.pipeline.outbox import owed
+
         ledger = self.ws.ledger
+        error = f"holder stopped heartbeating during step '{release.step}'"
+        finished_at = datetime.now(UTC)
+        final = replace(release, status="interrupted", error=error, finished_at=finished_at)
         recorded = ledger.update_release(
-            release.id, status="interrupted", finished=True,
-            error=f"holder stopped heartbeating during step '{release.step}'",
+            release.id, status="interrupted", finished=True, error=error, finished_at=finished_at,
+            outbox_items=owed(self.ws, final, finished_at),
         )
         ledger.append_event(
             app=self.app, env=self.env, release_id=release.id, step="interrupted", status="failed",

@@ -1,9 +1,12 @@
-"""Side effects of a release that must happen eventually: git tags and the ENV branch, so far.
+"""Side effects of a release that must happen eventually: git tags and the ENV branch, and announcements
+(Slack, signed webhooks: pipeline/announce.py).
 
-They are queued in the ledger in the same transaction that records the release's outcome, attempted
-right after, retried with backoff, retried by every later operation and by `conveyor outbox flush`, and
-delivered strictly in order per app (a later release's refs never land before an earlier one's). A
-delivery failure is reported, never changes the release's outcome or the exit code.
+They are queued in the ledger in the same transaction that records the state change, attempted
+right after, retried with backoff and jitter, retried by every later operation and by `conveyor outbox
+flush`, and delivered strictly in order per lane (a kind and destination: a later release's refs never land
+before an earlier one's, and a Slack outage holds up neither the refs nor a webhook). A delivery failure is
+reported, never changes the release's outcome or the exit code; one a retry cannot fix (a revoked token, a
+webhook gone) stops its lane, is shown with its reason, and is retried only by `conveyor outbox flush`.
 
 Each item has a kind; HANDLERS maps a kind to the Handler that delivers and describes it, and `owed`
 asks each handler what a release's outcome owes. One delivery runs at a time per app, under a lease that
@@ -12,6 +15,7 @@ heartbeats like an operation's, so a delivery killed midway holds the others up 
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -80,6 +84,8 @@ def refspecs(payload: dict[str, Any], witness: str | None = None) -> list[str]:
 class Handler(Protocol):
     """One kind of outbox item: what a release's outcome owes of it, how to deliver it, how to name it."""
 
+    retry_delays: tuple[float, ...]  # seconds between the attempts made right away, in one run
+
     def owed(self, ws: Workspace, release: Release, finished_at: datetime) -> list[dict[str, Any]]:
         """Payloads to queue for `release`, which has just reached its final status."""
         ...
@@ -91,9 +97,18 @@ class Handler(Protocol):
     def describe(self, item: OutboxItem) -> str:
         ...
 
+    def lane(self, item: OutboxItem) -> str:
+        """Items of one lane are delivered in order; a lane waiting holds up no other."""
+        ...
+
 
 class GitRefs:
     """Tag ENV, tag ENV--timestamp and branch ENV at a succeeded release's commit, on the configured remote."""
+
+    retry_delays = IN_RUN_RETRY_DELAYS
+
+    def lane(self, item: OutboxItem) -> str:
+        return GIT_REFS
 
     def owed(self, ws: Workspace, release: Release, finished_at: datetime) -> list[dict[str, Any]]:
         if release.status != "succeeded" or not ws.config.release_refs.enabled:
@@ -123,7 +138,13 @@ def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
         return None  # remote unreachable: the push reports that; the witness moves on the next delivery
 
 
-HANDLERS: dict[str, Handler] = {GIT_REFS: GitRefs()}
+def _handlers() -> dict[str, Handler]:
+    from conveyor.pipeline.announce import SlackAnnouncements, WebhookAnnouncements
+
+    return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements()}
+
+
+HANDLERS: dict[str, Handler] = _handlers()
 
 
 class UnknownKind(ConveyorError):
@@ -148,8 +169,25 @@ def describe(item: OutboxItem) -> str:
     return handler.describe(item) if handler else f"{item.kind} item (no handler in this conveyor)"
 
 
+def lane(item: OutboxItem) -> str:
+    handler = HANDLERS.get(item.kind)
+    return handler.lane(item) if handler else item.kind
+
+
 def backoff(attempts: int) -> timedelta:
     return min(timedelta(seconds=5 * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+def jittered(delay: timedelta) -> timedelta:
+    """±20 %: many runs retrying after one outage do not all come back in the same second."""
+    return min(delay * random.uniform(0.8, 1.2), MAX_BACKOFF)
+
+
+@dataclass(frozen=True)
+class Failure:
+    error: str
+    retry_after: float | None = None  # seconds the destination asked for (Retry-After)
+    stopped: bool = False  # no retry can help until someone acts
 
 
 def deliver(ws: Workspace, *, force: bool = False) -> list[OutboxItem]:
@@ -203,40 +241,73 @@ def _deliver_under_lease(ws: Workspace, pending: list[OutboxItem], *, force: boo
 def _deliver_in_order(
     ws: Workspace, pending: list[OutboxItem], *, force: bool, heartbeat: Heartbeat
 ) -> list[OutboxItem]:
+    left: list[OutboxItem] = []
+    waiting: set[str] = set()  # lanes with an undelivered item: their later items wait behind it
     for index, item in enumerate(pending):
         if heartbeat.lost:
-            return pending[index:]  # another run took delivery over: it goes on from here, in order
-        if not force and item.next_attempt_at > datetime.now(UTC):
-            return pending[index:]  # not due yet; later items wait behind it to keep the order
-        error = _attempt(ws, item)
-        if error is None:
+            return left + pending[index:]  # another run took delivery over: it goes on from here, in order
+        item_lane = lane(item)
+        if item_lane in waiting or not _due(item, force):
+            waiting.add(item_lane)
+            left.append(item)
+            continue
+        failure = _attempt(ws, item)
+        if failure is None:
             ws.ledger.mark_delivered(item.id)
             ws.say(f"outbox: delivered: {describe(item)}")
             continue
-        failed = ws.ledger.mark_attempt_failed(
-            item.id, error=error, retry_at=datetime.now(UTC) + backoff(item.attempts + 1)
-        )
-        ws.say(f"warning: outbox: {describe(item)} not delivered ({error}); will retry after "
-               f"{failed.next_attempt_at:%H:%M:%S} UTC, on the next conveyor run, or with `conveyor outbox flush`")
-        return pending[index:]
-    return []
+        _record_failure(ws, item, failure)
+        waiting.add(item_lane)
+        left.append(item)
+    return left
 
 
-def _attempt(ws: Workspace, item: OutboxItem) -> str | None:
-    """Deliver with a few quick retries; the last error, or None once delivered."""
+def _due(item: OutboxItem, force: bool) -> bool:
+    """`force` (outbox flush) tries everything, stopped lanes too; otherwise a stopped item waits for it."""
+    return force or (not item.stopped and item.next_attempt_at <= datetime.now(UTC))
+
+
+def _record_failure(ws: Workspace, item: OutboxItem, failure: Failure) -> None:
+    delay = timedelta(seconds=failure.retry_after) if failure.retry_after is not None \
+        else jittered(backoff(item.attempts + 1))
+    failed = ws.ledger.mark_attempt_failed(
+        item.id, error=failure.error, retry_at=datetime.now(UTC) + delay,
+        stopped=failure.error if failure.stopped else "",
+    )
+    if failure.stopped:
+        ws.say(f"warning: outbox: {describe(item)} stopped ({failure.error}); fix it, then run "
+               "`conveyor outbox flush`")
+        return
+    ws.say(f"warning: outbox: {describe(item)} not delivered ({failure.error}); will retry after "
+           f"{failed.next_attempt_at:%H:%M:%S} UTC, on the next conveyor run, or with `conveyor outbox flush`")
+
+
+def _attempt(ws: Workspace, item: OutboxItem) -> Failure | None:
+    """Deliver, with the handler's quick retries; the last failure, or None once delivered."""
+    from conveyor.notify.base import Refused, Unavailable
     from conveyor.vcs.git import RemoteMissing
 
-    error = None
-    for delay in (0.0, *IN_RUN_RETRY_DELAYS):
+    try:
+        handler = handler_for(item.kind)
+    except UnknownKind as exc:
+        return Failure(exc.message)
+    failure = None
+    for delay in (0.0, *handler.retry_delays):
         time.sleep(delay)
         try:
-            handler_for(item.kind).deliver(ws, item)
+            handler.deliver(ws, item)
             return None
-        except (UnknownKind, RemoteMissing) as exc:
-            return exc.message  # retrying in this run cannot help
+        except RemoteMissing as exc:
+            return Failure(exc.message)  # retrying in this run cannot help
+        except Refused as exc:
+            return Failure(ws.redactor.text(exc.message), stopped=True)
+        except Unavailable as exc:
+            failure = Failure(ws.redactor.text(exc.message), retry_after=exc.retry_after)
+            if exc.retry_after is not None:
+                return failure  # asked to wait: not again in this run
         except ConveyorError as exc:
-            error = exc.message
-    return error
+            failure = Failure(ws.redactor.text(exc.message))
+    return failure
 
 
 # ---------------------------------------------------------------------------------------------- why it waits
@@ -263,13 +334,17 @@ class Delivery:
 def why_waiting(items: list[OutboxItem], delivery: Delivery | None, now: datetime) -> dict[int, str]:
     """Per undelivered item (oldest first), the reason it has not been delivered yet."""
     reasons: dict[int, str] = {}
-    for index, item in enumerate(items):
-        reasons[item.id] = _reason(item, items[0] if index else None, delivery, now)
+    first: dict[str, OutboxItem] = {}  # the oldest undelivered item of each lane
+    for item in items:
+        ahead = first.setdefault(lane(item), item)
+        reasons[item.id] = _reason(item, ahead if ahead is not item else None, delivery, now)
     return reasons
 
 
 def _reason(item: OutboxItem, ahead: OutboxItem | None, delivery: Delivery | None, now: datetime) -> str:
     last = f"; last error: {item.last_error}" if item.last_error else ""
+    if item.stopped:
+        return f"STOPPED: {item.stopped}; fix it, then `conveyor outbox flush` retries"
     if delivery is not None and delivery.expires_at >= now:
         return f"being delivered by {delivery.actor} since {_at(delivery.since)}{last}"
     if delivery is not None:

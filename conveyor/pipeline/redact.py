@@ -1,8 +1,9 @@
 """Keep configured secret values out of everything conveyor prints or stores.
 
 The values are those of the env vars the config's `secrets:` lists name (every environment's: a value
-hidden one environment too many costs nothing). The Workspace applies one Redactor where text leaves
-conveyor: `Workspace.say` (the terminal), the ledger's events and release errors, and the CLI's error line.
+hidden one environment too many costs nothing), and those `notify:` destinations name (tokens, secrets).
+The Workspace applies one Redactor where text leaves conveyor: `Workspace.say` (the terminal), the ledger's
+events, release errors and outbox payloads, and the CLI's error line.
 
 A value shorter than MIN_LENGTH characters is not redacted: hiding every "a" or "42" would garble all
 output while protecting nothing (such a value can be guessed). Only the exact value is found: a secret
@@ -45,6 +46,8 @@ class Redactor:
 
 
 def secret_values(config: AppConfig, environ: Mapping[str, str]) -> list[str]:
-    """The values, set in conveyor's environment, of every secret any environment of the config names."""
+    """The values, set in conveyor's environment, of every secret any environment of the config names, and
+    of the announcement destinations' tokens, webhook URLs and signing secrets."""
     names = {name for env in config.environments for name in env.secrets}
+    names |= {name for destination in config.notify.destinations for name in destination.secret_envs()}
     return [environ[name] for name in sorted(names) if environ.get(name)]

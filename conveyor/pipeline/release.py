@@ -213,6 +213,7 @@ def _record_and_run(
     app = ws.config.app
     ledger = ws.ledger
     live = ledger.live_release(app, plan.env.name)  # re-read: a queued run may have waited behind one
+    announced: list[tuple[str, dict[str, Any]]] = []
     release = ledger.create_release(
         app=app, env=plan.env.name, kind=plan.kind, sha=plan.artifact.sha, digest=plan.artifact.digest,
         image=plan.artifact.image, spec=plan.spec, config_digest=ws.config_digest,
@@ -220,7 +221,12 @@ def _record_and_run(
         actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
         previous_number=live.number if live else None,
         source_release_id=plan.source.id if plan.source else None, holder=lease.holder,
+        announce=lambda recorded: _started_items(ws, recorded, announced),
     )
+    if announced:
+        from conveyor.pipeline.outbox import deliver
+
+        deliver(ws)  # one attempt; an answer that does not come in seconds is retried later, never waited for
     recorder = _Recorder(ws, release)
     try:
         recorder.event("recorded", "ok", f"release {plan.env.name}#{release.number} recorded as pending",
@@ -248,6 +254,15 @@ def _record_and_run(
             return recorder.release
         failed = OperationFailed(f"{plan.env.name}#{release.number} failed: {type(exc).__name__}: {exc}")
         raise _with_release(failed, recorder) from exc
+
+
+def _started_items(ws: Workspace, release: Release, announced: list[tuple[str, dict[str, Any]]]
+                   ) -> list[tuple[str, dict[str, Any]]]:
+    """The `started` announcements, queued with the pending record (and noted, to deliver right after)."""
+    from conveyor.pipeline.announce import release_items
+
+    announced.extend(release_items(ws, release))
+    return announced
 
 
 def _stopped(ws: Workspace, recorder: _Recorder, signals: _Signals, status: str, cause: str) -> bool:

@@ -42,6 +42,10 @@ def recover(ws: Workspace, env: str, reason: str, *, force: bool) -> list[Releas
         holder = describe_lease(lease) if lease else "another operation holds the lease"
         raise Refused(f"{app}/{env}: {holder}, and it still heartbeats. If it is stuck, "
                       f"`conveyor recover {env} --force --reason TEXT` takes the lease from it") from None
+    if keeper.interrupted:
+        from conveyor.pipeline.outbox import deliver
+
+        deliver(ws)  # the interruptions' announcements
     return keeper.interrupted
 
 

@@ -68,6 +68,22 @@ class Repo:
         result = self._git("rev-list", "--count", f"{older}..{newer}", check=False)
         return int(result.stdout.strip()) if result.returncode == 0 else 0
 
+    def commit_authors(self, older: str | None, newer: str, limit: int) -> list[list[str]]:
+        """[sha, author name, author email, subject] of up to `limit` commits `newer` has that `older` lacks,
+        newest first; [] when git cannot tell (a commit this clone lacks)."""
+        spec = f"{older}..{newer}" if older else newer
+        fmt = _FIELD.join(["%H", "%an", "%ae", "%s"])
+        result = self._git("log", f"--max-count={limit}", f"--format={fmt}", spec, "--", check=False)
+        if result.returncode != 0:
+            return []
+        return [line.split(_FIELD, 3) for line in result.stdout.splitlines()]
+
+    def commit_count(self, older: str | None, newer: str) -> int:
+        """How many commits `newer` has that `older` lacks (all of its history without `older`)."""
+        spec = f"{older}..{newer}" if older else newer
+        result = self._git("rev-list", "--count", spec, "--", check=False)
+        return int(result.stdout.strip()) if result.returncode == 0 else 0
+
     def config_value(self, key: str) -> str:
         result = self._git("config", "--get", key, check=False)
         return result.stdout.strip()
