@@ -25,9 +25,16 @@ def _kubernetes(state_dir: Path, repo_dir: Path) -> Target:
     return Kubernetes(state_dir, repo_dir)
 
 
+def _ssh_hosts(state_dir: Path, repo_dir: Path) -> Target:
+    from conveyor.targets.ssh_hosts.target import SSHHosts
+
+    return SSHHosts(state_dir, repo_dir)
+
+
 TARGETS: dict[str, Callable[[Path, Path], Target]] = {
     "container-host": _container_host,
     "kubernetes": _kubernetes,
+    "ssh-hosts": _ssh_hosts,
 }
 
 

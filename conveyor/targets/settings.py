@@ -3,5 +3,6 @@
 
 from conveyor.targets.container_host import settings as container_host
 from conveyor.targets.kubernetes import settings as kubernetes
+from conveyor.targets.ssh_hosts import settings as ssh_hosts
 
-__all__ = ["container_host", "kubernetes"]
+__all__ = ["container_host", "kubernetes", "ssh_hosts"]
