@@ -209,7 +209,10 @@ class SSHHosts:
         for other in hosts:
             records.setdefault(other, {"host": other, "outcome": "not reached"})
         record = records[host]
-        logs = list(result.logs if isinstance(result, TargetError) else (result or {}).get("logs", []))
+        if isinstance(result, TargetError):
+            logs = list(result.logs)
+        else:
+            logs = list(result.get("logs", [])) if isinstance(result, dict) else []
         logs = [f"{host}: {line}" for line in logs[-LOG_LINES:]]
         changed = [h for h in hosts if records[h]["outcome"] == "switched"]
         report("halted", f"{host} {record['outcome']}: {record['reason']}; the rollout stops here"
