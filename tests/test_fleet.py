@@ -304,3 +304,19 @@ def test_run_uses_the_first_host_or_the_one_named(fleet_app: App, fleet: Fleet) 
     assert named.out == "h3\n"
     unknown = app.run("run", ENV, "--host", "root@198.18.99.2", "--", "true")
     assert unknown.code == 2 and "not one of this environment's hosts" in unknown.err
+
+
+def test_one_connection_per_host_carries_every_command_and_the_argv_arrives_as_it_was(fleet: Fleet) -> None:
+    from conveyor.targets.ssh_hosts.transport import HostAddress, SSHRunner
+
+    host = fleet.hosts[0]
+    log = host.root / "sshd.log"
+    before = log.read_text().count("Accepted publickey")
+    runner = SSHRunner(HostAddress.parse(host.ssh), fleet.known_hosts, identity=fleet.client_key)
+    try:
+        argv = ["printf", "%s|", "a b", "it's", "$HOME", "; echo injected", "*", "\\n"]
+        answers = [runner.run(argv, timeout=30) for _ in range(3)]
+    finally:
+        runner.close()
+    assert [answer.stdout for answer in answers] == ["a b|it's|$HOME|; echo injected|*|\\n|"] * 3
+    assert log.read_text().count("Accepted publickey") - before == 1  # three commands, one login

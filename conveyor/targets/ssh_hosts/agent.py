@@ -40,7 +40,7 @@ def _check(host: Any, request: dict[str, Any], report: Reporter) -> list[str]:
     spec = request["spec"]
     checked = list(host.preflight(spec))
     checked.append(_registry_reachable(spec["repository"].split("/", 1)[0], bool(request.get("insecure"))))
-    checked.append(_room(host, spec, int(request.get("min_free_mb", 0))))
+    checked.append(_room(spec, int(request.get("min_free_mb", 0))))
     return checked
 
 
@@ -57,8 +57,10 @@ def _registry_reachable(registry: str, insecure: bool) -> str:
     return f"registry {registry} answers"
 
 
-def _room(host: Any, spec: dict[str, Any], min_free_mb: int) -> str:
-    engine = host._engine(spec["engine"])
+def _room(spec: dict[str, Any], min_free_mb: int) -> str:
+    from conveyor.targets.container_host.engine import Engine
+
+    engine = Engine.detect(spec["engine"])
     done = engine.runner.run([engine.binary, "info", "--format", "{{.Store.GraphRoot}}"], timeout=30)
     root = done.stdout.strip() if done.ok and done.stdout.strip() else "/"
     free_mb = shutil.disk_usage(root if os.path.exists(root) else "/").free // 2**20
