@@ -159,7 +159,9 @@ class FleetHost:
         self.processes = []
 
     def reset(self) -> None:
-        """Between tests: no app, no HAProxy, an empty hold directory."""
+        """Between tests: no container, no HAProxy, an empty hold directory."""
+        env = {**os.environ, **self.engine_env()}
+        subprocess.run(["podman", "rm", "-f", "-t", "0", "--all"], capture_output=True, env=env)
         self.kill()
         shutil.rmtree(self.home, ignore_errors=True)
         shutil.rmtree(self.hold, ignore_errors=True)

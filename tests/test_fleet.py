@@ -46,7 +46,7 @@ def fleet(registry: Any, engine_env: dict[str, str]) -> Iterator[Fleet]:
 
 
 def fleet_config(app: App, fleet: Fleet, *, parallel: str = "1", known_hosts: Path | None = None,
-                 hosts: list[FleetHost] | None = None) -> str:
+                 hosts: list[FleetHost] | None = None, engine: str = "auto", min_free_mb: int = 10) -> str:
     image = next(line for line in (app.repo / "conveyor.yml").read_text().splitlines() if line.startswith("image:"))
     listed = ", ".join(host.ssh for host in (hosts or fleet.hosts))
     return f"""app: hello
@@ -68,7 +68,8 @@ environments:
       parallel: "{parallel}"
       drain_seconds: 0
       stop_timeout: 2
-      min_free_mb: 10
+      min_free_mb: {min_free_mb}
+      engine: {engine}
     health:
       path: /cgi-bin/health
       timeout: 60
@@ -77,7 +78,7 @@ environments:
 """
 
 
-def commit_version(app: App, config: str, version: str) -> str:
+def commit_version(app: App, config: str, version: str, *, build: bool = True) -> str:
     """A commit of the sample app at `version`, shipping `config`, built and pushed."""
     from devstack import set_sample_version
 
@@ -91,7 +92,8 @@ def commit_version(app: App, config: str, version: str) -> str:
     app.git("add", "-A")
     app.git("commit", "-q", "-m", f"fleet {version}")
     sha = app.git("rev-parse", "HEAD")
-    app.ok("build", sha)
+    if build:
+        app.ok("build", sha)
     return sha
 
 
@@ -320,3 +322,42 @@ def test_one_connection_per_host_carries_every_command_and_the_argv_arrives_as_i
         runner.close()
     assert [answer.stdout for answer in answers] == ["a b|it's|$HOME|; echo injected|*|\\n|"] * 3
     assert log.read_text().count("Accepted publickey") - before == 1  # three commands, one login
+
+
+def test_hosts_check_names_every_host_without_room_or_without_the_engine(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    commit_version(app, fleet_config(app, fleet, min_free_mb=10**9), "v1", build=False)
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 1, check.err
+    for host in fleet.hosts:
+        assert f"host {host.ssh}: only " in check.err and "MB free under" in check.err
+    commit_version(app, fleet_config(app, fleet, engine="docker"), "v1", build=False)
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 2, check.err
+    for host in fleet.hosts:  # docker is not installed, or its daemon does not answer
+        assert f"host {host.ssh}: docker is " in check.err
+
+
+def test_parallel_hosts_deploy_at_once(fleet_app: App, fleet: Fleet) -> None:
+    """parallel 3: hosts 2 and 3 switch while host 1 is still held in its health check."""
+    app = fleet_app
+    config = fleet_config(app, fleet, parallel="3")
+    v1 = commit_version(app, config, "v1")
+    v2 = commit_version(app, config, "v2")
+    app.ok("deploy", ENV, v1)
+    gate = fleet.hosts[0].hold / "gate"
+    os.mkfifo(gate)
+    deploy = app.start("deploy", ENV, v2)
+    assert deploy.stderr is not None
+    switched: set[str] = set()
+    for line in deploy.stderr:
+        switched |= {host.ssh for host in fleet.hosts if f"{host.ssh}: " in line and "now proxies to" in line}
+        if switched == {fleet.hosts[1].ssh, fleet.hosts[2].ssh}:
+            break
+    assert fleet.hosts[0].ssh not in switched
+    with open(gate, "w") as opened:  # let host 1's health check answer
+        opened.write("go\n")
+    gate.unlink()
+    _, err = deploy.communicate(timeout=120)
+    assert deploy.returncode == 0, err
+    assert [serves(host) for host in fleet.hosts] == ["v2", "v2", "v2"]

@@ -70,7 +70,10 @@ def _room(spec: dict[str, Any], min_free_mb: int) -> str:
 
 
 def _serves(host: Any, spec: dict[str, Any], label: str) -> bool:
-    """Whether this host already serves `label` with the spec's image and it answers."""
+    """Whether this host already serves `label` with the spec's image and it answers. A host whose record
+    names another release (every host, in a deploy's rollout) is answered without asking the engine."""
+    if host.last_applied(spec["app"], spec["env"]) != (label, spec["image"]):
+        return False
     state = host.live(spec["app"], spec["env"])
     return (state is not None and state.release_label == label and state.image == spec["image"]
             and host.probe(spec) is None)
