@@ -32,6 +32,7 @@ from pathlib import Path
 RELAY = Path(__file__).with_name("relay.py")
 AGENT = str(Path(sys.executable).parent / "conveyor-host-agent")
 PREFIX = "cvh"
+ROOT_PREFIX = "cvf-"  # the fleet's directory in the temp dir
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -160,13 +161,17 @@ class FleetHost:
 
     def reset(self) -> None:
         """Between tests: no container, no HAProxy, an empty hold directory."""
-        env = {**os.environ, **self.engine_env()}
-        subprocess.run(["podman", "rm", "-f", "-t", "0", "--all"], capture_output=True, env=env)
+        self.remove_containers()
         self.kill()
         shutil.rmtree(self.home, ignore_errors=True)
         shutil.rmtree(self.hold, ignore_errors=True)
         self.hold.mkdir()
         self.start()
+
+    def remove_containers(self) -> None:
+        """Every container of this host's podman, with the shm mounts podman made for them."""
+        env = {**os.environ, **self.engine_env()}
+        subprocess.run(["podman", "rm", "-f", "-t", "0", "--all"], capture_output=True, env=env)
 
     def remove_network(self) -> None:
         kill_namespace(self.netns)
@@ -188,7 +193,7 @@ class Fleet:
 
     @classmethod
     def create(cls, count: int, registry_port: int) -> Fleet:
-        root = Path(tempfile.mkdtemp(prefix="cvf-"))
+        root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
         key = root / "client_key"
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "conveyor-tests", "-f", str(key))
         public = key.with_suffix(".pub").read_text()
@@ -221,13 +226,26 @@ class Fleet:
 
     def destroy(self) -> None:
         for host in self.hosts:
+            host.remove_containers()
             host.kill()
             host.remove_network()
+        unmount_under(str(self.root))
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def unmount_under(prefix: str) -> None:
+    """Mounts left under `prefix` (a killed container's shm, which podman unmounts only on removal)."""
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts if line.split()[1].startswith(prefix)]
+    for point in sorted(points, reverse=True):
+        sh("umount", "-l", point, check=False)
+
+
 def cleanup_leftovers(limit: int = 16) -> None:
-    """Namespaces and links an aborted earlier run left behind."""
+    """Namespaces, links, mounts and host directories an aborted earlier run left behind."""
+    unmount_under(f"{tempfile.gettempdir()}/{ROOT_PREFIX}")
+    for leftover in Path(tempfile.gettempdir()).glob(f"{ROOT_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
     for index in range(1, limit + 1):
         kill_namespace(f"{PREFIX}{index}")
         sh("ip", "netns", "del", f"{PREFIX}{index}", check=False)
