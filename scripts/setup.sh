@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(git docker-registry buildah podman runc catatonit haproxy busybox-static postgresql curl skopeo)
+# skopeo: the baseline of bench/registry_copy.py.
+# openssh-server, openssh-client, iproute2: the ssh-hosts tests run hosts in network namespaces with sshd.
+DEBIAN_PACKAGES=(git docker-registry buildah podman runc catatonit haproxy busybox-static postgresql curl
+                 openssh-server openssh-client iproute2 skopeo)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

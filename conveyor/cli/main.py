@@ -498,11 +498,12 @@ def audit_verify(obj: Context, as_json: bool) -> None:
 @click.option("-t", "--tty", is_flag=True, help="Give the command a terminal.")
 @click.option("--force", is_flag=True, help="Run past a block or freeze (needs --reason); recorded.")
 @click.option("--reason", default="", help="Why; recorded with the run.")
+@click.option("--host", default=None, help="ssh-hosts targets: the host to run on (default: the first).")
 @click.argument("env")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_obj
 def run_cmd(obj: Context, env: str, command: tuple[str, ...], stdin: bool, tty: bool, force: bool,
-            reason: str) -> None:
+            reason: str, host: str | None) -> None:
     """Run COMMAND once with the image and settings of ENV's live release (`conveyor run ENV -- COMMAND…`).
     Its output is streamed to stdout and its exit code becomes conveyor's. Held to blocks and freezes like any
     operation; who ran what, for how long and its exit code are recorded."""
@@ -510,13 +511,51 @@ def run_cmd(obj: Context, env: str, command: tuple[str, ...], stdin: bool, tty: 
     def go() -> int:
         from conveyor.pipeline.run import run_command
 
-        # Option parsing stops at ENV, so a `--` separating conveyor's arguments from the command arrives here.
-        words = list(command[1:] if command[:1] == ("--",) else command)
+        # Option parsing stops at ENV, so `--host H` written after ENV (`run ENV --host H -- CMD`) and the `--`
+        # separating conveyor's arguments from the command arrive here.
+        words, chosen = _host_option(list(command), host)
+        words = words[1:] if words[:1] == ["--"] else words
         ws = obj.workspace()
         return run_command(ws, env, words, lambda line: click.echo(ws.redactor.text(line)), force=force,
-                           reason=reason, stdin=stdin, tty=tty)
+                           reason=reason, stdin=stdin, tty=tty, host=chosen)
 
     sys.exit(run(go))
+
+
+def _host_option(words: list[str], host: str | None) -> tuple[list[str], str | None]:
+    """`--host H` (or `--host=H`) at the start of what follows ENV; the rest is the command."""
+    if words[:1] == ["--host"]:
+        if len(words) < 2:
+            raise BadInput("--host needs a host (user@host:port, as the target lists it)")
+        return words[2:], words[1]
+    if words and words[0].startswith("--host="):
+        return words[1:], words[0].split("=", 1)[1]
+    return words, host
+
+
+@cli.group(epilog=EPILOG)
+def hosts() -> None:
+    """A fleet of hosts (an ssh-hosts target)."""
+
+
+@hosts.command("check", epilog=EPILOG)
+@click.argument("env")
+@json_option
+@click.pass_obj
+def hosts_check(obj: Context, env: str, as_json: bool) -> None:
+    """Every host of ENV answers over SSH with a known host key, and has a working engine, its proxy, the
+    port, the registry and room; a host that fails is named with the reason. Changes nothing."""
+
+    def go() -> None:
+        from conveyor.pipeline.hosts import check_hosts
+
+        lines = check_hosts(obj.workspace(), env)
+        if as_json:
+            emit_json({"env": env, "ok": True, "checked": lines})
+        else:
+            click.echo("\n".join(lines))
+
+    run(go)
 
 
 def _scope_options(fn: F) -> F:

@@ -46,6 +46,9 @@ def render_status(data: dict[str, Any]) -> str:
         if row["drift"]:
             out.append(f"  DRIFT: the target serves {row['serving'] or 'nothing'}, not the ledger's live release; "
                        f"`conveyor up {row['env']}` re-applies the live release")
+        for host in row.get("hosts") or []:
+            mark = "  (DRIFT)" if host["drift"] else ""
+            out.append(f"  host {host['host']}: {host['detail']}{mark}")
         if row.get("outage"):
             out.append(f"  OUTAGE: {row['outage']}; `conveyor up {row['env']}` restores it from the ledger")
     for row in data.get("retired_from_config", []):
@@ -119,7 +122,9 @@ def render_history(rows: list[dict[str, Any]]) -> str:
         return "no releases yet"
     table = [
         [
-            f"{r['env']}#{r['number']}", r["kind"] + (" (forced)" if r["forced"] else ""), _status_word(r),
+            f"{r['env']}#{r['number']}",
+            r["kind"] + (" (forced)" if r["forced"] else "") + (f" ({r['hosts']} hosts)" if r.get("hosts") else ""),
+            _status_word(r),
             r["sha"][:12], r["digest"][:19] + "…", _cell(r["actor"]), _when(r["finished_at"] or r["created_at"]),
             _cell(_why(r)),
         ]

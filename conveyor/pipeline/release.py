@@ -28,7 +28,7 @@ from conveyor.pipeline.events import Progress
 from conveyor.pipeline.guards import check_blocks, check_promotion_policy, describe_block
 from conveyor.pipeline.lease import LeaseKeeper
 from conveyor.pipeline.workspace import Workspace
-from conveyor.targets.base import SWITCHED, Artifact
+from conveyor.targets.base import SWITCHED, Artifact, Outcome
 
 
 @dataclass
@@ -317,6 +317,7 @@ def _run_steps(
     _check_lease(lease)
     recorder.step("deploy", status="running", started=True)
     outcome = target.deploy(plan.spec, f"{plan.env.name}#{release.number}", recorder.report)
+    _record_hosts(recorder, "deploy", outcome)
     if outcome.succeeded:
         signals.finishing = True
         return recorder.succeed(ws)
@@ -343,12 +344,22 @@ def _roll_back_automatically(ws: Workspace, release: Release, recorder: _Recorde
         return "the previous release is missing from the ledger"
     label = f"{release.env}#{previous.number}"
     recorder.event("auto-rollback", "started", f"re-applying {label}'s stored spec ({previous.image})")
-    outcome = target.deploy(previous.spec, label, recorder.report)
+    outcome = target.deploy(previous.spec, label, recorder.report_restoring)
+    _record_hosts(recorder, "auto-rollback", outcome)
     if outcome.succeeded:
         recorder.event("auto-rollback", "ok", f"{label} re-applied and verified")
         return f"automatically rolled back to {label}, which serves again"
     recorder.event("auto-rollback", "failed", f"re-applying {label} failed: {outcome.reason}")
     return f"the automatic rollback to {label} ALSO failed: {outcome.reason}"
+
+
+def _record_hosts(recorder: _Recorder, step: str, outcome: Outcome) -> None:
+    """A fleet's per-host record: what each host was given and how it went (one event, its data a list)."""
+    if not outcome.hosts:
+        return
+    summary = ", ".join(f"{host['host']} {host['outcome']}" for host in outcome.hosts)
+    recorder.event(f"{step}:hosts", "ok" if outcome.succeeded else "failed", f"{step} per host: {summary}",
+                   {"hosts": outcome.hosts})
 
 
 def _check_lease(lease: LeaseKeeper) -> None:
@@ -379,6 +390,11 @@ class _Recorder:
         if step == SWITCHED:
             self.switched = True  # first: an interruption while this is written already counts as switched
         self.event(step, "info", message, shown=True)
+
+    def report_restoring(self, step: str, message: str) -> None:
+        """A progress line of the automatic rollback: its switch puts the previous release back, which is
+        not this release taking the traffic."""
+        self.report("rollback-switch" if step == SWITCHED else step, message)
 
     def step(self, step: str, *, status: str | None = None, started: bool = False) -> None:
         self.release = self.ws.ledger.update_release(self.release.id, step=step, status=status, started=started)

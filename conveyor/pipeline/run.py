@@ -20,7 +20,7 @@ Output = Callable[[str], None]
 
 
 def run_command(ws: Workspace, env_name: str, command: list[str], output: Output, *, force: bool = False,
-                reason: str = "", stdin: bool = False, tty: bool = False) -> int:
+                reason: str = "", stdin: bool = False, tty: bool = False, host: str | None = None) -> int:
     """Run `command`; its output lines go to `output` (or straight to the terminal with stdin/tty), conveyor's
     own progress to ws.say. Returns the command's exit code."""
     if not command:
@@ -35,7 +35,11 @@ def run_command(ws: Workspace, env_name: str, command: list[str], output: Output
         raise BadInput(f"{env.name} has no live release to run a command with; deploy one first")
     label = f"{env.name}#{live.number}"
     target = ws.target(live.spec["target"])
-    data = {"command": command, "release": label, "image": live.image, "actor": ws.identity.actor,
+    # Only a fleet has hosts to choose from; other targets keep their own signature.
+    where: dict[str, str] = {"host": host} if host else {}
+    if host and "hosts" not in live.spec:
+        raise BadInput(f"--host: {env.name} is a {live.spec['target']} target, which has no hosts to choose from")
+    data = {"command": command, "release": label, "image": live.image, "actor": ws.identity.actor, **where,
             "origin": ws.identity.origin, "reason": reason, "forced": bool(ignored),
             "overrode": [describe_block(b) for b in ignored], "interactive": stdin or tty}
     ws.ledger.append_event(app=app, env=env.name, release_id=None, step="run", status="started",
@@ -51,7 +55,7 @@ def run_command(ws: Workspace, env_name: str, command: list[str], output: Output
     code = -1
     started = time.monotonic()
     try:
-        code = int(target.run_command(live.spec, list(command), report, stdin=stdin, tty=tty))
+        code = int(target.run_command(live.spec, list(command), report, stdin=stdin, tty=tty, **where))
     finally:
         took = round(time.monotonic() - started, 3)
         status = "ok" if code == 0 else "failed"

@@ -39,6 +39,7 @@ def release_view(release: Release, holder_gone_since: datetime | None = None) ->
         "started_at": _iso(release.started_at),
         "finished_at": _iso(release.finished_at),
         "holder_gone_since": _iso(holder_gone_since),
+        "hosts": len(release.spec["hosts"]) if isinstance(release.spec.get("hosts"), list) else None,
     }
 
 
@@ -104,9 +105,10 @@ def status(ws: Workspace, *, check_live: bool = True) -> list[dict[str, Any]]:
             "serving": None,
             "drift": None,
             "outage": None,
+            "hosts": None,
         }
         if check_live:
-            row["serving"], row["drift"] = _serving(ws, env.target.type, app, env.name, live)
+            row["serving"], row["drift"], row["hosts"] = _serving_hosts(ws, env.target.type, app, env.name, live)
             row["outage"] = _outage(ws, live)
         rows.append(row)
         previous, previous_name = live, env.name
@@ -114,13 +116,23 @@ def status(ws: Workspace, *, check_live: bool = True) -> list[dict[str, Any]]:
 
 
 def _serving(ws: Workspace, kind: str, app: str, env: str, live: Release | None) -> tuple[str | None, bool | None]:
+    serving, drift, _ = _serving_hosts(ws, kind, app, env, live)
+    return serving, drift
+
+
+def _serving_hosts(ws: Workspace, kind: str, app: str, env: str,
+                   live: Release | None) -> tuple[str | None, bool | None, list[dict[str, Any]] | None]:
+    """What serves, whether that drifts from the ledger's live release, and for a fleet the same per host."""
     try:
         state = ws.target(kind).live(app, env, live.spec if live else None)
     except Exception as exc:  # status must still show the ledger when the target is unreachable
-        return f"unknown ({exc})", None
+        return f"unknown ({exc})", None, None
     if state is None:
-        return None, live is not None
-    return state.image, live is None or state.image != live.image
+        return None, live is not None, None
+    hosts = None
+    if state.hosts is not None:
+        hosts = [{**host, "drift": live is None or host.get("image") != live.image} for host in state.hosts]
+    return state.image, live is None or state.image != live.image, hosts
 
 
 def _outage(ws: Workspace, live: Release | None) -> str | None:

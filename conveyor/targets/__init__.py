@@ -31,10 +31,17 @@ def _heroku(state_dir: Path, repo_dir: Path) -> Target:
     return Heroku(state_dir)
 
 
+def _ssh_hosts(state_dir: Path, repo_dir: Path) -> Target:
+    from conveyor.targets.ssh_hosts.target import SSHHosts
+
+    return SSHHosts(state_dir, repo_dir)
+
+
 TARGETS: dict[str, Callable[[Path, Path], Target]] = {
     "container-host": _container_host,
     "kubernetes": _kubernetes,
     "heroku": _heroku,
+    "ssh-hosts": _ssh_hosts,
 }
 
 

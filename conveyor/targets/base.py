@@ -50,6 +50,8 @@ class Outcome:
     # False when a failed deploy may have changed what serves, so the pipeline must re-apply the
     # previous release's stored spec. The container host never switches before health passes: True.
     previous_still_serving: bool = True
+    # A fleet's targets: per host, what was applied there and its outcome (the ledger records them).
+    hosts: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class LiveState:
     image: str  # repository@digest actually serving
     release_label: str  # what the target was told when it applied (e.g. "staging#4")
     detail: str = ""
+    hosts: list[dict[str, Any]] | None = None  # a fleet: what each host serves
 
 
 class Target(Protocol):

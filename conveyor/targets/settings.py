@@ -4,5 +4,6 @@
 from conveyor.targets.container_host import settings as container_host
 from conveyor.targets.heroku import settings as heroku
 from conveyor.targets.kubernetes import settings as kubernetes
+from conveyor.targets.ssh_hosts import settings as ssh_hosts
 
-__all__ = ["container_host", "heroku", "kubernetes"]
+__all__ = ["container_host", "heroku", "kubernetes", "ssh_hosts"]

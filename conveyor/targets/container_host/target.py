@@ -394,6 +394,14 @@ class ContainerHost:
             detail=f"container {current.name} on {upstream} ({state}){note}",
         )
 
+    def last_applied(self, app: str, env: str) -> tuple[str, str] | None:
+        """(release label, image) this host last switched app+env to, from its deploy record alone (no
+        engine call): what it serves unless something changed behind its back, which live() tells."""
+        record = self._read_record(app, env)
+        if "release" not in record or "image" not in record:
+            return None
+        return str(record["release"]), str(record["image"])
+
     # -- status probe, up, retire ---------------------------------------------------------------------
 
     def probe(self, spec: dict[str, Any]) -> str | None:

@@ -1,0 +1,363 @@
+"""The ssh-hosts target end to end: three real hosts (network namespaces with their own sshd, podman
+settings and HAProxy, see tests/fleet.py), the real `conveyor` command, the real registry and ledger."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e import App
+from tests.fleet import AGENT, Fleet, FleetHost, cleanup_leftovers
+from tests.test_container_host import Traffic, version_of
+
+PORT = 8080  # every host's own HAProxy serves here, each in its own namespace
+ENV = "fleet"
+START = ("if [ -e /hold/crash ]; then echo 'fatal: this host cannot start the app' >&2; exit 3; fi; "
+         "exec /bin/busybox httpd -f -p ${PORT:-8080} -h /www")
+DOCKERFILE = f"""FROM scratch
+COPY busybox /bin/busybox
+COPY www /www
+CMD {json.dumps(["/bin/busybox", "sh", "-c", START])}
+"""
+# The health check: blocks while the host's /hold/gate is a fifo nobody writes to (a hold the test controls).
+HEALTH = """#!/bin/busybox sh
+if [ -p /hold/gate ]; then read line < /hold/gate; fi
+printf 'Content-Type: text/plain\\r\\n\\r\\nok\\n'
+"""
+
+
+@pytest.fixture(scope="module")
+def fleet(registry: Any, engine_env: dict[str, str]) -> Iterator[Fleet]:
+    cleanup_leftovers()
+    hosts = Fleet.create(3, registry.port)
+    try:
+        yield hosts
+    finally:
+        hosts.destroy()
+
+
+def fleet_config(app: App, fleet: Fleet, *, parallel: str = "1", known_hosts: Path | None = None,
+                 hosts: list[FleetHost] | None = None, engine: str = "auto", min_free_mb: int = 10) -> str:
+    image = next(line for line in (app.repo / "conveyor.yml").read_text().splitlines() if line.startswith("image:"))
+    listed = ", ".join(host.ssh for host in (hosts or fleet.hosts))
+    return f"""app: hello
+{image}
+registry:
+  insecure: true
+tasks:
+  - name: migrate
+    command: ["/bin/busybox", "sh", "-c", "echo migrating on $(cat /hold/name)"]
+environments:
+  - name: {ENV}
+    target:
+      type: ssh-hosts
+      hosts: [{listed}]
+      known_hosts: {known_hosts or fleet.known_hosts}
+      identity_env: FLEET_SSH_KEY
+      agent: {AGENT}
+      port: {PORT}
+      parallel: "{parallel}"
+      drain_seconds: 0
+      stop_timeout: 2
+      min_free_mb: {min_free_mb}
+      engine: {engine}
+    health:
+      path: /cgi-bin/health
+      timeout: 60
+    env:
+      APP_VERSION: fleet
+"""
+
+
+def commit_version(app: App, config: str, version: str, *, build: bool = True) -> str:
+    """A commit of the sample app at `version`, shipping `config`, built and pushed."""
+    from devstack import set_sample_version
+
+    (app.repo / "conveyor.yml").write_text(config)
+    (app.repo / "Dockerfile").write_text(DOCKERFILE)
+    health = app.repo / "www" / "cgi-bin" / "health"
+    health.parent.mkdir(exist_ok=True)
+    health.write_text(HEALTH)
+    health.chmod(health.stat().st_mode | stat.S_IEXEC)
+    set_sample_version(app.repo, version)
+    app.git("add", "-A")
+    app.git("commit", "-q", "-m", f"fleet {version}")
+    sha = app.git("rev-parse", "HEAD")
+    if build:
+        app.ok("build", sha)
+    return sha
+
+
+@pytest.fixture
+def fleet_app(app: App, fleet: Fleet) -> Iterator[App]:
+    fleet.reset()
+    for host in fleet.hosts:
+        (host.hold / "name").write_text(f"h{host.index}\n")
+    app.extra_env["FLEET_SSH_KEY"] = fleet.client_key.read_text()
+    yield app
+    fleet.reset()
+
+
+def serves(host: FleetHost) -> str:
+    with urllib.request.urlopen(f"http://{host.address}:{PORT}/", timeout=5) as response:
+        return version_of(response.read().decode())
+
+
+@contextmanager
+def clients_on(fleet: Fleet) -> Iterator[list[Traffic]]:
+    """A client per host requesting continuously through that host's proxy, counting every failure."""
+    clients = [Traffic(f"http://{host.address}:{PORT}/", "persistent") for host in fleet.hosts]
+    for client in clients:
+        client.start()
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.halt.set()
+        for client in clients:
+            client.join(timeout=15)
+
+
+def host_records(app: App, step: str) -> list[dict[str, Any]]:
+    """The per-host records the ledger holds for the newest release (step: deploy:hosts, auto-rollback:hosts)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(app.ledger_url)
+    with engine.connect() as connection:
+        row = connection.execute(sqlalchemy.text(
+            "SELECT data FROM events WHERE step = :step ORDER BY id DESC LIMIT 1"), {"step": step}).first()
+    engine.dispose()
+    assert row is not None, f"no {step} event recorded"
+    data = row[0] if isinstance(row[0], dict) else json.loads(row[0])
+    return list(data["hosts"])
+
+
+def outcomes(records: list[dict[str, Any]]) -> dict[str, str]:
+    return {record["host"]: record["outcome"] for record in records}
+
+
+def test_rolling_deploy_a_failure_on_the_second_host_and_a_rollback_fail_no_request(
+        fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    config = fleet_config(app, fleet)
+    v1 = commit_version(app, config, "v1")
+    v2 = commit_version(app, config, "v2")
+    app.ok("deploy", ENV, v1)
+    assert [serves(host) for host in fleet.hosts] == ["v1", "v1", "v1"]
+
+    with clients_on(fleet) as clients:
+        rolled = app.ok("deploy", ENV, v2)
+        assert [serves(host) for host in fleet.hosts] == ["v2", "v2", "v2"]
+        # Pre-deploy tasks ran once, on the first host only.
+        assert "migrating on h1" in rolled.err and "migrating on h2" not in rolled.err
+
+        (fleet.hosts[1].hold / "crash").write_text("")
+        failed = app.run("deploy", ENV, v1)
+        assert failed.code == 1, failed.err
+        assert "fatal: this host cannot start the app" in failed.err  # the failing host's last log lines
+        assert [serves(host) for host in fleet.hosts] == ["v2", "v2", "v2"]
+        (fleet.hosts[1].hold / "crash").unlink()
+
+        app.ok("rollback", ENV)
+        assert [serves(host) for host in fleet.hosts] == ["v1", "v1", "v1"]
+
+    for client in clients:
+        assert client.failures == [], client.failures[:3]
+        assert client.versions()[0] == "v1" and "v2" in client.versions() and client.versions()[-1] == "v1"
+
+    first, second, third = (host.ssh for host in fleet.hosts)
+    assert outcomes(host_records(app, "deploy:hosts")) == {first: "switched", second: "switched",
+                                                             third: "switched"}  # the rollback's
+    history = app.history(ENV)
+    assert [(row["number"], row["kind"], row["status"], row["hosts"]) for row in history] == [
+        (4, "rollback", "succeeded", 3), (3, "deploy", "failed", 3), (2, "deploy", "succeeded", 3),
+        (1, "deploy", "succeeded", 3)]
+    assert "(3 hosts)" in app.ok("history", ENV).out
+
+
+def test_a_failing_second_host_stops_the_rollout_and_the_first_is_put_back(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    config = fleet_config(app, fleet)
+    v1 = commit_version(app, config, "v1")
+    v2 = commit_version(app, config, "v2")
+    app.ok("deploy", ENV, v1)
+    (fleet.hosts[1].hold / "crash").write_text("")
+    failed = app.run("deploy", ENV, v2)
+    assert failed.code == 1, failed.err
+    first, second, third = (host.ssh for host in fleet.hosts)
+    assert outcomes(host_records(app, "deploy:hosts")) == {first: "switched", second: "failed",
+                                                             third: "not reached"}
+    assert outcomes(host_records(app, "auto-rollback:hosts")) == {first: "switched", second: "unchanged",
+                                                                    third: "unchanged"}
+    assert [serves(host) for host in fleet.hosts] == ["v1", "v1", "v1"]
+    # The failing host's new container is gone; each host runs exactly one container of the app.
+    assert [len(host.containers()) for host in fleet.hosts] == [1, 1, 1]
+    assert app.history(ENV)[0]["status"] == "failed"
+    status = app.status()[ENV]
+    assert status["drift"] is False and [h["drift"] for h in status["hosts"]] == [False, False, False]
+
+
+def test_an_unknown_or_changed_host_key_is_refused_before_anything_changes(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    missing = fleet.write_known_hosts(app.home.parent / "known_hosts_missing", [fleet.hosts[0], fleet.hosts[2]])
+    v1 = commit_version(app, fleet_config(app, fleet, known_hosts=missing), "v1")
+    refused = app.run("deploy", ENV, v1)
+    assert refused.code == 2, refused.err
+    assert f"host {fleet.hosts[1].ssh}: its host key is not the one" in refused.err
+    assert "Traceback" not in refused.err
+    assert [host.containers("-a") for host in fleet.hosts] == [[], [], []]
+    assert app.history(ENV) == []
+
+    changed = app.home.parent / "known_hosts_changed"
+    fleet.write_known_hosts(changed)
+    other_key = app.home.parent / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)
+    kind, key = other_key.with_suffix(".pub").read_text().split()[:2]
+    lines = changed.read_text().splitlines()
+    lines[2] = f"{fleet.hosts[2].address} {kind} {key}"
+    changed.write_text("\n".join(lines) + "\n")
+    v2 = commit_version(app, fleet_config(app, fleet, known_hosts=changed), "v2")
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 2 and f"host {fleet.hosts[2].ssh}: its host key is not the one" in check.err
+    assert app.run("deploy", ENV, v2).code == 2
+    assert app.history(ENV) == []
+
+
+def test_hosts_check_names_an_unreachable_host_and_a_deploy_refuses_at_preflight(
+        fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    v1 = commit_version(app, fleet_config(app, fleet), "v1")
+    checked = app.ok("hosts", "check", ENV)
+    for host in fleet.hosts:
+        assert f"host {host.ssh}: " in checked.out and "registry 127.0.0.1:" in checked.out
+
+    fleet.hosts[2].kill()
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 2 and f"host {fleet.hosts[2].ssh} does not answer over ssh" in check.err
+    assert app.run("deploy", ENV, v1, "--dry-run").code == 2
+    refused = app.run("deploy", ENV, v1)
+    assert refused.code == 2 and f"host {fleet.hosts[2].ssh} does not answer" in refused.err
+    assert app.history(ENV) == []
+    assert [host.containers("-a") for host in fleet.hosts[:2]] == [[], []]
+
+
+def test_hosts_check_names_a_host_that_cannot_reach_the_registry(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    commit_version(app, fleet_config(app, fleet), "v1")
+    host = fleet.hosts[1]
+    for relay in host.processes[1:]:  # the host is up, but its way to the registry is gone
+        relay.kill()
+        relay.wait()
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 1, check.err
+    assert f"host {host.ssh}: cannot reach the registry 127.0.0.1:" in check.err
+    assert fleet.hosts[0].ssh not in check.err
+
+
+def test_a_host_killed_mid_rollout_is_recorded_and_up_brings_every_host_to_the_live_release(
+        fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    config = fleet_config(app, fleet)
+    v1 = commit_version(app, config, "v1")
+    v2 = commit_version(app, config, "v2")
+    app.ok("deploy", ENV, v1)
+    second = fleet.hosts[1]
+    os.mkfifo(second.hold / "gate")  # host 2's new container stays in its health check until the test says
+    deploy = app.start("deploy", ENV, v2)
+    assert deploy.stderr is not None
+    for line in deploy.stderr:
+        if f"{second.ssh}: starting" in line:
+            break
+    second.kill()
+    (second.hold / "gate").unlink()
+    _, err = deploy.communicate(timeout=120)
+    assert deploy.returncode == 1, err
+    first, _, third = (host.ssh for host in fleet.hosts)
+    assert outcomes(host_records(app, "deploy:hosts")) == {first: "switched", second.ssh: "lost",
+                                                             third: "not reached"}
+    status = app.run("status", "--json")  # exits 1: the lost host is an outage
+    rows = {row["env"]: row for row in json.loads(status.out)["environments"]}
+    states = {host["host"]: host["state"] for host in rows[ENV]["hosts"]}
+    assert states == {first: "serving", second.ssh: "unreachable", third: "serving"}
+    assert serves(fleet.hosts[0]) == "v1" and serves(fleet.hosts[2]) == "v1"
+
+    second.start()
+    app.ok("up", ENV)
+    assert [serves(host) for host in fleet.hosts] == ["v1", "v1", "v1"]
+    after = app.status()[ENV]
+    assert after["drift"] is False and after["outage"] is None
+    assert {host["state"] for host in after["hosts"]} == {"serving"}
+
+
+def test_run_uses_the_first_host_or_the_one_named(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    app.ok("deploy", ENV, commit_version(app, fleet_config(app, fleet), "v1"))
+    assert app.ok("run", ENV, "--", "/bin/busybox", "cat", "/hold/name").out == "h1\n"
+    named = app.ok("run", ENV, "--host", fleet.hosts[2].ssh, "--", "/bin/busybox", "cat", "/hold/name")
+    assert named.out == "h3\n"
+    unknown = app.run("run", ENV, "--host", "root@198.18.99.2", "--", "true")
+    assert unknown.code == 2 and "not one of this environment's hosts" in unknown.err
+
+
+def test_one_connection_per_host_carries_every_command_and_the_argv_arrives_as_it_was(fleet: Fleet) -> None:
+    from conveyor.targets.ssh_hosts.transport import HostAddress, SSHRunner
+
+    host = fleet.hosts[0]
+    log = host.root / "sshd.log"
+    before = log.read_text().count("Accepted publickey")
+    runner = SSHRunner(HostAddress.parse(host.ssh), fleet.known_hosts, identity=fleet.client_key)
+    try:
+        argv = ["printf", "%s|", "a b", "it's", "$HOME", "; echo injected", "*", "\\n"]
+        answers = [runner.run(argv, timeout=30) for _ in range(3)]
+    finally:
+        runner.close()
+    assert [answer.stdout for answer in answers] == ["a b|it's|$HOME|; echo injected|*|\\n|"] * 3
+    assert log.read_text().count("Accepted publickey") - before == 1  # three commands, one login
+
+
+def test_hosts_check_names_every_host_without_room_or_without_the_engine(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    commit_version(app, fleet_config(app, fleet, min_free_mb=10**9), "v1", build=False)
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 1, check.err
+    for host in fleet.hosts:
+        assert f"host {host.ssh}: only " in check.err and "MB free under" in check.err
+    commit_version(app, fleet_config(app, fleet, engine="docker"), "v1", build=False)
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 2, check.err
+    for host in fleet.hosts:  # docker is not installed, or its daemon does not answer
+        assert f"host {host.ssh}: docker is " in check.err
+
+
+def test_parallel_hosts_deploy_at_once(fleet_app: App, fleet: Fleet) -> None:
+    """parallel 3: hosts 2 and 3 switch while host 1 is still held in its health check."""
+    app = fleet_app
+    config = fleet_config(app, fleet, parallel="3")
+    v1 = commit_version(app, config, "v1")
+    v2 = commit_version(app, config, "v2")
+    app.ok("deploy", ENV, v1)
+    gate = fleet.hosts[0].hold / "gate"
+    os.mkfifo(gate)
+    deploy = app.start("deploy", ENV, v2)
+    assert deploy.stderr is not None
+    switched: set[str] = set()
+    for line in deploy.stderr:
+        switched |= {host.ssh for host in fleet.hosts if f"{host.ssh}: " in line and "now proxies to" in line}
+        if switched == {fleet.hosts[1].ssh, fleet.hosts[2].ssh}:
+            break
+    assert fleet.hosts[0].ssh not in switched
+    with open(gate, "w") as opened:  # let host 1's health check answer
+        opened.write("go\n")
+    gate.unlink()
+    _, err = deploy.communicate(timeout=120)
+    assert deploy.returncode == 0, err
+    assert [serves(host) for host in fleet.hosts] == ["v2", "v2", "v2"]
