@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
-from conveyor.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConveyorError
+from conveyor.errors import EXIT_BAD_INPUT, EXIT_FAILED, BadInput, ConveyorError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
