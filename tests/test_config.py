@@ -226,7 +226,7 @@ def test_a_target_type_that_is_not_text_is_reported_at_the_type_key() -> None:
     message = problems(GOOD.replace("target: {type: container-host, port: 8001}",
                                     "target:\n      port: 8001\n      type: {a: [1, 2, 3]}"))
     assert ("conveyor.yml:10: environments[0].target.type: expected a text value (choose from container-host, "
-            "kubernetes)") in message
+            "heroku, kubernetes, ssh-hosts)") in message
 
 
 def test_a_users_value_in_a_message_is_escaped_onto_one_line() -> None:
