@@ -13,6 +13,7 @@ import signal
 import socket
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -403,3 +404,34 @@ def test_recovery_is_listed_and_cleared_through_the_api_with_actor_and_reason(se
     finally:
         ledger.close()
     assert retried[-1].data["actor"] == "ops" and retried[-1].data["reason"] == "remote back"
+
+
+# ---------------------------------------------------------------------- org-wide announcements (issue 12)
+
+
+def test_the_servers_org_wide_destinations_announce_every_apps_deploys(app: App, tmp_path: Path) -> None:
+    """`conveyor server --notify FILE`: an app with no `notify:` of its own is announced there too, and the
+    destination's token never reaches the record."""
+    from tests.fakes.slack import FakeSlack
+    from tests.notify_setup import SLACK_TOKEN
+
+    slack = FakeSlack(SLACK_TOKEN, {"#deploys": "C0DEP"}, {})
+    defaults = tmp_path / "org-notify.yml"
+    defaults.write_text("notify:\n"
+                        f'  - slack: {{channel: "#deploys", token_env: ORG_SLACK, api_url: "{slack.api_url}"}}\n')
+    broken = tmp_path / "broken-notify.yml"
+    broken.write_text("notify:\n  - slack: {channel: 7}\n")
+    refused = app.run("server", "--bind", "127.0.0.1:0", "--notify", str(broken))
+    assert refused.code == 2 and "Traceback" not in refused.err
+    assert "broken-notify.yml:1: notify.destinations[0].slack.channel: expected a text value" in refused.err
+    server = ServerProcess.start(app, CONVEYOR_NOTIFY=str(defaults), ORG_SLACK=SLACK_TOKEN)
+    try:
+        server.add_app()
+        server.cli_ok("deploy", "staging", "v1")
+        (message,) = slack.top_level("#deploys")
+        assert "*hello* staging#1 deploy succeeded" in message.text and "by ci" in message.text
+    finally:
+        server.stop()
+        slack.close()
+    ledger_bytes = b"".join(p.read_bytes() for p in app.home.glob("ledger.db*"))
+    assert SLACK_TOKEN.encode() not in ledger_bytes

@@ -739,8 +739,11 @@ def apps_remove(obj: Context, name: str) -> None:
               help="Where the API listens (port 0: any free port, printed when ready). Env: CONVEYOR_BIND.")
 @click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1, max=64),
               help="Operations this replica runs at once (different apps and environments).")
+@click.option("--notify", "notify", type=click.Path(path_type=Path), default=None, envvar="CONVEYOR_NOTIFY",
+              metavar="FILE", help="Org-wide announcement destinations: a YAML file with `notify:` as in "
+              "conveyor.yml; every app announces there too. Env: CONVEYOR_NOTIFY.")
 @click.pass_context
-def server_cmd(ctx: click.Context, bind: str, workers: int) -> None:
+def server_cmd(ctx: click.Context, bind: str, workers: int, notify: Path | None) -> None:
     """Serve the API and run the deploy queue's workers on this machine's ledger (CONVEYOR_DATABASE_URL for
     PostgreSQL, where several servers are replicas sharing one queue). SIGTERM drains: nothing new starts,
     what runs finishes, then it exits."""
@@ -751,7 +754,7 @@ def server_cmd(ctx: click.Context, bind: str, workers: int) -> None:
         from conveyor.server.run import serve
         from conveyor.settings import conveyor_home, lease_ttl
 
-        serve(bind=bind, workers=workers, ttl=lease_ttl(), home=conveyor_home(), say=_say)
+        serve(bind=bind, workers=workers, ttl=lease_ttl(), home=conveyor_home(), say=_say, notify=notify)
 
     run(go)
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from conveyor.config import CONFIG_NAME
+from conveyor.config.base import Strict
 from conveyor.config.models import AppConfig, ConfigProblems, quoted
+from conveyor.config.notify import Notify
 from conveyor.errors import BadInput
 
 KeyPath = tuple[Any, ...]
+M = TypeVar("M", bound=BaseModel)
 
 MAX_CONFIG_BYTES = 1024 * 1024  # a real conveyor.yml is a few KB; this stops /dev/zero and runaway files
 MAX_DEPTH = 32  # conveyor's own schema nests 5 levels; deeper is a mistake or an attack on the recursion
@@ -35,14 +38,28 @@ def load_config(path: Path) -> AppConfig:
 
 
 def parse_config(text: str | bytes, filename: str = CONFIG_NAME) -> AppConfig:
+    return _parse(AppConfig, text, filename, "app, image, environments, …")
+
+
+def load_notify(path: Path) -> Notify:
+    """A server's org-wide destinations: a YAML file whose `notify:` has the shape conveyor.yml's has, with
+    the same file:line errors."""
+    return _parse(NotifyFile, _read_bounded(path), str(path), "notify").notify
+
+
+class NotifyFile(Strict):
+    notify: Notify
+
+
+def _parse(model: type[M], text: str | bytes, filename: str, keys: str) -> M:
     text = _as_text(text, filename)
     node = _compose(text, filename)
     lines = _key_lines(node)
     data = _construct(node, filename)
     if not isinstance(data, dict):
-        raise BadInput(f"{filename}:1: the config must be a mapping of keys (app, image, environments, …)")
+        raise BadInput(f"{filename}:1: the config must be a mapping of keys ({keys})")
     try:
-        return AppConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         problems = [p for err in exc.errors() for p in _describe(err, lines, filename)]
         header = f"{filename}: {len(problems)} problem{'s' if len(problems) != 1 else ''} in the config:"

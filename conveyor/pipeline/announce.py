@@ -144,7 +144,7 @@ def _iso(when: datetime | None) -> str | None:
 
 def queued(ws: Workspace, event: str, env: str, build: Any) -> list[tuple[str, dict[str, Any]]]:
     """Outbox items for every destination wanting `event`; `build()` makes the announcement only if one does."""
-    wanted = destinations_for(resolve_destinations(ws.config.notify), event, env)
+    wanted = destinations_for(resolve_destinations(ws.config.notify, ws.notify_defaults), event, env)
     if not wanted:
         return []
     announcement = build()
@@ -317,11 +317,12 @@ def send_test(ws: Workspace, name: str | None) -> list[tuple[str, str | None]]:
     from conveyor.errors import BadInput
     from conveyor.pipeline.outbox import HANDLERS
 
-    destinations = resolve_destinations(ws.config.notify)
+    destinations = resolve_destinations(ws.config.notify, ws.notify_defaults)
     if name is not None:
         destinations = [d for d in destinations if d.label == name]
         if not destinations:
-            known = ", ".join(d.label for d in resolve_destinations(ws.config.notify)) or "none configured"
+            every = resolve_destinations(ws.config.notify, ws.notify_defaults)
+            known = ", ".join(d.label for d in every) or "none configured"
             raise BadInput(f"no notify destination named '{name}' (destinations: {known})")
     if not destinations:
         raise BadInput("conveyor.yml has no `notify:` destinations to test")

@@ -45,9 +45,11 @@ class Redactor:
         return value
 
 
-def secret_values(config: AppConfig, environ: Mapping[str, str]) -> list[str]:
+def secret_values(config: AppConfig, environ: Mapping[str, str], more_destinations: Iterable[Any] = ()) -> list[str]:
     """The values, set in conveyor's environment, of every secret any environment of the config names, and
-    of the announcement destinations' tokens, webhook URLs and signing secrets."""
+    of the announcement destinations' tokens, webhook URLs and signing secrets (the app's own and
+    `more_destinations`: a server's org-wide defaults)."""
     names = {name for env in config.environments for name in env.secrets}
-    names |= {name for destination in config.notify.destinations for name in destination.secret_envs()}
+    destinations = [*config.notify.destinations, *more_destinations]
+    names |= {name for destination in destinations for name in destination.secret_envs()}
     return [environ[name] for name in sorted(names) if environ.get(name)]

@@ -81,8 +81,10 @@ class Server:
     """Everything one `conveyor server` process shares: its ledger, its state directory (mirrors and the
     targets' state), its replica name, and the wake-ups of its workers and event streams."""
 
-    def __init__(self, ledger: Ledger, home: Path, *, replica: str | None = None) -> None:
+    def __init__(self, ledger: Ledger, home: Path, *, replica: str | None = None,
+                 notify_defaults: list[Any] | None = None) -> None:
         self.ledger = ledger
+        self.notify_defaults = list(notify_defaults or [])  # org-wide announcement destinations
         self.home = home
         self.replica = replica or replica_name()
         self.queue_woken = Wakeup()
@@ -109,7 +111,7 @@ class Server:
             raise BadInput(f"no app named '{app_name}' is registered (conveyor apps add {app_name} --repo URL)")
         repo = mirror(self.home, app, fetch=fetch)
         return Workspace(repo.path, repo=repo, identity=identity, ledger=self.ledger,
-                         sink=sink or (lambda event: None))
+                         sink=sink or (lambda event: None), notify_defaults=self.notify_defaults)
 
     def submitted(self) -> None:
         self.queue_woken.bump()

@@ -22,6 +22,7 @@ from conveyor.vcs.git import Repo
 
 if TYPE_CHECKING:
     from conveyor.config.models import AppConfig
+    from conveyor.config.notify import Destination
     from conveyor.ledger.store import Ledger
     from conveyor.pipeline.redact import Redactor
     from conveyor.registry.client import Registry
@@ -36,18 +37,20 @@ class Workspace:
 
     def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print,
                  sink: EventSink | None = None, repo: Repo | None = None, identity: Identity | None = None,
-                 ledger: Ledger | None = None) -> None:
+                 ledger: Ledger | None = None, notify_defaults: list[Destination] | None = None) -> None:
         """Progress goes to `sink` as structured events (pipeline/events.py); without one, as text to `say`.
 
         The server passes the rest: `repo`, its mirror of the app (a bare repository, so no checkout to
         discover), `identity`, the token's name and the request's origin, and `ledger`, its own open ledger
-        (this workspace takes a handle on it and leaves it open)."""
+        (this workspace takes a handle on it and leaves it open), and `notify_defaults`, its org-wide
+        announcement destinations (pipeline/announce.py adds them to the app's own)."""
         self._checkout = checkout
         self._override = config_override
         self._sink = sink or text_sink(say)
         self._targets: dict[str, Target] = {}
         self._noted: set[str] = set()
         self._shared_ledger = ledger
+        self.notify_defaults: list[Destination] = list(notify_defaults or [])
         if repo is not None:
             self.__dict__["repo"] = repo
         if identity is not None:
@@ -70,7 +73,7 @@ class Workspace:
             config = self.config
         except ConveyorError:
             return Redactor([])  # a config that does not load names no secrets (and its error is the story)
-        return Redactor(secret_values(config, os.environ))
+        return Redactor(secret_values(config, os.environ, self.notify_defaults))
 
     @cached_property
     def repo(self) -> Repo:

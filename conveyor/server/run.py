@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
@@ -57,17 +58,29 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str], None]) -> None:
+def notify_defaults(path: Path | None) -> list[Any]:
+    """The org-wide announcement destinations from FILE's `notify:` (the same shape as in conveyor.yml);
+    every app announces to them as well as to its own (an app's destination of the same name wins)."""
+    if path is None:
+        return []
+    from conveyor.config.loader import load_notify
+
+    return load_notify(path).destinations
+
+
+def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str], None],
+          notify: Path | None = None) -> None:
     from conveyor.ledger import open_ledger
     from conveyor.ledger.server_store import EVENTS_CHANNEL, listen
 
+    defaults = notify_defaults(notify)
     host, port = parse_bind(bind)
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise BadInput(f"cannot listen on {bind}: {exc.strerror or exc}") from None
     ledger = open_ledger()
-    server = Server(ledger, home)
+    server = Server(ledger, home, notify_defaults=defaults)
     pool = WorkerPool(server, workers=workers, ttl=ttl)
     stop_listening = threading.Event()
     if ledger._postgres:
