@@ -8,6 +8,7 @@ bytes, whatever their working trees hold.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -50,10 +51,18 @@ class CommitConfig:
         return text
 
     def load(self) -> AppConfig:
-        import conveyor.targets.settings  # noqa: F401  (registers each target type's `target:` settings)
-        from conveyor.config.loader import parse_config
+        return _parsed(self.repo.path, self.sha)
 
-        return parse_config(_decode(self.text(), self.label), self.label)
+
+@lru_cache(maxsize=256)
+def _parsed(repo_path: Path, sha: str) -> AppConfig:
+    """A commit's config, parsed once per process: the commit names its bytes for good, and the model is
+    frozen, so a server's every request on the same commit shares one (a failure is not kept)."""
+    import conveyor.targets.settings  # noqa: F401  (registers each target type's `target:` settings)
+    from conveyor.config.loader import parse_config
+
+    source = CommitConfig(Repo(repo_path), sha)
+    return parse_config(_decode(source.text(), source.label), source.label)
 
 
 @dataclass(frozen=True)
