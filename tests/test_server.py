@@ -435,3 +435,27 @@ def test_the_servers_org_wide_destinations_announce_every_apps_deploys(app: App,
         slack.close()
     ledger_bytes = b"".join(p.read_bytes() for p in app.home.glob("ledger.db*"))
     assert SLACK_TOKEN.encode() not in ledger_bytes
+
+
+# ------------------------------------------------------------------------------------------ 1. limits
+
+
+def test_a_body_too_large_is_413_and_one_that_stops_arriving_is_408(app: App) -> None:
+    server = ServerProcess.start(app, CONVEYOR_SERVER_BODY_TIMEOUT="1")
+    try:
+        token = server.token("admin", "admin")
+        host, port = server.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=60) as conn:
+            conn.sendall(f"POST /api/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {200 * 1024}\r\n\r\n".encode())
+            assert conn.recv(4096).startswith(b"HTTP/1.1 413")  # refused on the declared length
+        with socket.create_connection((host, int(port)), timeout=60) as conn:
+            conn.sendall(f"POST /api/apps HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                         "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"na".encode())
+            answer = b""
+            while chunk := conn.recv(4096):  # the rest never comes: the server answers, then closes
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive" in answer
+        assert server.api("GET", "/api/health", token=None)[0] == 200  # and goes on serving
+    finally:
+        server.stop()

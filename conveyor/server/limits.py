@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
 
 MAX_BODY = 64 * 1024
-BODY_TIMEOUT = 10.0
+BODY_TIMEOUT = float(os.environ.get("CONVEYOR_SERVER_BODY_TIMEOUT", "10"))  # seconds; the tests shorten it
 
 Scope = dict[str, Any]
 
