@@ -188,6 +188,10 @@ class WorkerPool:
         beat = Heartbeat(f"operation-{operation.id}", self.ttl / BEATS_PER_TTL,
                          lambda: store.renew(operation.id, replica, self.ttl))
         with beat:
+            # First thing, so a follower hears at once that its turn came, before the fetch and the config
+            # read that every operation starts with.
+            record(Progress("note", "info", f"operation #{operation.id} started on replica {replica}; fetching "
+                            f"{operation.app}'s repo"))
             state, code, result, note = self._outcome(operation, record)
         if state == "superseded":
             return  # already set aside with its note
