@@ -166,15 +166,24 @@ class ServerStore:
     # ------------------------------------------------------------------------------------------ queue
 
     def submit(self, *, app: str, lane: str, kind: str, params: dict[str, Any], actor: str,
-               origin: str) -> Operation:
-        """The durable row, committed before the caller answers."""
+               origin: str) -> tuple[Operation, int]:
+        """The durable row, committed before the caller answers, and how many are ahead of it in its lane."""
         values = {"app": app, "lane": lane, "kind": kind, "params": json.dumps(params, sort_keys=True),
                   "state": "queued", "actor": actor, "origin": origin, "created_at": _now(), "attempts": 0,
                   "note": ""}
         with self._ledger._write() as conn:
             row = conn.execute(insert(operations).values(**values).returning(*operations.c)).one()
+            ahead = conn.execute(self._ahead_of(_operation(row))).scalar_one()
             self._notify(conn, QUEUE_CHANNEL)
-        return _operation(row)
+        return _operation(row), int(ahead)
+
+    @staticmethod
+    def _ahead_of(operation: Operation) -> Any:
+        from sqlalchemy import func
+
+        return select(func.count()).select_from(operations).where(
+            operations.c.app == operation.app, operations.c.lane == operation.lane,
+            operations.c.state.in_(("queued", "running")), operations.c.id < operation.id)
 
     def claim(self, holder: str, ttl: float) -> Operation | None:
         """The oldest queued operation at the head of its lane, now running under `holder`'s lease."""
@@ -294,11 +303,17 @@ class ServerStore:
 
     def queue_position(self, operation: Operation) -> int:
         """How many operations of its lane are ahead of a queued one (running included)."""
-        query = select(operations.c.id).where(
-            operations.c.app == operation.app, operations.c.lane == operation.lane,
-            operations.c.state.in_(("queued", "running")), operations.c.id < operation.id)
         with self._ledger._read() as conn:
-            return len(conn.execute(query).all())
+            return int(conn.execute(self._ahead_of(operation)).scalar_one())
+
+    def progress(self, operation_id: int, after_id: int = 0,
+                 limit: int = 500) -> tuple[Operation | None, list[OperationEvent]]:
+        """An operation as it stands and its events after `after_id`, read in one transaction (an event
+        stream's every look)."""
+        with self._ledger._read() as conn:
+            row = conn.execute(select(operations).where(operations.c.id == operation_id)).first()
+            found = self._events_after(conn, operation_id, after_id, limit)
+        return (_operation(row) if row else None), found
 
     # ----------------------------------------------------------------------------------------- events
 
@@ -316,12 +331,16 @@ class ServerStore:
             return self._append_event(conn, operation_id, payload)
 
     def events_after(self, operation_id: int, after_id: int = 0, limit: int = 500) -> list[OperationEvent]:
+        with self._ledger._read() as conn:
+            return self._events_after(conn, operation_id, after_id, limit)
+
+    @staticmethod
+    def _events_after(conn: Any, operation_id: int, after_id: int, limit: int) -> list[OperationEvent]:
         query = (select(operation_events)
                  .where(operation_events.c.operation_id == operation_id, operation_events.c.id > after_id)
                  .order_by(operation_events.c.id).limit(limit))
-        with self._ledger._read() as conn:
-            return [OperationEvent(row.id, row.operation_id, row.at, json.loads(row.payload))
-                    for row in conn.execute(query)]
+        return [OperationEvent(row.id, row.operation_id, row.at, json.loads(row.payload))
+                for row in conn.execute(query)]
 
 
 def listen(ledger: Ledger, on_notify: Callable[[str, str], None], stop: threading.Event) -> None:

@@ -262,10 +262,10 @@ def create_app(server: Server) -> FastAPI:
             with workspace(app) as ws:
                 params["source"], params["target"] = stage_pair(ws, params.get("source"), None, "promote")
         lane = queue_ops.lane_of(kind, params)
-        operation = server.store.submit(app=app, lane=lane, kind=kind, params=params, actor=who.name,
-                                        origin=who.origin)
+        operation, ahead = server.store.submit(app=app, lane=lane, kind=kind, params=params, actor=who.name,
+                                               origin=who.origin)
         server.submitted()
-        return view(operation)
+        return queue_ops.operation_view(operation, ahead)
 
     @api.post("/api/apps/{app}/build", response_model=s.OperationOut, status_code=202, tags=["operations"])
     def build(app: str, body: s.BuildIn, who: Operator) -> dict[str, Any]:
@@ -384,8 +384,7 @@ async def _stream(server: Server, operation_id: int, after: int,
     try:
         while True:
             woken.clear()
-            operation = await anyio.to_thread.run_sync(server.store.get_operation, operation_id)
-            batch = await anyio.to_thread.run_sync(server.store.events_after, operation_id, after)
+            operation, batch = await anyio.to_thread.run_sync(server.store.progress, operation_id, after)
             for event in batch:
                 after = event.id
                 yield ServerSentEvent(data=json.dumps(event.payload, sort_keys=True), event="progress",
