@@ -795,12 +795,11 @@ def token_list(obj: Context, as_json: bool) -> None:
 
     def go() -> None:
         from conveyor.ledger import open_ledger
+        from conveyor.pipeline.tokens import token_view
 
         ledger = open_ledger()
         try:
-            found = [{"name": t.name, "scopes": t.scopes, "created_at": t.created_at.isoformat(),
-                      "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None}
-                     for t in ledger.server.list_tokens()]
+            found = [token_view(t) for t in ledger.server.list_tokens()]
         finally:
             ledger.close()
         emit_json(found) if as_json else click.echo("\n".join(

@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, OperationFailed
 from conveyor.vcs.git import Repo
@@ -29,6 +29,11 @@ def mirrors_dir(home: Path) -> Path:
 
 def mirror_path(home: Path, app: str) -> Path:
     return mirrors_dir(home) / f"{app}.git"
+
+
+def app_view(app: App) -> dict[str, Any]:
+    return {"name": app.name, "repo_url": app.repo_url, "created_at": app.created_at.isoformat(),
+            "created_by": app.created_by}
 
 
 def check_app_name(name: str) -> str:

@@ -44,6 +44,26 @@ def normalise(kind: str, given: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def complete_promotion(ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
+    """A promotion without FROM TO means the first two stages of the app's config: named at submission, so
+    it waits in the right lane."""
+    from conveyor.pipeline.stages import stage_pair
+
+    if params.get("target"):
+        return params
+    source, target = stage_pair(ws, params.get("source"), None, "promote")
+    return {**params, "source": source, "target": target}
+
+
+def lapsed(store: ServerStore, limit: int) -> list[Operation]:
+    """Running operations whose replica stopped renewing their lease (the reaper requeues them soon)."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return [op for op in store.list_operations(states=("running",), limit=limit)
+            if op.lease_until is not None and op.lease_until < now]
+
+
 def lane_of(kind: str, params: dict[str, Any]) -> str:
     """The environment an operation changes (a promotion's target), or the app's build lane."""
     if kind == "build":

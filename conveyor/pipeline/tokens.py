@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput
 
@@ -42,6 +42,12 @@ def create_token(ledger: Ledger, name: str, scopes: list[str]) -> str:
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     ledger.server.add_token(name, token_hash(token), check_scopes(scopes))
     return token
+
+
+def token_view(token: Token) -> dict[str, Any]:
+    """A token as `token list --json` and the API show it: never the token itself."""
+    return {"name": token.name, "scopes": token.scopes, "created_at": token.created_at.isoformat(),
+            "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None}
 
 
 def revoke_token(ledger: Ledger, name: str) -> None:

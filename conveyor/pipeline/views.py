@@ -83,6 +83,15 @@ def block_view(block: Block) -> dict[str, Any]:
     }
 
 
+def app_blocks(ws: Workspace) -> list[dict[str, Any]]:
+    """Every block in force on any environment of the app (its own, app-wide and org-wide), each once."""
+    seen: dict[int, dict[str, Any]] = {}
+    for env in ws.config.environments:
+        for block in ws.ledger.active_blocks(ws.config.app, env.name):
+            seen[block.id] = block_view(block)
+    return list(seen.values())
+
+
 def status(ws: Workspace, *, check_live: bool = True) -> list[dict[str, Any]]:
     """Per environment in pipeline order: the live release, how far behind the previous stage it is,
     the lease and blocks in force, and whether the target really serves what the ledger says."""

@@ -22,11 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_REFUSED, ConveyorError
+from conveyor.errors import EXIT_FAILED, EXIT_REFUSED, ConveyorError
 from conveyor.pipeline.events import Progress
 from conveyor.pipeline.identity import Identity
 from conveyor.pipeline.lease import BEATS_PER_TTL, Heartbeat
-from conveyor.pipeline.outcome import failure, release_result
+from conveyor.pipeline.outcome import error_kind, failure, release_result
 
 if TYPE_CHECKING:
     from conveyor.ledger.server_store import Operation
@@ -206,8 +206,7 @@ class WorkerPool:
         try:
             ws = self.server.workspace(operation.app, identity=identity, fetch=True, sink=record)
         except ConveyorError as exc:
-            return "failed", exc.exit_code, failure(exc.exit_code, "bad_input" if exc.exit_code == EXIT_BAD_INPUT
-                                                    else "failed", exc.message), ""
+            return "failed", exc.exit_code, failure(exc.exit_code, error_kind(exc), exc.message), ""
         try:
             if operation.attempts > 1:
                 finished = self._left_finished(ws, operation)

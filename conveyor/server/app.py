@@ -24,8 +24,9 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from conveyor.errors import BadInput, ConveyorError, InfrastructureMissing, Refused
 from conveyor.ledger.server_store import FINISHED_STATES, OPERATION_STATES, Operation
 from conveyor.pipeline import queue as queue_ops
+from conveyor.pipeline.apps import app_view
 from conveyor.pipeline.identity import Identity
-from conveyor.pipeline.tokens import allows, authenticate, check_scopes, create_token, revoke_token
+from conveyor.pipeline.tokens import allows, authenticate, check_scopes, create_token, revoke_token, token_view
 from conveyor.pipeline.worker import Server
 from conveyor.server import schemas as s
 from conveyor.server.limits import BoundedRequests
@@ -148,10 +149,6 @@ def create_app(server: Server) -> FastAPI:
 
     # -------------------------------------------------------------------------------------------- apps
 
-    def app_view(app: Any) -> dict[str, Any]:
-        return {"name": app.name, "repo_url": app.repo_url, "created_at": app.created_at.isoformat(),
-                "created_by": app.created_by}
-
     @api.get("/api/apps", response_model=list[s.AppOut], tags=["apps"])
     def list_apps(who: Reader) -> list[dict[str, Any]]:
         return [app_view(app) for app in server.store.list_apps()]
@@ -222,14 +219,10 @@ def create_app(server: Server) -> FastAPI:
 
     @api.get("/api/apps/{app}/blocks", response_model=list[dict[str, Any]], tags=["blocks"])
     def blocks(app: str, who: Reader) -> list[dict[str, Any]]:
-        from conveyor.pipeline.views import block_view
+        from conveyor.pipeline.views import app_blocks
 
         with workspace(app) as ws:
-            seen: dict[int, dict[str, Any]] = {}
-            for env in ws.config.environments:
-                for block in ws.ledger.active_blocks(ws.config.app, env.name):
-                    seen[block.id] = block_view(block)
-            return list(seen.values())
+            return app_blocks(ws)
 
     @api.post("/api/apps/{app}/blocks", response_model=dict[str, Any], status_code=201, tags=["blocks"])
     def lock(app: str, body: s.LockIn, who: Blocker) -> dict[str, Any]:
@@ -257,10 +250,8 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(404, "not_found", f"no app named '{app}' is registered")
         params = queue_ops.normalise(kind, params)
         if kind == "promote" and not params.get("target"):
-            from conveyor.pipeline.stages import stage_pair
-
             with workspace(app) as ws:
-                params["source"], params["target"] = stage_pair(ws, params.get("source"), None, "promote")
+                params = queue_ops.complete_promotion(ws, params)
         lane = queue_ops.lane_of(kind, params)
         operation, ahead = server.store.submit(app=app, lane=lane, kind=kind, params=params, actor=who.name,
                                                origin=who.origin)
@@ -327,10 +318,8 @@ def create_app(server: Server) -> FastAPI:
         undelivered outbox items, and operations whose replica stopped renewing them."""
         from conveyor.pipeline.recovery import recovery_report
 
-        report = recovery_report(server.ledger)
-        lapsed = [op for op in server.store.list_operations(states=("running",), limit=MAX_PAGE)
-                  if op.lease_until is not None and op.lease_until < _now()]
-        return {**report, "lapsed_operations": [view(op) for op in lapsed]}
+        lapsed = queue_ops.lapsed(server.store, MAX_PAGE)
+        return {**recovery_report(server.ledger), "lapsed_operations": [view(op) for op in lapsed]}
 
     @api.post("/api/apps/{app}/environments/{env}/recover", response_model=s.Recovered, tags=["recovery"])
     def recover(app: str, env: str, body: s.ReasonIn, who: Blocker) -> dict[str, Any]:
@@ -342,10 +331,6 @@ def create_app(server: Server) -> FastAPI:
             return {"interrupted": [release_view(r) for r in recover_env(ws, env, body.reason, force=body.force)]}
 
     # ------------------------------------------------------------------------------------------ tokens
-
-    def token_view(token: Any) -> dict[str, Any]:
-        return {"name": token.name, "scopes": token.scopes, "created_at": token.created_at.isoformat(),
-                "last_used_at": token.last_used_at.isoformat() if token.last_used_at else None}
 
     @api.get("/api/tokens", response_model=list[s.TokenOut], tags=["tokens"])
     def tokens(who: Admin) -> list[dict[str, Any]]:
@@ -366,12 +351,6 @@ def create_app(server: Server) -> FastAPI:
         return {"removed": name}
 
     return api
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)
 
 
 async def _stream(server: Server, operation_id: int, after: int,
