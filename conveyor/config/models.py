@@ -14,6 +14,7 @@ from pydantic import (
 )
 
 from conveyor.config.base import ENV_VAR, NAME, Strict
+from conveyor.config.forge import CIGate, Forge, ReleasePR, Trigger
 from conveyor.config.notify import Notify
 
 REF_PREFIX = r"^[A-Za-z0-9._/-]*$"
@@ -244,6 +245,10 @@ class AppConfig(Strict):
         default_factory=list, description="Paths whose changes `conveyor diff` flags as migrations."
     )
     environments: list[Environment] = Field(min_length=1)
+    forge: Forge = Field(default_factory=Forge, description="Where the code is hosted (config/forge.py).")
+    ci: CIGate | None = Field(None, description="Only CI-green commits ship (needs forge:).")
+    triggers: list[Trigger] = Field(default_factory=list, description="What forge webhooks start (needs forge:).")
+    release_pr: ReleasePR | None = Field(None, description="The release pull request (needs forge:).")
 
     @field_validator("release_refs", mode="before")
     @classmethod
@@ -260,7 +265,8 @@ class AppConfig(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> AppConfig:
-        problems = [*self._repeated_names(), *self._unknown_references(), *self._shared_ports()]
+        problems = [*self._repeated_names(), *self._unknown_references(), *self._shared_ports(),
+                    *self._forge_references()]
         if problems:
             raise ConfigProblems(problems)
         return self
@@ -293,6 +299,23 @@ class AppConfig(Strict):
                     known = ", ".join(sorted(task_names)) or "no tasks"
                     problems.append(Problem(("environments", index, "tasks", position),
                                             f"unknown task {quoted(task)} (top-level tasks: {known})"))
+        return problems
+
+    def _forge_references(self) -> list[Problem]:
+        names = [e.name for e in self.environments]
+        problems = []
+        if self.forge.github is None:
+            for field in ("ci", "triggers", "release_pr"):
+                if field in self.model_fields_set and getattr(self, field):
+                    problems.append(Problem((field,), f"{field}: needs a forge: section (forge: {{github: ...}})"))
+        for index, trigger in enumerate(self.triggers):
+            if trigger.env not in names:
+                key = "deploy" if trigger.deploy else "promote"
+                problems.append(Problem(("triggers", index, key), f"unknown environment {quoted(trigger.env)} "
+                                        f"(this app has: {', '.join(names)})"))
+        if self.release_pr and self.release_pr.stage not in names:
+            problems.append(Problem(("release_pr", "stage"), f"unknown environment {quoted(self.release_pr.stage)} "
+                                    f"(this app has: {', '.join(names)})"))
         return problems
 
     def _shared_ports(self) -> list[Problem]:
