@@ -853,6 +853,92 @@ def notify_test(obj: Context, destination: str | None) -> None:
     run(go)
 
 
+@cli.command("init", epilog=EPILOG)
+@click.option("--app", "app_name", default=None, metavar="NAME", help="The app's name (default: the directory's).")
+@click.option("--image", default=None, metavar="REPO", help="The image repository builds are pushed to.")
+@click.option("--env", "envs", multiple=True, metavar="NAME",
+              help="An environment, in pipeline order; repeat it (default: staging, production).")
+@click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535), metavar="N",
+              help="Each environment's stable port, in the same order (default: the Dockerfile's EXPOSE port, "
+                   "or 8000, counting up).")
+@click.option("--ci", type=click.Choice(["circleci", "github-actions"]), default=None,
+              help="Also write the CI pipeline: .circleci/config.yml or .github/workflows/deploy.yml.")
+@click.option("--install-from", default=None, metavar="SPEC",
+              help="The pip requirement the pipeline installs conveyor with (default: conveyor==THIS_VERSION "
+                   "from the index in $CONVEYOR_PIP_INDEX).")
+@click.option("--index-url", default=None, metavar="URL", help="The package index the pipeline installs from.")
+@click.option("--yes", "-y", is_flag=True, help="Ask nothing: take the flags and the defaults.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def init_cmd(app_name: str | None, image: str | None, envs: tuple[str, ...], ports: tuple[int, ...],
+             ci: str | None, install_from: str | None, index_url: str | None, yes: bool, force: bool) -> None:
+    """Set this app repo up: a commented conveyor.yml (and with --ci, the CI pipeline). Asks for what the
+    flags do not say only on a terminal and without --yes."""
+
+    def go() -> None:
+        from conveyor.pipeline import init as setup
+
+        root = setup.project_root(Path.cwd())
+        setup.refuse_existing(root, ci, force=force)
+        ask = sys.stdin.isatty() and not yes
+        app = app_name or (click.prompt("App name", setup.default_app_name(root)) if ask
+                           else setup.default_app_name(root))
+        chosen_image = image or (click.prompt("Image repository", f"{setup.PLACEHOLDER_REGISTRY}/{app}") if ask
+                                 else None)
+        chosen_envs = envs or (tuple(click.prompt("Environments, in order", ",".join(setup.DEFAULT_ENVIRONMENTS))
+                                     .replace(",", " ").split()) if ask else setup.DEFAULT_ENVIRONMENTS)
+        chosen_ports = ports or (tuple(
+            click.prompt(f"Port of {name}", default, type=click.IntRange(1, 65535))
+            for name, default in zip(chosen_envs, setup.default_ports(len(chosen_envs), setup.find_dockerfile(root)),
+                                     strict=True)) if ask else ())
+        choices = setup.choose(root, app=app, image=chosen_image, environments=chosen_envs, ports=chosen_ports,
+                               ci=ci, install_from=install_from, index_url=index_url)
+        files = setup.plan_files(choices)
+        setup.write_files(root, files, force=force)
+        for item in files:
+            click.echo(f"wrote {item.path}")
+        if choices.image_is_placeholder:
+            _say(f"note: image is a placeholder ({choices.image}); set yours in {files[0].path}")
+        _say("conveyor reads the committed config: commit " + " ".join(item.path for item in files))
+
+    run(go)
+
+
+@cli.command("schema", epilog=EPILOG)
+def schema_cmd() -> None:
+    """Print the JSON Schema of conveyor.yml (for editors and CI)."""
+
+    def go() -> None:
+        from conveyor.pipeline.schema import schema_text
+
+        click.echo(schema_text(), nl=False)
+
+    run(go)
+
+
+@cli.command("docs", epilog=EPILOG)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when the section is stale (for CI).")
+@click.option("--readme", type=click.Path(path_type=Path), default=None,
+              help="The README to write (default: README.md at the repo's root).")
+@click.pass_obj
+def docs_cmd(obj: Context, check: bool, readme: Path | None) -> None:
+    """Write the README's deploy section (between <!-- conveyor:docs:start --> and <!-- conveyor:docs:end -->,
+    appended when absent) from the config committed at HEAD."""
+
+    def go() -> None:
+        import os
+
+        from conveyor.pipeline.docs import readme_for_head
+
+        result = readme_for_head(Path.cwd(), readme, obj.config, check=check)
+        shown = os.path.relpath(result.path)
+        if check and result.changed:
+            _say(f"{shown}: the deploy section is stale; run `conveyor docs` and commit it")
+            sys.exit(EXIT_FAILED)
+        click.echo(f"{shown}: the deploy section " + ("is up to date" if not result.changed else "is written"))
+
+    run(go)
+
+
 def main() -> None:
     _leave(_exit_code(_run_cli))
 
