@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,30 @@ def test_a_one_stage_pipeline_deploys_and_promotes_nothing(tmp_path: Path) -> No
         assert check_jsonschema(kind, repo / PIPELINE[kind]).returncode == 0
         commands = "\n".join(_commands(yaml.safe_load((repo / PIPELINE[kind]).read_text())))
         assert "conveyor deploy live" in commands and "promote" not in commands
+
+
+def test_init_ci_on_a_set_up_app_writes_only_the_pipeline_for_its_config(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "shop")
+    config = (HELLO.replace("registry:\n  insecure: true", "registry:\n  username_env: REG_USER\n"
+                            "  password_env: REG_PASSWORD")
+              .replace("    env:\n      APP_VERSION: production", "    secrets: [STRIPE_KEY]"))
+    (repo / "conveyor.yml").write_text(config)
+    for kind in ("github-actions", "circleci"):
+        result = conveyor(repo, "init", "--ci", kind)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == f"wrote {PIPELINE[kind]}\n"
+        assert check_jsonschema(kind, repo / PIPELINE[kind]).returncode == 0
+    assert (repo / "conveyor.yml").read_text() == config
+    workflow = yaml.safe_load((repo / PIPELINE["github-actions"]).read_text())
+    for name in ("REG_USER", "REG_PASSWORD", "STRIPE_KEY"):
+        assert workflow["env"][name] == "${{ secrets." + name + " }}"
+    assert "REG_PASSWORD, REG_USER, STRIPE_KEY" in (repo / PIPELINE["circleci"]).read_text().replace("\n# ", " ")
+    refused = conveyor(repo, "init", "--ci", "github-actions")
+    assert refused.returncode == 2 and "deploy.yml already exists" in refused.stderr
+    refused = conveyor(repo, "init", "--ci", "circleci", "--force", "--image", "x.test/y")
+    assert refused.returncode == 0  # --force: init writes both again, from the flags
+    refused = conveyor(repo, "init", "--ci", "circleci", "--image", "x.test/z")
+    assert refused.returncode == 2 and "apply only when init writes it" in refused.stderr
 
 
 def test_check_jsonschema_rejects_a_broken_pipeline(tmp_path: Path) -> None:
@@ -473,3 +498,40 @@ def test_the_readmes_ci_examples_are_valid_and_install_as_init_does(tmp_path: Pa
     checked = check_jsonschema(kind, path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert installer(None, None).command() in "\n".join(_commands(yaml.safe_load(example))).replace("  ", " ")
+
+
+# ---------------------------------------------------------------------------------- init, then deploy
+
+
+def test_what_init_writes_builds_deploys_and_promotes(tmp_path: Path, registry: object,
+                                                      engine_env: dict[str, str]) -> None:
+    """init's config, with the one edit a local registry needs, ships the sample app through both stages."""
+    from devstack import SAMPLE_APP, free_port, stop_proxy
+    from tests.e2e import App
+
+    repo = new_repo(tmp_path / "inithello", dockerfile=None)
+    shutil.copy(SAMPLE_APP / "Dockerfile", repo / "Dockerfile")
+    shutil.copytree(SAMPLE_APP / "www", repo / "www")
+    shutil.copy(shutil.which("busybox") or "/bin/busybox", repo / "busybox")
+    ports = {"staging": free_port(), "production": free_port()}
+    result = conveyor(repo, "init", "--yes", "--image", f"{registry.host}/inithello",  # type: ignore[attr-defined]
+                      "--port", str(ports["staging"]), "--port", str(ports["production"]))
+    assert result.returncode == 0, result.stderr
+    config = repo / "conveyor.yml"
+    config.write_text(config.read_text().replace("# registry:\n#   insecure: false", "registry:\n  insecure: true"))
+    commit_all(repo, "conveyor init")
+    app = App(repo, tmp_path / "home", ports)
+    try:
+        app.ok("build", "HEAD")
+        app.ok("deploy", "staging", "HEAD")
+        assert app.serves("staging") == "v1"
+        refused = app.run("deploy", "production", "HEAD")
+        assert refused.code == 3, refused.err  # production only takes promotions from staging, as written
+        app.ok("promote", "staging", "production")
+        assert app.serves("production") == "v1"
+    finally:
+        stop_proxy(app.home)
+        ids = subprocess.run(["podman", "ps", "-aq", "--filter", "label=conveyor.app=inithello"],
+                             capture_output=True, text=True).stdout.split()
+        if ids:
+            subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)

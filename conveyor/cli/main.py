@@ -878,29 +878,42 @@ def init_cmd(app_name: str | None, image: str | None, envs: tuple[str, ...], por
         from conveyor.pipeline import init as setup
 
         root = setup.project_root(Path.cwd())
-        setup.refuse_existing(root, ci, force=force)
-        ask = sys.stdin.isatty() and not yes
-        app = app_name or (click.prompt("App name", setup.default_app_name(root)) if ask
-                           else setup.default_app_name(root))
-        chosen_image = image or (click.prompt("Image repository", f"{setup.PLACEHOLDER_REGISTRY}/{app}") if ask
-                                 else None)
-        chosen_envs = envs or (tuple(click.prompt("Environments, in order", ",".join(setup.DEFAULT_ENVIRONMENTS))
-                                     .replace(",", " ").split()) if ask else setup.DEFAULT_ENVIRONMENTS)
-        chosen_ports = ports or (tuple(
-            click.prompt(f"Port of {name}", default, type=click.IntRange(1, 65535))
-            for name, default in zip(chosen_envs, setup.default_ports(len(chosen_envs), setup.find_dockerfile(root)),
-                                     strict=True)) if ask else ())
-        choices = setup.choose(root, app=app, image=chosen_image, environments=chosen_envs, ports=chosen_ports,
-                               ci=ci, install_from=install_from, index_url=index_url)
-        files = setup.plan_files(choices)
+        if ci and not force and (root / "conveyor.yml").exists():
+            # A set-up app that wants its pipeline: made for the config it has, which stays as it is.
+            if app_name or image or envs or ports:
+                raise BadInput("conveyor.yml already exists: --app, --image, --env and --port apply only when "
+                               "init writes it (--force rewrites it)")
+            setup.refuse_existing(root, [setup.CI_PATHS[ci]], force=False)
+            files = setup.pipeline_for_existing_config(root, ci, setup.installer(install_from, index_url))
+        else:
+            setup.refuse_existing(root, setup.paths_written(ci), force=force)
+            answers = _init_answers(setup, root, app_name, image, envs, ports, ask=sys.stdin.isatty() and not yes)
+            choices = setup.choose(root, **answers, ci=ci, install_from=install_from, index_url=index_url)
+            files = setup.plan_files(choices)
+            if choices.image_is_placeholder:
+                _say(f"note: the image is a placeholder ({choices.image}); set yours in conveyor.yml")
         setup.write_files(root, files, force=force)
         for item in files:
             click.echo(f"wrote {item.path}")
-        if choices.image_is_placeholder:
-            _say(f"note: image is a placeholder ({choices.image}); set yours in {files[0].path}")
         _say("conveyor reads the committed config: commit " + " ".join(item.path for item in files))
 
     run(go)
+
+
+def _init_answers(setup: Any, root: Path, app: str | None, image: str | None, envs: tuple[str, ...],
+                  ports: tuple[int, ...], *, ask: bool) -> dict[str, Any]:
+    """What the flags give, and on a terminal the answers to what they leave out (else the defaults)."""
+    app = app or (click.prompt("App name", setup.default_app_name(root)) if ask else setup.default_app_name(root))
+    if image is None and ask:
+        image = click.prompt("Image repository", f"{setup.PLACEHOLDER_REGISTRY}/{app}")
+    if not envs:
+        envs = tuple(click.prompt("Environments, in order", ",".join(setup.DEFAULT_ENVIRONMENTS))
+                     .replace(",", " ").split()) if ask else setup.DEFAULT_ENVIRONMENTS
+    if not ports and ask:
+        defaults = setup.default_ports(len(envs), setup.find_dockerfile(root))
+        ports = tuple(click.prompt(f"Port of {name}", default, type=click.IntRange(1, 65535))
+                      for name, default in zip(envs, defaults, strict=True))
+    return {"app": app, "image": image, "environments": envs, "ports": ports}
 
 
 @cli.command("schema", epilog=EPILOG)

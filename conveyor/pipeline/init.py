@@ -153,11 +153,25 @@ def origin_github_repo(root: Path) -> str | None:
     return github_repo(Repo(root).config_value("remote.origin.url")) if (root / ".git").exists() else None
 
 
-def refuse_existing(root: Path, ci: str | None, *, force: bool) -> None:
+def paths_written(ci: str | None) -> list[str]:
+    return [CONFIG_NAME, *([CI_PATHS[ci]] if ci else [])]
+
+
+def refuse_existing(root: Path, paths: list[str], *, force: bool) -> None:
     """Before any question is asked: init does not overwrite a file without --force."""
-    for path in (CONFIG_NAME, *([CI_PATHS[ci]] if ci else [])):
+    for path in paths:
         if not force and (root / path).exists():
             raise BadInput(f"{path} already exists; pass --force to overwrite it")
+
+
+def pipeline_for_existing_config(root: Path, ci: str, chosen_installer: Installer) -> list[Written]:
+    """`init --ci KIND` in a repo that has its conveyor.yml already: only the pipeline, made for that config
+    (its stages, and the secrets it names)."""
+    import conveyor.targets.settings  # noqa: F401  (registers each target type's `target:` settings)
+    from conveyor.config.loader import load_config
+
+    config = load_config(root / CONFIG_NAME)
+    return [Written(CI_PATHS[ci], render_pipeline(ci, config, chosen_installer))]
 
 
 def choose(root: Path, *, app: str, image: str | None, environments: tuple[str, ...], ports: tuple[int, ...],
