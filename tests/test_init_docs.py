@@ -361,7 +361,7 @@ def test_the_schema_accepts_what_the_loader_accepts_and_rejects_what_it_refuses(
 
 HELLO = Template(SAMPLE_CONFIG.read_text()).substitute(REGISTRY="127.0.0.1:5000", STAGING_PORT="9001",
                                                        PRODUCTION_PORT="9002")
-BEFORE = "# hello\n\nOur service.\n\n"
+BEFORE = "# hello\n\nOur service; `conveyor docs` writes between `<!-- conveyor:docs:start -->` and its end.\n\n"
 AFTER = "\n## Licence\n\nMIT\n"
 
 

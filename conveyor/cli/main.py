@@ -878,7 +878,7 @@ def init_cmd(app_name: str | None, image: str | None, envs: tuple[str, ...], por
         from conveyor.pipeline import init as setup
 
         root = setup.project_root(Path.cwd())
-        if ci and not force and (root / "conveyor.yml").exists():
+        if ci and not force and (root / setup.CONFIG_NAME).exists():
             # A set-up app that wants its pipeline: made for the config it has, which stays as it is.
             if app_name or image or envs or ports:
                 raise BadInput("conveyor.yml already exists: --app, --image, --env and --port apply only when "
@@ -934,8 +934,8 @@ def schema_cmd() -> None:
               help="The README to write (default: README.md at the repo's root).")
 @click.pass_obj
 def docs_cmd(obj: Context, check: bool, readme: Path | None) -> None:
-    """Write the README's deploy section (between <!-- conveyor:docs:start --> and <!-- conveyor:docs:end -->,
-    appended when absent) from the config committed at HEAD."""
+    """Write the README's deploy section from the config committed at HEAD: between the lines
+    <!-- conveyor:docs:start --> and <!-- conveyor:docs:end --> (appended with them when absent)."""
 
     def go() -> None:
         import os

@@ -7,6 +7,7 @@ byte. The output depends on the config only (no dates, no SHAs), so `conveyor do
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,13 +79,18 @@ def replace_section(readme: str, section: str, label: str) -> str:
 
 def find_section(readme: str, label: str) -> tuple[int, int] | None:
     """Where the marked section is (from its start marker to the end of its end marker), or None when the
-    README has no markers; half a pair, or more than one, is a mistake the user must fix by hand."""
-    starts, ends = readme.count(START), readme.count(END)
-    if starts == 0 and ends == 0:
+    README has no markers; half a pair, or more than one, is a mistake the user must fix by hand. A marker
+    counts only alone on its line: a README may quote the markers in its text."""
+    starts, ends = _marker_lines(readme, START), _marker_lines(readme, END)
+    if not starts and not ends:
         return None
-    if starts != 1 or ends != 1 or readme.index(END) < readme.index(START):
+    if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
         raise BadInput(f"{label}: expected one {START} line followed by one {END} line; fix the markers by hand")
-    return readme.index(START), readme.index(END) + len(END)
+    return starts[0], ends[0] + len(END)
+
+
+def _marker_lines(readme: str, marker: str) -> list[int]:
+    return [found.start() for found in re.finditer(rf"^{re.escape(marker)}[ \t]*$", readme, re.MULTILINE)]
 
 
 def readme_for_head(start: Path, readme: Path | None, override: Path | None, *, check: bool) -> DocsResult:

@@ -28,7 +28,6 @@ MAIN_BRANCH = "main"  # the branch whose every push builds and deploys to the fi
 PIP_INDEX_VARIABLE = "CONVEYOR_PIP_INDEX"
 CI_KINDS = ("circleci", "github-actions")
 CI_PATHS = {"circleci": ".circleci/config.yml", "github-actions": ".github/workflows/deploy.yml"}
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _EXPOSE = re.compile(r"^\s*EXPOSE\s+(\d+)", re.IGNORECASE | re.MULTILINE)
 _GITHUB_REMOTE = re.compile(r"github\.com[:/]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$")
 
@@ -192,9 +191,10 @@ def choose(root: Path, *, app: str, image: str | None, environments: tuple[str, 
 
 def check_choices(app: str, image: str, environments: tuple[str, ...], ports: tuple[int, ...]) -> None:
     """Each flag's value judged on its own, so a mistake names the flag rather than a line of the output."""
+    from conveyor.config.base import NAME
     from conveyor.config.models import check_repository
 
-    if not _NAME.match(app):
+    if not re.match(NAME, app):
         raise BadInput(f"--app {app!r}: use lowercase letters, digits and '-' (not at the start or end)")
     try:
         check_repository(image)
@@ -203,7 +203,7 @@ def check_choices(app: str, image: str, environments: tuple[str, ...], ports: tu
     if not environments:
         raise BadInput("give at least one --env")
     for name in environments:
-        if not _NAME.match(name):
+        if not re.match(NAME, name):
             raise BadInput(f"--env {name!r}: use lowercase letters, digits and '-' (not at the start or end)")
     repeated = sorted({name for name in environments if environments.count(name) > 1})
     if repeated:
