@@ -523,8 +523,11 @@ def test_what_init_writes_builds_deploys_and_promotes(tmp_path: Path, registry: 
     app = App(repo, tmp_path / "home", ports)
     try:
         app.ok("build", "HEAD")
-        app.ok("deploy", "staging", "HEAD")
+        # As the generated pipelines run it: CONVEYOR_ACTOR and CONVEYOR_ORIGIN set from the CI's variables.
+        origin = "https://github.com/acme/inithello/actions/runs/9"
+        app.ok("deploy", "staging", "HEAD", CONVEYOR_ACTOR="octocat", CONVEYOR_ORIGIN=origin)
         assert app.serves("staging") == "v1"
+        assert (app.history("staging")[0]["actor"], app.history("staging")[0]["origin"]) == ("octocat", origin)
         refused = app.run("deploy", "production", "HEAD")
         assert refused.code == 3, refused.err  # production only takes promotions from staging, as written
         app.ok("promote", "staging", "production")
