@@ -326,6 +326,7 @@ environments:
   - name: production
     target: {type: kubernetes, namespace: shop, manifests: deploy/k8s}
     policy: {require_promotion_from: staging}
+    secrets: [DB_PASSWORD]
   - name: heroku
     target: {type: heroku, app: acme-shop}
 """
@@ -456,7 +457,9 @@ def test_docs_describes_the_github_flow_when_configured(tmp_path: Path) -> None:
                      "A push to `main` deploys its head to `staging`",
                      "merged into `release` promotes its merge commit to `production`",
                      "the pull request `staging` → `release`, merged 86400 s after",
-                     "kubernetes (namespace: shop, manifests: deploy/k8s)", "Announced to: `slack-deploys`"):
+                     "kubernetes (namespace: shop, manifests: deploy/k8s)", "Announced to: `slack-deploys`",
+                     "`production` needs these env vars set wherever conveyor runs (their values are never stored "
+                     "or printed):\n`DB_PASSWORD`."):
         assert expected in readme, expected
     assert "In git, pushed" not in readme  # release_refs: false
 

@@ -26,7 +26,6 @@ DEFAULT_PORT = 8000
 PLACEHOLDER_REGISTRY = "registry.example.com"
 MAIN_BRANCH = "main"  # the branch whose every push builds and deploys to the first stage
 PIP_INDEX_VARIABLE = "CONVEYOR_PIP_INDEX"
-CI_KINDS = ("circleci", "github-actions")
 CI_PATHS = {"circleci": ".circleci/config.yml", "github-actions": ".github/workflows/deploy.yml"}
 _EXPOSE = re.compile(r"^\s*EXPOSE\s+(\d+)", re.IGNORECASE | re.MULTILINE)
 _GITHUB_REMOTE = re.compile(r"github\.com[:/]([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+?)(?:\.git)?/?$")
@@ -46,8 +45,8 @@ class Installer:
     PyPI and a plain `pip install conveyor` resolves to nothing — or to whatever someone else published."""
 
     requirement: str
-    index_url: str | None = None  # None: $CONVEYOR_PIP_INDEX at run time, unless the requirement is a URL
-    from_spec: bool = False
+    index_url: str | None = None  # None: $CONVEYOR_PIP_INDEX at run time, unless from_spec
+    from_spec: bool = False  # --install-from: pip resolves the requirement as given (a URL, a VCS spec)
 
     def command(self) -> str:
         pip = ["python", "-m", "pip", "install", "--quiet"]
