@@ -390,7 +390,7 @@ def test_docs_writes_between_the_markers_and_leaves_the_rest(tmp_path: Path) -> 
                      "conveyor deploy staging \"$SHA\"", "conveyor promote staging production --only \"$SHA\"",
                      "conveyor deploy production \"$SHA\" --hotfix --reason", "conveyor rollback production",
                      "conveyor lock production", "CONVEYOR_DATABASE_URL", "tag `ENV`",
-                     "`migrate`: `/bin/busybox sh -c 'echo migrating schema for $APP_VERSION'`"):
+                     "`migrate`: `/bin/busybox sh -c 'echo migrating schema for $APP_VERSION'` (at most 5m)"):
         assert expected in section, expected
     assert conveyor(repo, "docs").returncode == 0
     assert (repo / "README.md").read_text() == readme  # deterministic: a second run changes nothing
@@ -453,11 +453,12 @@ def test_docs_describes_the_github_flow_when_configured(tmp_path: Path) -> None:
     commit_all(repo)
     assert conveyor(repo, "docs").returncode == 0, "docs failed"
     readme = (repo / "README.md").read_text()
-    for expected in ("Repository: `acme/shop`", "`test` must pass", "up to 1800 s",
+    for expected in ("Repository: `acme/shop`", "`test` must pass", "up to 30m",
                      "A push to `main` deploys its head to `staging`",
                      "merged into `release` promotes its merge commit to `production`",
-                     "the pull request `staging` → `release`, merged 86400 s after",
+                     "the pull request `staging` → `release`, merged 1d after",
                      "kubernetes (namespace: shop, manifests: deploy/k8s)", "Announced to: `slack-deploys`",
+                     "conveyor promote staging production --only", "conveyor promote staging fleet\n",
                      "`production` needs these env vars set wherever conveyor runs (their values are never stored "
                      "or printed):\n`DB_PASSWORD`."):
         assert expected in readme, expected

@@ -48,8 +48,14 @@ def _stage(config: AppConfig, index: int) -> dict[str, Any]:
         "settings": ", ".join(f"{key}: {_shown(value)}" for key, value in settings.items()),
         "source": env.policy.require_promotion_from, "queue": env.queue,
         "tasks": config.tasks_for(env), "registry": env.registry.image if env.registry else None,
-        "secrets": env.secrets, "previous": config.environments[index - 1].name if index else None,
+        "secrets": env.secrets, "promoted_from": _promotion_source(config, index),
     }
+
+
+def _promotion_source(config: AppConfig, index: int) -> str | None:
+    """Where a stage's promotions come from: its policy's source, else the stage before it."""
+    source = config.environments[index].policy.require_promotion_from
+    return source or (config.environments[index - 1].name if index else None)
 
 
 def _ref_names(config: AppConfig) -> list[str]:

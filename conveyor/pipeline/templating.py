@@ -32,6 +32,14 @@ def yaml_block(text: str, indent: int) -> str:
     return "|-\n" + "\n".join(lines)
 
 
+def duration(seconds: float) -> str:
+    """Seconds as the config spells durations: 24h, 30m, 90s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 @lru_cache(maxsize=1)
 def _environment() -> Any:
     import jinja2
@@ -43,4 +51,5 @@ def _environment() -> Any:
     environment.filters["yaml"] = yaml_scalar
     environment.filters["block"] = yaml_block
     environment.filters["shell"] = shlex.join
+    environment.filters["duration"] = duration
     return environment
