@@ -879,12 +879,8 @@ def init_cmd(app_name: str | None, image: str | None, envs: tuple[str, ...], por
 
         root = setup.project_root(Path.cwd())
         if ci and not force and (root / setup.CONFIG_NAME).exists():
-            # A set-up app that wants its pipeline: made for the config it has, which stays as it is.
-            if app_name or image or envs or ports:
-                raise BadInput("conveyor.yml already exists: --app, --image, --env and --port apply only when "
-                               "init writes it (--force rewrites it)")
-            setup.refuse_existing(root, [setup.CI_PATHS[ci]], force=False)
-            files = setup.pipeline_for_existing_config(root, ci, setup.installer(install_from, index_url))
+            files = setup.pipeline_for_existing_config(root, ci, setup.installer(install_from, index_url),
+                                                       config_flags=bool(app_name or image or envs or ports))
         else:
             setup.refuse_existing(root, setup.paths_written(ci), force=force)
             answers = _init_answers(setup, root, app_name, image, envs, ports, ask=sys.stdin.isatty() and not yes)

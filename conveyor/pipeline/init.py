@@ -162,12 +162,17 @@ def refuse_existing(root: Path, paths: list[str], *, force: bool) -> None:
             raise BadInput(f"{path} already exists; pass --force to overwrite it")
 
 
-def pipeline_for_existing_config(root: Path, ci: str, chosen_installer: Installer) -> list[Written]:
+def pipeline_for_existing_config(root: Path, ci: str, chosen_installer: Installer, *,
+                                 config_flags: bool) -> list[Written]:
     """`init --ci KIND` in a repo that has its conveyor.yml already: only the pipeline, made for that config
-    (its stages, and the secrets it names)."""
+    (its stages, and the secrets it names); the config stays as it is, so flags meant for it are refused."""
     import conveyor.targets.settings  # noqa: F401  (registers each target type's `target:` settings)
     from conveyor.config.loader import load_config
 
+    if config_flags:
+        raise BadInput(f"{CONFIG_NAME} already exists: --app, --image, --env and --port apply only when init "
+                       "writes it (--force rewrites it)")
+    refuse_existing(root, [CI_PATHS[ci]], force=False)
     config = load_config(root / CONFIG_NAME)
     return [Written(CI_PATHS[ci], render_pipeline(ci, config, chosen_installer))]
 
