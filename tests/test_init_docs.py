@@ -255,6 +255,19 @@ def test_init_ci_on_a_set_up_app_writes_only_the_pipeline_for_its_config(tmp_pat
     assert refused.returncode == 2 and "apply only when init writes it" in refused.stderr
 
 
+def test_a_pipeline_for_a_forge_config_may_use_github_as_the_config_asks(tmp_path: Path) -> None:
+    repo = new_repo(tmp_path / "shop")
+    (repo / "conveyor.yml").write_text(EVERY_SPELLING.replace('"on"', "on"))
+    assert conveyor(repo, "init", "--ci", "github-actions").returncode == 0
+    path = repo / PIPELINE["github-actions"]
+    assert check_jsonschema("github-actions", path).returncode == 0
+    workflow = yaml.safe_load(path.read_text())
+    assert workflow["permissions"] == {"contents": "write", "deployments": "write", "pull-requests": "write",
+                                       "checks": "read", "statuses": "read"}
+    assert workflow["env"]["GITHUB_TOKEN"] == "${{ secrets.GITHUB_TOKEN }}"
+    assert workflow["env"]["SLACK_TOKEN"] == "${{ secrets.SLACK_TOKEN }}"
+
+
 def test_check_jsonschema_rejects_a_broken_pipeline(tmp_path: Path) -> None:
     """The validator the pipeline tests rely on can fail: a job without runs-on, a CircleCI job without steps."""
     repo = new_repo(tmp_path / "shop")

@@ -254,17 +254,21 @@ def render_pipeline(kind: str, config: AppConfig, installer: Installer) -> str:
         needs_index_variable=installer.needs_index_variable, index_variable=PIP_INDEX_VARIABLE,
         main_branch=MAIN_BRANCH, release_branch=release_branch(), first=stages[0],
         second=stages[1] if len(stages) > 1 else None, secrets=secret_names(config),
+        forge=config.forge.github is not None,
     )
 
 
 def secret_names(config: AppConfig) -> list[str]:
     """Names of the env vars a CI job must be given for this config (registry credentials, the app's secrets,
-    the forge's token), each once, in a stable order. Names only: values stay in the CI's secret store."""
+    announcement tokens, the forge's token), each once, in a stable order. Names only: the values stay in
+    the CI's secret store."""
     names = [config.registry.username_env, config.registry.password_env]
     for env in config.environments:
         names += env.secrets
         if env.registry is not None:
             names += [env.registry.username_env, env.registry.password_env]
+    for destination in config.notify.destinations:
+        names += destination.secret_envs()
     github = config.forge.github
     if github is not None:
         names += [github.token_env, github.app.private_key_env if github.app else None]
