@@ -715,7 +715,7 @@ def _handler(github: FakeGitHub) -> type[BaseHTTPRequestHandler]:
 
 
 def main() -> None:
-    """Serve until interrupted, every commit green: `python -m tests.fakes.github PORT TOKEN [OWNER/NAME]`."""
+    """Serve until interrupted, nothing reported yet: `python -m tests.fakes.github PORT TOKEN [OWNER/NAME]`."""
     import sys
 
     port, token = int(sys.argv[1]), sys.argv[2]
