@@ -38,7 +38,7 @@ def dash_both(ledger_app: App) -> Iterator[ServerProcess]:
 
 
 def tile(page: Any, env: str, app: str = "hello") -> Any:
-    return page.locator(f"[data-testid=app][data-app={app}] [data-testid=tile][data-env={env}]")
+    return page.locator(f"tr.app[data-app={app}] td.tile[data-env={env}]")
 
 
 def history(server: ServerProcess, env: str) -> list[dict[str, Any]]:
@@ -59,10 +59,10 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
 
     sign_in(page, server, server.token("viewer", "read"))
-    apps = page.locator("[data-testid=app]")
+    apps = page.locator("tr.app")
     expect(apps).to_have_count(1)
-    expect(page.locator("[data-testid=app] [data-testid=tile]")).to_have_count(2)
-    assert page.locator("[data-testid=app] [data-testid=tile]").evaluate_all(
+    expect(page.locator("tr.app td.tile")).to_have_count(2)
+    assert page.locator("tr.app td.tile").evaluate_all(
         "tiles => tiles.map(t => t.dataset.env)") == ["staging", "production"]  # the config's order
     expect(tile(page, "staging")).to_contain_text("#2")
     expect(tile(page, "staging")).to_contain_text(v2[:7])
@@ -70,7 +70,7 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     expect(tile(page, "production")).to_contain_text("#1")
     expect(tile(page, "production")).to_contain_text(v1[:7])
     expect(tile(page, "production")).to_contain_text("promote")
-    waiting = page.locator("[data-testid=app] [data-testid=waiting]")
+    waiting = page.locator("tr.app td.waiting")
     expect(waiting).to_contain_text("1 commit waiting")
     expect(waiting).to_contain_text("1 author")
     shot(page, "overview")
@@ -97,7 +97,7 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     expect(running).to_have_count(0)
     expect(tile(page, "staging")).to_contain_text("#3")
     expect(tile(page, "staging")).to_contain_text(sha[:7])
-    expect(page.locator("[data-testid=waiting]")).to_contain_text("2 commits waiting")
+    expect(waiting).to_contain_text("2 commits waiting")
     assert page.evaluate("window.notReloaded") is True  # it all arrived without a reload
     expect(log_page.locator("[data-testid=op-state]")).to_contain_text("succeeded")
     expect(log_page.locator("[data-testid=log]")).to_contain_text("switch")
@@ -220,7 +220,7 @@ def test_anonymous_read_is_a_server_option_and_shows_no_actions(app: App, browse
         server.add_app()
         page = browser_page
         page.goto(server.url + "/")
-        expect(page.locator("[data-testid=app][data-app=hello]")).to_have_count(1)
+        expect(page.locator("tr.app[data-app=hello]")).to_have_count(1)
         page.goto(server.url + "/apps/hello")
         expect(page.locator("[data-testid=actions]")).to_have_count(0)
         refused = page.request.post(f"{server.url}/apps/hello/actions/lock",

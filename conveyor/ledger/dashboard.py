@@ -54,8 +54,8 @@ class EnvHeads:
     latest: TileRelease | None
 
 
-def env_heads(ledger: Ledger) -> dict[tuple[str, str], EnvHeads]:
-    """Every app+env's live release and latest attempt: two queries in all."""
+def heads_query() -> Any:
+    """Per app+env: the ids of its live release and of its latest attempt (one index seek each)."""
     inner = releases.alias("r")
 
     def newest(*conditions: Any) -> Any:
@@ -63,14 +63,18 @@ def env_heads(ledger: Ledger) -> dict[tuple[str, str], EnvHeads]:
                 .where(inner.c.app == release_counters.c.app, inner.c.env == release_counters.c.env, *conditions)
                 .order_by(inner.c.number.desc()).limit(1).scalar_subquery())
 
-    pairs = select(release_counters.c.app, release_counters.c.env, newest(inner.c.status == "succeeded")
-                   .label("live_id"), newest().label("latest_id"))
+    return select(release_counters.c.app, release_counters.c.env, newest(inner.c.status == "succeeded")
+                  .label("live_id"), newest().label("latest_id"))
+
+
+def env_heads(ledger: Ledger) -> dict[tuple[str, str], EnvHeads]:
+    """Every app+env's live release and latest attempt: two queries in all."""
     with ledger._read() as conn:
-        found = conn.execute(pairs).all()
+        found = conn.execute(heads_query()).all()
         wanted = {i for row in found for i in (row.live_id, row.latest_id) if i is not None}
         rows = conn.execute(select(*(releases.c[name] for name in TILE_COLUMNS))
                             .where(releases.c.id.in_(wanted))).all() if wanted else []
-    by_id = {row.id: TileRelease(**{name: getattr(row, name) for name in TILE_COLUMNS}) for row in rows}
+    by_id = {row[0]: TileRelease(*row) for row in rows}  # by position: TILE_COLUMNS is the field order
     return {(row.app, row.env): EnvHeads(by_id.get(row.live_id), by_id.get(row.latest_id)) for row in found}
 
 

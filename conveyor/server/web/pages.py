@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,9 +53,11 @@ def templates() -> Environment:
     return env
 
 
-def ago(moment: datetime | None) -> str:
-    if moment is None:
+def ago(moment: datetime | str | None) -> str:
+    if not moment:
         return ""
+    if isinstance(moment, str):  # the views' ISO times
+        moment = datetime.fromisoformat(moment)
     delta = (datetime.now(UTC) - moment).total_seconds()
     for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
         if delta >= size:
@@ -106,9 +111,17 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
                                                else "", anonymous_read=anonymous_read, **values)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
-    def fragment(name: str, person: Person, **values: Any) -> str:
-        return jinja.get_template(name).render(person=person, csrf=sessions.csrf_token(person)
-                                               if person.signed_in else "", **values)
+    def compressed(request: Request, response: HTMLResponse) -> HTMLResponse:
+        """Big pages (the overview of hundreds of apps) go gzipped to a browser that takes it."""
+        if len(response.body) > 16_384 and "gzip" in request.headers.get("accept-encoding", ""):
+            response.body = gzip.compress(response.body, compresslevel=5)
+            response.headers["Content-Encoding"] = "gzip"
+            response.headers["Content-Length"] = str(len(response.body))
+            response.headers["Vary"] = "Accept-Encoding"
+        return response
+
+    live_cache = LiveCache(lambda: jinja.get_template("_overview_live.html").render(
+        view=build_overview(server.ledger, facts)), server)
 
     # ------------------------------------------------------------------------------------ sign-in
 
@@ -150,20 +163,16 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
     @api.get("/", include_in_schema=False, response_class=HTMLResponse)
     def overview(request: Request, part: str = "") -> Response:
         person = reader(request)
-        view = build_overview(server.ledger, facts)
+        live_part = live_cache.html()
         if part == "live":
-            return HTMLResponse(fragment("_overview_live.html", person, view=view))
-        return page("overview.html", person, view=view)
+            return compressed(request, HTMLResponse(live_part, headers={"Cache-Control": "no-store"}))
+        return compressed(request, page("overview.html", person, live_part=live_part))
 
     @api.get("/live", include_in_schema=False)
     async def live(request: Request) -> EventSourceResponse:
         """The overview's stream: `overview` (data: the live part of the page, rendered) on every change."""
-        person = await anyio.to_thread.run_sync(reader, request)
-
-        def render() -> str:
-            return fragment("_overview_live.html", person, view=build_overview(server.ledger, facts))
-
-        return EventSourceResponse(_changes(server, render, "overview"), ping=10)
+        await anyio.to_thread.run_sync(reader, request)
+        return EventSourceResponse(_changes(server, live_cache, "overview"), ping=10)
 
     # ------------------------------------------------------------------------------------ app page
 
@@ -291,12 +300,36 @@ def _local(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
 
 
-async def _changes(server: Server, render: Callable[[], str], event: str) -> AsyncIterator[ServerSentEvent]:
-    """`render()` sent once, then again each time the ledger's change marker moves. Woken at once by this
-    replica's workers (and other replicas' NOTIFY on PostgreSQL); a look every LIVE_LOOK seconds covers
-    writers the server does not hear of (a CLI on the same SQLite ledger)."""
-    from conveyor.ledger.dashboard import change_marker
+class LiveCache:
+    """The overview's live part, rendered once per state of the ledger and shared by every viewer and every
+    stream: it names nobody (no person, no CSRF token), so one rendering serves all. The key is the
+    ledger's change marker (a few index-only reads) and the minute, so "5 min ago" and blocks that expire
+    are at most a minute old."""
 
+    def __init__(self, render: Callable[[], str], server: Server) -> None:
+        self._render = render
+        self._server = server
+        self._key: Any = None
+        self._html = ""
+        self._lock = threading.Lock()
+
+    def key(self) -> Any:
+        from conveyor.ledger.dashboard import change_marker
+
+        return change_marker(self._server.ledger), int(time.time() // 60)
+
+    def html(self, key: Any = None) -> str:
+        key = key if key is not None else self.key()
+        with self._lock:  # one rendering at a time: viewers woken by the same change share it
+            if key != self._key:
+                self._html, self._key = self._render(), key
+            return self._html
+
+
+async def _changes(server: Server, live: LiveCache, event: str) -> AsyncIterator[ServerSentEvent]:
+    """The live part sent once, then again each time the ledger's change marker moves. Woken at once by
+    this replica's workers (and other replicas' NOTIFY on PostgreSQL); a look every LIVE_LOOK seconds covers
+    writers the server does not hear of (a CLI on the same SQLite ledger)."""
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
     unsubscribe = server.events_woken.subscribe(lambda: loop.call_soon_threadsafe(woken.set))
@@ -304,10 +337,10 @@ async def _changes(server: Server, render: Callable[[], str], event: str) -> Asy
     try:
         while True:
             woken.clear()
-            marker = await anyio.to_thread.run_sync(change_marker, server.ledger)
+            marker = await anyio.to_thread.run_sync(live.key)
             if marker != seen:
                 seen = marker
-                html = await anyio.to_thread.run_sync(render)
+                html = await anyio.to_thread.run_sync(live.html, marker)
                 yield ServerSentEvent(data=json.dumps({"html": html, "at": datetime.now(UTC).timestamp()}),
                                       event=event)
             with contextlib.suppress(TimeoutError):
