@@ -166,11 +166,7 @@ class CommitFacts:
 def stage_order(ledger: Ledger, heads: dict[tuple[str, str], Any]) -> dict[str, list[str]]:
     """Every registered app's stages in config order; environments with releases the order does not name
     (not loaded yet by a server workspace, or retired from the config) follow, by name."""
-    try:
-        from conveyor.pipeline.apps import stages_by_app
-    except ImportError:  # TEMP until main's stages_by_app is merged
-        def stages_by_app(ledger: Ledger) -> dict[str, list[str]]:
-            return {a.name: [] for a in ledger.server.list_apps()}
+    from conveyor.pipeline.apps import stages_by_app
 
     order = {app: list(stages) for app, stages in stages_by_app(ledger).items()}
     for app, env in sorted(heads):
