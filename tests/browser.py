@@ -24,7 +24,7 @@ LAPTOP = {"width": 1366, "height": 860}
 PHONE = {"width": 390, "height": 844}
 # How long an expectation waits for the page: long enough for a real deploy on a busy machine (what the
 # test waits for is the DOM state, which arrives when the operation gets there).
-expect.set_options(timeout=180_000)
+expect.set_options(timeout=60_000)
 
 
 # Named apart from the fixtures they provide, so a test module imports them without shadowing its arguments.

@@ -72,7 +72,7 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     expect(tile(page, "production")).to_contain_text("promote")
     waiting = page.locator("tr.app td.waiting")
     expect(waiting).to_contain_text("1 commit waiting")
-    expect(waiting).to_contain_text("1 author")
+    expect(waiting).to_contain_text("Sample Dev")  # who wrote what waits
     shot(page, "overview")
 
     page.evaluate("window.notReloaded = true")
