@@ -306,3 +306,28 @@ def test_a_freeze_shows_its_banner_and_blocks_the_buttons(dash: ServerProcess, b
     server.cli_ok("unlock", "--org")
     expect(page.locator("[data-testid=freeze-banner]")).to_have_count(0)
     expect(tile(page, "staging")).to_contain_text("live")
+
+
+# ------------------------------------------------------------------------ announcements link here
+
+
+def test_announcements_link_to_the_release_page_of_a_server_with_a_public_url(app: App, tmp_path: Any) -> None:
+    from tests.fakes.webhook_receiver import WebhookReceiver
+    from tests.notify_setup import HOOK_SECRET
+
+    hooks = WebhookReceiver(HOOK_SECRET)
+    org = tmp_path / "org-notify.yml"
+    org.write_text(f'notify:\n  destinations:\n    - webhook: {{url: "{hooks.url}", secret_env: HOOK_SECRET}}\n')
+    bad = app.run("server", "--public-url", "deploys.example.com", "--bind", "127.0.0.1:0")
+    assert bad.code == 2 and "--public-url 'deploys.example.com'" in bad.err and "Traceback" not in bad.err
+    server = ServerProcess.start(app, CONVEYOR_SERVER_URL="https://deploys.example.com/", CONVEYOR_NOTIFY=str(org),
+                                 HOOK_SECRET=HOOK_SECRET)
+    try:
+        server.add_app()
+        server.cli_ok("deploy", "staging", "v1")
+        succeeded = [p for p in hooks.payloads() if p["event"] == "succeeded"]
+        assert [p["release"]["links"]["release_page"] for p in succeeded] == \
+            ["https://deploys.example.com/apps/hello/releases/staging/1"]
+    finally:
+        server.stop()
+        hooks.close()

@@ -82,13 +82,14 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
     from conveyor.ledger.server_store import EVENTS_CHANNEL, listen
 
     defaults = notify_defaults(notify)
+    public_url = check_public_url(public_url)
     host, port = parse_bind(bind)
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise BadInput(f"cannot listen on {bind}: {exc.strerror or exc}") from None
     ledger = open_ledger()
-    server = Server(ledger, home, notify_defaults=defaults, public_url=check_public_url(public_url))
+    server = Server(ledger, home, notify_defaults=defaults, public_url=public_url)
     pool = WorkerPool(server, workers=workers, ttl=ttl)
     stop_listening = threading.Event()
     if ledger._postgres:
