@@ -102,7 +102,8 @@ def last_progress(ledger: Ledger, operation_ids: list[int]) -> dict[int, tuple[i
 def change_marker(ledger: Ledger) -> tuple[Any, ...]:
     """A value that changes whenever anything the overview shows changes: a new ledger or operation event,
     an operation submitted or finished, a block added or lifted. Index-only reads, cheap enough to take
-    a few times a second."""
+    several times a second. Its second item is the newest operation event: only the activity panel (the
+    operations' latest steps) shows that; the rest changes the apps' grid too."""
     unfinished = operations.c.state.in_(("queued", "running"))
     query = select(
         select(func.max(events.c.id)).scalar_subquery(),

@@ -175,6 +175,19 @@ def stage_order(ledger: Ledger, heads: dict[tuple[str, str], Any]) -> dict[str, 
     return order
 
 
+@dataclass
+class Activity:
+    """The part of the overview that moves with every step of a deploy: what runs and waits, and whether
+    the organisation is frozen. Small and cheap, so it is sent on each event."""
+
+    org_blocks: list[Block]
+    operations: list[dict[str, Any]]
+
+
+def build_activity(ledger: Ledger) -> Activity:
+    return Activity([b for b in blocks_in_force(ledger) if b.scope == "org"], unfinished_operations(ledger))
+
+
 def build_overview(ledger: Ledger, facts: CommitFacts) -> Overview:
     started = time.perf_counter()
     heads = env_heads(ledger)

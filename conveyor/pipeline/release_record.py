@@ -11,13 +11,17 @@ from __future__ import annotations
 import difflib
 import json
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from conveyor.errors import BadInput
 
 if TYPE_CHECKING:
     from conveyor.ledger.models import Event, Release
+    from conveyor.pipeline.redact import Redactor
     from conveyor.pipeline.workspace import Workspace
+    from conveyor.vcs.git import Repo
 
 COMMITS_SHOWN = 200
 
@@ -54,9 +58,7 @@ def release_record(ws: Workspace, app: str, env: str, number: int) -> ReleaseRec
     older, newer, direction = (previous.sha if previous else None), release.sha, "adds"
     if previous is not None and release.kind == "rollback":
         older, newer, direction = release.sha, previous.sha, "removes"
-    same = older == newer
-    commits = [] if same else ws.repo.commit_authors(older, newer, COMMITS_SHOWN)
-    count = 0 if same else ws.repo.commit_count(older, newer)
+    commits, count = ([], 0) if older == newer else _commits_between(ws.repo, older, newer)
     timeline = ws.ledger.events(release_id=release.id)
     return ReleaseRecord(
         release, previous, source, commits, count, direction, _config_diff(ws, release, previous),
@@ -69,12 +71,40 @@ def _config_diff(ws: Workspace, release: Release, previous: Release | None) -> l
     def lines(spec: dict[str, Any] | None) -> list[str]:
         return json.dumps(spec, indent=2, sort_keys=True).splitlines() if spec is not None else []
 
-    ws.ship(release.sha)  # its commit's config names the secrets to redact
-    redact = ws.redactor.text
+    redact = _redactor(ws, release.app, release.sha).text
     before = f"{release.env}#{previous.number}" if previous else "(nothing before)"
     diff = difflib.unified_diff(lines(previous.spec if previous else None), lines(release.spec), before,
                                 f"{release.env}#{release.number}", lineterm="", n=2)
     return [redact(line) for line in diff]
+
+
+# Commits never change, so what git says about a pair of them, and which secrets a commit's config names,
+# can be kept: a release page asks git and parses a config only the first time it shows a release.
+@lru_cache(maxsize=4096)
+def _cached_commits(repo_path: str, older: str | None, newer: str) -> tuple[list[list[str]], int]:
+    from conveyor.vcs.git import Repo
+
+    repo = Repo(Path(repo_path))
+    return repo.commit_authors(older, newer, COMMITS_SHOWN), repo.commit_count(older, newer)
+
+
+def _commits_between(repo: Repo, older: str | None, newer: str) -> tuple[list[list[str]], int]:
+    rows, count = _cached_commits(str(repo.path), older, newer)
+    return [list(row) for row in rows], count
+
+
+_REDACTORS: dict[tuple[str, str], Redactor] = {}
+
+
+def _redactor(ws: Workspace, app: str, sha: str) -> Redactor:
+    """The redactor of the config committed in `sha` (the secrets it names, with this process's values)."""
+    key = (app, sha)
+    if key not in _REDACTORS:
+        if len(_REDACTORS) > 4096:
+            _REDACTORS.clear()
+        ws.ship(sha)
+        _REDACTORS[key] = ws.redactor
+    return _REDACTORS[key]
 
 
 def step_timings(timeline: list[Event]) -> list[StepTiming]:

@@ -29,7 +29,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from conveyor.errors import ConveyorError
 from conveyor.pipeline.identity import Identity
-from conveyor.pipeline.overview import CommitFacts, build_overview, unfinished_operations
+from conveyor.pipeline.overview import CommitFacts, build_activity, build_overview, unfinished_operations
 from conveyor.pipeline.worker import Server
 from conveyor.server.web import actions
 from conveyor.server.web.session import COOKIE, MAX_AGE, Person, Sessions, signing_key
@@ -37,7 +37,7 @@ from conveyor.server.web.session import COOKIE, MAX_AGE, Person, Sessions, signi
 HERE = Path(__file__).parent
 SIGNIN_COOKIE = "conveyor_signin"
 HISTORY_PAGE = 25
-LIVE_LOOK = 0.2  # seconds between looks at the ledger's change marker while nothing woke the stream
+LIVE_LOOK = 0.1  # seconds between looks at the ledger's change marker while nothing woke the stream
 
 
 class NotAllowed(Exception):
@@ -120,8 +120,9 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
             response.headers["Vary"] = "Accept-Encoding"
         return response
 
-    live_cache = LiveCache(lambda: jinja.get_template("_overview_live.html").render(
-        view=build_overview(server.ledger, facts)), server)
+    live_cache = LiveCache(server, activity=lambda: jinja.get_template("_overview_ops.html").render(
+        activity=build_activity(server.ledger)), apps=lambda: jinja.get_template("_overview_apps.html").render(
+        view=build_overview(server.ledger, facts)))
 
     # ------------------------------------------------------------------------------------ sign-in
 
@@ -161,18 +162,18 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
     # ----------------------------------------------------------------------------------- overview
 
     @api.get("/", include_in_schema=False, response_class=HTMLResponse)
-    def overview(request: Request, part: str = "") -> Response:
+    def overview(request: Request) -> Response:
         person = reader(request)
-        live_part = live_cache.html()
-        if part == "live":
-            return compressed(request, HTMLResponse(live_part, headers={"Cache-Control": "no-store"}))
-        return compressed(request, page("overview.html", person, live_part=live_part))
+        key = live_cache.key()
+        return compressed(request, page("overview.html", person, activity_html=live_cache.html("activity", key),
+                                        apps_html=live_cache.html("apps", key)))
 
     @api.get("/live", include_in_schema=False)
     async def live(request: Request) -> EventSourceResponse:
-        """The overview's stream: `overview` (data: the live part of the page, rendered) on every change."""
+        """The overview's stream: `activity` (data: {html, at}: the operations and any freeze) on every change,
+        `apps` (the grid) on every change it shows."""
         await anyio.to_thread.run_sync(reader, request)
-        return EventSourceResponse(_changes(server, live_cache, "overview"), ping=10)
+        return EventSourceResponse(_changes(server, live_cache), ping=10)
 
     # ------------------------------------------------------------------------------------ app page
 
@@ -301,16 +302,16 @@ def _local(target: str) -> str:
 
 
 class LiveCache:
-    """The overview's live part, rendered once per state of the ledger and shared by every viewer and every
-    stream: it names nobody (no person, no CSRF token), so one rendering serves all. The key is the
-    ledger's change marker (a few index-only reads) and the minute, so "5 min ago" and blocks that expire
-    are at most a minute old."""
+    """The overview's two live parts, each rendered once per state of the ledger and shared by every viewer
+    and every stream: they name nobody (no person, no CSRF token), so one rendering serves all. The key is
+    the ledger's change marker (a few index-only reads) and the minute, so "5 min ago" and blocks that
+    expire are at most a minute old; an operation's new event re-renders only the small activity part."""
 
-    def __init__(self, render: Callable[[], str], server: Server) -> None:
-        self._render = render
+    def __init__(self, server: Server, **renderers: Callable[[], str]) -> None:
         self._server = server
-        self._key: Any = None
-        self._html = ""
+        self._renderers = renderers
+        self._keys: dict[str, Any] = {}
+        self._html: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def key(self) -> Any:
@@ -318,31 +319,36 @@ class LiveCache:
 
         return change_marker(self._server.ledger), int(time.time() // 60)
 
-    def html(self, key: Any = None) -> str:
-        key = key if key is not None else self.key()
+    @staticmethod
+    def part_key(part: str, key: Any) -> Any:
+        marker, minute = key
+        return key if part == "activity" else (marker[:1] + marker[2:], minute)
+
+    def html(self, part: str, key: Any) -> str:
+        wanted = self.part_key(part, key)
         with self._lock:  # one rendering at a time: viewers woken by the same change share it
-            if key != self._key:
-                self._html, self._key = self._render(), key
-            return self._html
+            if self._keys.get(part) != wanted:
+                self._html[part], self._keys[part] = self._renderers[part](), wanted
+            return self._html[part]
 
 
-async def _changes(server: Server, live: LiveCache, event: str) -> AsyncIterator[ServerSentEvent]:
-    """The live part sent once, then again each time the ledger's change marker moves. Woken at once by
-    this replica's workers (and other replicas' NOTIFY on PostgreSQL); a look every LIVE_LOOK seconds covers
+async def _changes(server: Server, live: LiveCache) -> AsyncIterator[ServerSentEvent]:
+    """Each live part sent once, then again each time what it shows changes. Woken at once by this
+    replica's workers (and other replicas' NOTIFY on PostgreSQL); a look every LIVE_LOOK seconds covers
     writers the server does not hear of (a CLI on the same SQLite ledger)."""
     loop = asyncio.get_running_loop()
     woken = asyncio.Event()
     unsubscribe = server.events_woken.subscribe(lambda: loop.call_soon_threadsafe(woken.set))
-    seen: Any = None
+    sent: dict[str, Any] = {}
     try:
         while True:
             woken.clear()
-            marker = await anyio.to_thread.run_sync(live.key)
-            if marker != seen:
-                seen = marker
-                html = await anyio.to_thread.run_sync(live.html, marker)
-                yield ServerSentEvent(data=json.dumps({"html": html, "at": datetime.now(UTC).timestamp()}),
-                                      event=event)
+            key = await anyio.to_thread.run_sync(live.key)
+            for part in ("activity", "apps"):
+                if sent.get(part) != live.part_key(part, key):
+                    sent[part] = live.part_key(part, key)
+                    html = await anyio.to_thread.run_sync(live.html, part, key)
+                    yield ServerSentEvent(data=json.dumps({"html": html, "at": time.time()}), event=part)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(woken.wait(), timeout=LIVE_LOOK)
     finally:

@@ -1,16 +1,19 @@
-// Live updates for pages that work without it: the overview swaps in what /live sends; an operation page
+// Live updates for pages that work without it: the overview swaps in the parts /live sends; an operation page
 // appends the events its stream sends (resuming with Last-Event-ID); forms that change something already
 // go through a confirmation page, so no dialog is needed here.
 "use strict";
 
-function followOverview(region) {
-  const source = new EventSource(region.dataset.live);
-  source.addEventListener("overview", (message) => {
-    const update = JSON.parse(message.data);
-    region.innerHTML = update.html;
-    region.dataset.updatedAt = String(update.at);
-    document.dispatchEvent(new CustomEvent("conveyor:updated", { detail: update }));
-  });
+function followOverview(first) {
+  // One stream, two parts: `activity` (operations, a freeze) on every event, `apps` (the grid) on changes.
+  const source = new EventSource(first.dataset.live);
+  for (const part of ["activity", "apps"]) {
+    source.addEventListener(part, (message) => {
+      const region = document.querySelector(`[data-part="${part}"]`);
+      const update = JSON.parse(message.data);
+      region.innerHTML = update.html;
+      region.dataset.updatedAt = String(update.at);
+    });
+  }
 }
 
 function followOperation(log) {
