@@ -15,7 +15,8 @@ Printed (no assertions):
   running operation in the ledger (from this process, as another replica would) and a MutationObserver in
   the page stamps the moment its text appears. Both clocks are this machine's wall clock (time.time() and
   Date.now()), so the difference is the latency. Median, and p95. Target median <= 250 ms.
-- the overview's query plans on SQLite (EXPLAIN QUERY PLAN) and, with --postgres, PostgreSQL (EXPLAIN).
+- the overview's query plan on SQLite (EXPLAIN QUERY PLAN) and, with --postgres, on PostgreSQL (EXPLAIN
+  ANALYZE over the same number of releases, filled by one INSERT ... SELECT).
 
     .venv/bin/python bench/dashboard.py [--apps 500] [--releases 1000000] [--runs 40] [--events 20]
                                         [--postgres]
@@ -254,13 +255,52 @@ def sqlite_plans(db: Path) -> None:
     conn.close()
 
 
+PG_FILL = """
+INSERT INTO releases (app, env, number, kind, status, sha, digest, image, spec, config_digest, config_source,
+                      actor, origin, reason, forced, step, error, created_at)
+SELECT 'app-' || lpad((k %% %(apps)s)::text, 4, '0'), (ARRAY['dev','staging','production'])[(k / %(apps)s) %% 3 + 1],
+       k / (%(apps)s * 3) + 1, 'deploy', CASE WHEN k %% 23 = 0 THEN 'failed' ELSE 'succeeded' END,
+       md5(k::text), 'sha256:x', 'img', '{}', '', '', 'ci', 'ci', '', false, 'done', '', now()
+FROM generate_series(0, %(releases)s - 1) AS k
+"""
+
+
+def postgres_plans(apps: int, releases: int) -> None:
+    """The same query's plan on PostgreSQL, over `releases` rows filled by one INSERT ... SELECT."""
+    import psycopg
+    from sqlalchemy.dialects import postgresql
+
+    from conveyor.ledger import open_ledger
+    from conveyor.ledger.dashboard import heads_query
+    from devstack import Postgres
+
+    pg = Postgres(Path(tempfile.mkdtemp(prefix="conveyor-dash-pg-"))).start()
+    try:
+        url = pg.url.replace("postgresql://", "postgresql+psycopg://")
+        open_ledger(url).close()
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(PG_FILL, {"apps": apps, "releases": releases})
+            conn.execute("INSERT INTO release_counters SELECT app, env, max(number) FROM releases GROUP BY 1, 2")
+            conn.execute("ANALYZE")
+            sql = str(heads_query().compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+            print(f"EXPLAIN ANALYZE (PostgreSQL, {releases:,} releases), the same query:")
+            for (line,) in conn.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + sql):
+                print("    ", line)
+    finally:
+        pg.stop()
+        shutil.rmtree(pg.root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--apps", type=int, default=500)
     parser.add_argument("--releases", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=40)
     parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--postgres", action="store_true", help="also print the query's plan on PostgreSQL")
     args = parser.parse_args()
+    if args.postgres:
+        postgres_plans(args.apps, args.releases)
 
     root = Path(tempfile.mkdtemp(prefix="conveyor-dash-bench-"))
     server = None

@@ -148,6 +148,14 @@ def test_promote_and_rollback_from_the_app_page_run_as_the_signed_in_token(dash:
         (3, "rollback", "alice", "v2 misbehaves")
     assert server.app.serves("production") == "v1"
 
+    # A failed operation offers to run the same again, through the same confirmation.
+    assert server.cli("deploy", "staging", "no-such-ref").code == 2
+    failed = server.api("GET", "/api/operations?limit=1")[1]["operations"][0]
+    page.goto(f"{server.url}/operations/{failed['id']}")
+    expect(page.locator("[data-testid=op-state]")).to_contain_text("failed")
+    page.click("[data-testid=retry]")
+    expect(page.locator("[data-testid=refused]")).to_contain_text("unknown ref 'no-such-ref'")
+
     # History pages on: 25 a page, and these five all fit on the first.
     page.goto(f"{server.url}/apps/hello")
     expect(page.locator("[data-testid=history-row]")).to_have_count(5)
@@ -227,6 +235,17 @@ def test_anonymous_read_is_a_server_option_and_shows_no_actions(app: App, browse
                                     form={"env": "staging", "reason": "x", "confirm": "yes"})
         assert refused.status == 403
         shot(page, "app-anonymous")
+
+        # 7. Without JavaScript the pages still read: everything is rendered on the server.
+        no_js = page.context.browser.new_context(java_script_enabled=False, viewport=PHONE)
+        try:
+            bare = no_js.new_page()
+            bare.goto(server.url + "/")
+            expect(bare.locator("tr.app[data-app=hello] td.tile")).to_have_count(2)
+            expect(bare.locator("[data-testid=operations]")).to_contain_text("Nothing is running")
+            shot(bare, "overview-no-js-phone", test=page.test_name)
+        finally:
+            no_js.close()
     finally:
         server.stop()
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 def app_page_data(ws: Workspace, app: str, *, env: str | None, before: int | None, source: str | None,
                   target: str | None, limit: int, queue: list[dict[str, Any]]) -> dict[str, Any]:
     from conveyor.pipeline.diff import diff
-    from conveyor.pipeline.views import app_blocks, history_page, status
+    from conveyor.pipeline.views import app_blocks, history_page, outbox_view, status
 
     stages = [e.name for e in ws.config.environments]
     rows, next_before = history_page(ws, env, limit, before_id=before)
@@ -35,6 +35,7 @@ def app_page_data(ws: Workspace, app: str, *, env: str | None, before: int | Non
         "queue": {name: [op for op in queue if op["env"] == name] for name in stages},
         "builds": [op for op in queue if op["env"] is None],
         "blocks": app_blocks(ws),
+        "undelivered": outbox_view(ws),
         "rollback_choices": {row["env"]: _succeeded(ws, app, row["env"]) for row in environments},
     }
 

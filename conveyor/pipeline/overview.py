@@ -91,6 +91,10 @@ class AppRow:
     def staleness(self) -> float:
         return max((w.staleness for w in self.waiting), default=0.0)
 
+    def waiting_after(self, env: str) -> Waiting | None:
+        """The commits waiting between `env` and the stage after it, if any."""
+        return next((w for w in self.waiting if w.source == env), None)
+
 
 @dataclass
 class Overview:

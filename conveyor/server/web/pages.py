@@ -250,7 +250,7 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
             raise NotAllowed(404, f"no operation #{operation_id}")
         shown = server.store.events_after(operation_id, 0, limit=5000)
         return page("operation.html", person, op=operation_view(found), events=shown,
-                    last_id=shown[-1].id if shown else 0)
+                    last_id=shown[-1].id if shown else 0, may_retry=person.may(f"operate:{found.app}"))
 
     @api.get("/operations/{operation_id}/live", include_in_schema=False)
     async def operation_live(request: Request, operation_id: int, after: int = 0) -> EventSourceResponse:
