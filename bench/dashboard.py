@@ -324,6 +324,8 @@ def main() -> None:
         token = create_token(env, "bench-viewer", "read")
         server = ServerProcess.start(env, root / "server.log", workers=1)
         http = signed_in_client(server.url, token)
+        floor, _, _ = timed_gets(http, "/api/health", args.runs)
+        print(f"floor: GET /api/health (no ledger, no template) on this machine now:\n    {ms(floor)}")
         cold, _, _ = timed_gets(http, "/", 1)
         print(f"overview, first request (git asked once per new SHA and stage pair): {cold[0] * 1000:.0f} ms")
         times, size, sent = timed_gets(http, "/", args.runs, ledger_changer(url))
