@@ -140,8 +140,11 @@ def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
 
 def _handlers() -> dict[str, Handler]:
     from conveyor.pipeline.announce import SlackAnnouncements, WebhookAnnouncements
+    from conveyor.pipeline.deployments import KIND as GITHUB_DEPLOYMENT
+    from conveyor.pipeline.deployments import GitHubDeployments
 
-    return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements()}
+    return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements(),
+            GITHUB_DEPLOYMENT: GitHubDeployments()}
 
 
 HANDLERS: dict[str, Handler] = _handlers()
