@@ -773,8 +773,15 @@ def apps_remove(obj: Context, name: str) -> None:
 @click.option("--notify", "notify", type=click.Path(path_type=Path), default=None, envvar="CONVEYOR_NOTIFY",
               metavar="FILE", help="Org-wide announcement destinations: a YAML file with `notify:` as in "
               "conveyor.yml; every app announces there too. Env: CONVEYOR_NOTIFY.")
+@click.option("--anonymous-read", is_flag=True, envvar="CONVEYOR_SERVER_ANONYMOUS_READ",
+              help="Let anyone read the dashboard without signing in (actions still need a token). "
+              "Env: CONVEYOR_SERVER_ANONYMOUS_READ=1.")
+@click.option("--public-url", default=None, envvar="CONVEYOR_SERVER_URL", metavar="URL",
+              help="Where people reach this server: announcements link to its release pages when an app names "
+              "no notify.release_page. Env: CONVEYOR_SERVER_URL.")
 @click.pass_context
-def server_cmd(ctx: click.Context, bind: str, workers: int, notify: Path | None) -> None:
+def server_cmd(ctx: click.Context, bind: str, workers: int, notify: Path | None, anonymous_read: bool,
+               public_url: str | None) -> None:
     """Serve the API and run the deploy queue's workers on this machine's ledger (CONVEYOR_DATABASE_URL for
     PostgreSQL, where several servers are replicas sharing one queue). SIGTERM drains: nothing new starts,
     what runs finishes, then it exits."""
@@ -785,7 +792,8 @@ def server_cmd(ctx: click.Context, bind: str, workers: int, notify: Path | None)
         from conveyor.server.run import serve
         from conveyor.settings import conveyor_home, lease_ttl
 
-        serve(bind=bind, workers=workers, ttl=lease_ttl(), home=conveyor_home(), say=_say, notify=notify)
+        serve(bind=bind, workers=workers, ttl=lease_ttl(), home=conveyor_home(), say=_say, notify=notify,
+              anonymous_read=anonymous_read, public_url=public_url or None)
 
     run(go)
 

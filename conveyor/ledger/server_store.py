@@ -162,6 +162,12 @@ class ServerStore:
             row = conn.execute(select(tokens).where(tokens.c.token_hash == token_hash)).first()
         return _token(row) if row else None
 
+    def token_named(self, name: str) -> tuple[Token, str] | None:
+        """A token and its stored hash, by name (a dashboard session names its token)."""
+        with self._ledger._read() as conn:
+            row = conn.execute(select(tokens).where(tokens.c.name == name)).first()
+        return (_token(row), row.token_hash) if row else None
+
     def touch_token(self, name: str) -> None:
         with self._ledger._write() as conn:
             conn.execute(update(tokens).where(tokens.c.name == name).values(last_used_at=_now()))

@@ -109,11 +109,16 @@ def _commits(ws: Workspace, previous: Release | None, release: Release, *, with_
     }
 
 
+def release_page_template(public_url: str | None) -> str | None:
+    """The dashboard's release page on a server started with --public-url, for apps that name no page."""
+    return f"{public_url.rstrip('/')}/apps/{{app}}/releases/{{env}}/{{number}}" if public_url else None
+
+
 def _links(ws: Workspace, release: Release, previous: Release | None) -> dict[str, str | None]:
     from conveyor.pipeline.diff import compare_url
     from conveyor.vcs.git import History
 
-    template = ws.config.notify.release_page
+    template = ws.config.notify.release_page or release_page_template(ws.public_url)
     page = template.format(app=release.app, env=release.env, number=release.number) if template else None
     compare = None
     if previous is not None and previous.sha != release.sha:

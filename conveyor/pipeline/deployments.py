@@ -39,7 +39,9 @@ def _payload(ws: Workspace, release: Release, action: str, state: str) -> dict[s
     if settings is None or not settings.deployments.enabled:
         return None
     stages = [env.name for env in ws.config.environments]
-    template = ws.config.notify.release_page
+    from conveyor.pipeline.announce import release_page_template
+
+    template = ws.config.notify.release_page or release_page_template(ws.public_url)  # the dashboard's page
     return {
         "action": action, "state": state, "forge": settings.model_dump(mode="json"),
         "release_id": release.id, "app": release.app, "env": release.env, "number": release.number,

@@ -82,8 +82,9 @@ class Server:
     targets' state), its replica name, and the wake-ups of its workers and event streams."""
 
     def __init__(self, ledger: Ledger, home: Path, *, replica: str | None = None,
-                 notify_defaults: list[Any] | None = None) -> None:
+                 notify_defaults: list[Any] | None = None, public_url: str | None = None) -> None:
         self.ledger = ledger
+        self.public_url = public_url
         self.notify_defaults = list(notify_defaults or [])  # org-wide announcement destinations
         self.home = home
         self.replica = replica or replica_name()
@@ -110,9 +111,11 @@ class Server:
         if app is None:
             raise BadInput(f"no app named '{app_name}' is registered (conveyor apps add {app_name} --repo URL)")
         repo = mirror(self.home, app, fetch=fetch)
-        return Workspace(repo.path, repo=repo, identity=identity, ledger=self.ledger,
-                         sink=sink or (lambda event: None), notify_defaults=self.notify_defaults,
-                         on_config=lambda config: remember_stages(self.ledger, app, config))
+        ws = Workspace(repo.path, repo=repo, identity=identity, ledger=self.ledger,
+                       sink=sink or (lambda event: None), notify_defaults=self.notify_defaults,
+                       on_config=lambda config: remember_stages(self.ledger, app, config))
+        ws.public_url = self.public_url
+        return ws
 
     def submitted(self) -> None:
         self.queue_woken.bump()

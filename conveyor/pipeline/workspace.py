@@ -35,6 +35,8 @@ class Workspace:
     """`checkout` is where the app's repo was found (the CLI passes the directory it was started in; nothing
     below the CLI looks at the current directory). `config_override` is an explicit `--config PATH`."""
 
+    public_url: str | None = None  # a server's --public-url: announcements link to its release pages
+
     def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print,
                  sink: EventSink | None = None, repo: Repo | None = None, identity: Identity | None = None,
                  ledger: Ledger | None = None, notify_defaults: list[Destination] | None = None,

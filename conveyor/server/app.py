@@ -52,7 +52,7 @@ def _error_response(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"kind": kind, "message": message}}, status_code=status, headers=headers)
 
 
-def create_app(server: Server) -> FastAPI:
+def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
     api = FastAPI(title="conveyor", version="1", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
                   responses=ERRORS)
     api.add_middleware(BoundedRequests)
@@ -371,6 +371,9 @@ def create_app(server: Server) -> FastAPI:
         revoke_token(server.ledger, name)
         return {"removed": name}
 
+    from conveyor.server.web import add_dashboard
+
+    add_dashboard(api, server, anonymous_read=anonymous_read)
     return api
 
 

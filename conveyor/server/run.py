@@ -68,19 +68,28 @@ def notify_defaults(path: Path | None) -> list[Any]:
     return load_notify(path).destinations
 
 
+def check_public_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not url.startswith(("http://", "https://")) or any(ch.isspace() for ch in url):
+        raise BadInput(f"--public-url {url!r}: give the URL people open, e.g. https://deploys.example.com")
+    return url.rstrip("/")
+
+
 def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str], None],
-          notify: Path | None = None) -> None:
+          notify: Path | None = None, anonymous_read: bool = False, public_url: str | None = None) -> None:
     from conveyor.ledger import open_ledger
     from conveyor.ledger.server_store import EVENTS_CHANNEL, listen
 
     defaults = notify_defaults(notify)
+    public_url = check_public_url(public_url)
     host, port = parse_bind(bind)
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise BadInput(f"cannot listen on {bind}: {exc.strerror or exc}") from None
     ledger = open_ledger()
-    server = Server(ledger, home, notify_defaults=defaults)
+    server = Server(ledger, home, notify_defaults=defaults, public_url=public_url)
     pool = WorkerPool(server, workers=workers, ttl=ttl)
     stop_listening = threading.Event()
     if ledger._postgres:
@@ -89,8 +98,8 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
             (server.events_woken if channel == EVENTS_CHANNEL else server.queue_woken).bump()
 
         threading.Thread(target=listen, args=(ledger, heard, stop_listening), name="listen", daemon=True).start()
-    config = uvicorn.Config(create_app(server), log_level="warning", timeout_keep_alive=5,
-                            timeout_graceful_shutdown=5, lifespan="off", access_log=False)
+    config = uvicorn.Config(create_app(server, anonymous_read=anonymous_read), log_level="warning",
+                            timeout_keep_alive=5, timeout_graceful_shutdown=5, lifespan="off", access_log=False)
     runner = DrainingServer(config, pool, say)
     pool.start()
     bound = sock.getsockname()

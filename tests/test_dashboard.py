@@ -1,0 +1,352 @@
+"""The dashboard in a real browser: Chromium (Playwright) against a real `conveyor server` on SQLite and
+PostgreSQL, with real deploys (git, the registry, podman, HAProxy).
+
+A deploy is held "running" by the sample's pre-deploy task connecting to a socket the test listens on
+(held_task); the page is watched with Playwright's auto-waiting expectations, never a sleep.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser import PHONE, browser_page_fixture, chromium_fixture, csrf_of, shot, sign_in  # noqa: F401
+from tests.e2e import App
+from tests.server import ServerProcess
+from tests.test_records import held_task, wait_for_task
+
+
+@pytest.fixture
+def dash(app: App) -> Iterator[ServerProcess]:
+    running = ServerProcess.start(app)
+    running.add_app()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def dash_both(ledger_app: App) -> Iterator[ServerProcess]:
+    """The server on each ledger backend (SQLite, then PostgreSQL)."""
+    running = ServerProcess.start(ledger_app)
+    running.add_app()
+    yield running
+    running.stop()
+
+
+def tile(page: Any, env: str, app: str = "hello") -> Any:
+    return page.locator(f"tr.app[data-app={app}] td.tile[data-env={env}]")
+
+
+def history(server: ServerProcess, env: str) -> list[dict[str, Any]]:
+    status, body = server.api("GET", f"/api/apps/hello/history?env={env}")
+    assert status == 200, body
+    return body["releases"]
+
+
+# ------------------------------------------------------------------- 1. overview, 4. operation page
+
+
+def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_both: ServerProcess,
+                                                                          browser_page: Any) -> None:
+    server, app, page = dash_both, dash_both.app, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    server.cli_ok("promote", "staging", "production")
+    server.cli_ok("deploy", "staging", "v2")
+    v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
+
+    sign_in(page, server, server.token("viewer", "read"))
+    apps = page.locator("tr.app")
+    expect(apps).to_have_count(1)
+    expect(page.locator("tr.app td.tile")).to_have_count(2)
+    assert page.locator("tr.app td.tile").evaluate_all(
+        "tiles => tiles.map(t => t.dataset.env)") == ["staging", "production"]  # the config's order
+    expect(tile(page, "staging")).to_contain_text("#2")
+    expect(tile(page, "staging")).to_contain_text(v2[:7])
+    expect(tile(page, "staging")).to_contain_text("live")
+    expect(tile(page, "production")).to_contain_text("#1")
+    expect(tile(page, "production")).to_contain_text(v1[:7])
+    expect(tile(page, "production")).to_contain_text("promote")
+    waiting = page.locator("tr.app td.waiting")
+    expect(waiting).to_contain_text("1 commit waiting")
+    expect(waiting).to_contain_text("Sample Dev")  # who wrote what waits
+    shot(page, "overview")
+
+    page.evaluate("window.notReloaded = true")
+    with held_task(app) as (listener, accepted):
+        sha = server.push()
+        follower = server.cli_start("deploy", "staging", sha)
+        wait_for_task(listener, accepted)
+        running = page.locator("[data-testid=operation]")
+        expect(running).to_have_count(1)
+        expect(running).to_contain_text("running")
+        expect(running).to_contain_text("deploy hello → staging")
+        expect(tile(page, "staging")).to_contain_text("deploying")
+        shot(page, "overview-deploying")
+
+        # 4. the operation page shows the log so far, then follows it from there.
+        number = int(running.get_attribute("data-operation"))
+        log_page = page.context.new_page()
+        log_page.goto(f"{server.url}/operations/{number}")
+        expect(log_page.locator("[data-testid=log]")).to_contain_text("pre-deploy task")
+        accepted[0].close()
+        assert follower.wait(timeout=180) == 0
+    expect(running).to_have_count(0)
+    expect(tile(page, "staging")).to_contain_text("#3")
+    expect(tile(page, "staging")).to_contain_text(sha[:7])
+    expect(waiting).to_contain_text("2 commits waiting")
+    assert page.evaluate("window.notReloaded") is True  # it all arrived without a reload
+    expect(log_page.locator("[data-testid=op-state]")).to_contain_text("succeeded")
+    expect(log_page.locator("[data-testid=log]")).to_contain_text("switch")
+    expect(log_page.locator("[data-testid=op-result]")).to_contain_text("staging#3")
+    lines = log_page.locator("[data-testid=log] span").all_inner_texts()
+    started = [line for line in lines if f"operation #{number} started" in line]
+    assert len(started) == 1, lines  # followed from where the page opened: nothing shown twice
+    shot(log_page, "operation", test=page.test_name)
+
+
+# ------------------------------------------------------------------------------------ 2. app page
+
+
+def test_promote_and_rollback_from_the_app_page_run_as_the_signed_in_token(dash: ServerProcess,
+                                                                            browser_page: Any) -> None:
+    server, page = dash, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    server.cli_ok("promote", "staging", "production")
+    server.cli_ok("deploy", "staging", "v2")
+    sign_in(page, server, server.token("alice", "operate:hello"))
+    page.goto(f"{server.url}/apps/hello")
+    expect(page.locator("[data-testid=history-row]")).to_have_count(3)
+    expect(page.locator("[data-testid=diff-commit]")).to_have_count(1)  # v2, in staging, not in production
+    shot(page, "app")
+
+    production = page.locator("[data-testid=env][data-env=production]")
+    production.locator("[data-testid=promote]").click()
+    plan = page.locator("[data-testid=plan]")
+    expect(plan).to_contain_text("pinned source: staging#2")
+    expect(plan).to_contain_text("acquire the lease on hello/production")
+    shot(page, "confirm-promote")
+    page.click("[data-testid=confirm]")
+    expect(page.locator("[data-testid=op-state]")).to_contain_text("succeeded")
+    shot(page, "operation-promote")
+    promoted = history(server, "production")[0]
+    assert (promoted["number"], promoted["kind"], promoted["actor"]) == (2, "promote", "alice")
+    assert promoted["origin"] == "dashboard"
+
+    page.goto(f"{server.url}/apps/hello")
+    production.locator("select[name=to]").select_option("1")
+    production.locator("[data-testid=rollback]").click()
+    expect(page.locator("[data-testid=plan]")).to_contain_text("re-apply production#1 exactly")
+    page.fill("input[name=reason]", "v2 misbehaves")
+    page.click("[data-testid=confirm]")
+    expect(page.locator("[data-testid=op-state]")).to_contain_text("succeeded")
+    rolled = history(server, "production")[0]
+    assert (rolled["number"], rolled["kind"], rolled["actor"], rolled["reason"]) == \
+        (3, "rollback", "alice", "v2 misbehaves")
+    assert server.app.serves("production") == "v1"
+
+    # A failed operation offers to run the same again, through the same confirmation.
+    assert server.cli("deploy", "staging", "no-such-ref").code == 2
+    failed = server.api("GET", "/api/operations?limit=1")[1]["operations"][0]
+    page.goto(f"{server.url}/operations/{failed['id']}")
+    expect(page.locator("[data-testid=op-state]")).to_contain_text("failed")
+    page.click("[data-testid=retry]")
+    expect(page.locator("[data-testid=refused]")).to_contain_text("unknown ref 'no-such-ref'")
+
+    # History pages on: 25 a page, and these five all fit on the first.
+    page.goto(f"{server.url}/apps/hello")
+    expect(page.locator("[data-testid=history-row]")).to_have_count(5)
+    expect(page.locator("[data-testid=older]")).to_have_count(0)
+
+    # 5. delivery metrics for the app and for the organisation, over 7, 30 and 90 days.
+    page.goto(f"{server.url}/apps/hello/delivery")
+    for days in (7, 30, 90):
+        expect(page.locator(f"[data-testid=window-{days}] svg.chart")).to_have_count(1)
+    expect(page.locator("[data-testid=window-7] [data-testid=deployments]")).to_have_text(re.compile(r"\d+"))
+    shot(page, "delivery-app")
+    page.goto(f"{server.url}/delivery")
+    expect(page.locator("[data-testid=window-90] svg.chart")).to_have_count(1)
+    shot(page, "delivery")
+
+
+# ------------------------------------------------------------------------- 6. sign-in, CSRF, scopes
+
+
+def test_a_read_only_token_sees_no_actions_and_forged_posts_are_refused(dash: ServerProcess,
+                                                                        browser_page: Any) -> None:
+    server, page = dash, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    page.goto(server.url + "/")
+    expect(page).to_have_url(re.compile(r"/signin\?next=/$"))  # anonymous read is off by default
+    page.fill("input[name=token]", "cvy_not-a-token")
+    page.click("button.primary")
+    expect(page.locator(".error")).to_contain_text("not valid")
+    shot(page, "signin-refused")
+
+    reader = server.token("viewer", "read")
+    sign_in(page, server, reader)
+    cookie = next(c for c in page.context.cookies() if c["name"] == "conveyor_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Lax" and reader not in cookie["value"]
+    page.goto(f"{server.url}/apps/hello")
+    expect(page.locator("[data-testid=env]")).to_have_count(2)
+    expect(page.locator("[data-testid=actions]")).to_have_count(0)
+    expect(page.locator("button[data-testid]")).to_have_count(0)
+    assert reader not in page.content()
+    shot(page, "app-read-only")
+
+    form = {"env": "staging", "ref": "v1", "confirm": "yes"}
+    no_csrf = page.request.post(f"{server.url}/apps/hello/actions/deploy", form=form)
+    wrong_csrf = page.request.post(f"{server.url}/apps/hello/actions/deploy", form={**form, "csrf": "0" * 64})
+    right_csrf_no_scope = page.request.post(f"{server.url}/apps/hello/actions/deploy",
+                                            form={**form, "csrf": csrf_of(page)})
+    assert (no_csrf.status, wrong_csrf.status, right_csrf_no_scope.status) == (403, 403, 403)
+    assert "CSRF" in no_csrf.text() and "lacks the scope operate:hello" in right_csrf_no_scope.text()
+
+    # An operator's session is refused the same without the form's token: a cross-site form carries the
+    # cookie at most (SameSite=Lax keeps even that from a cross-site POST), never the token.
+    sign_in(page, server, server.token("op", "operate:hello", "block"))
+    forged = page.request.post(f"{server.url}/apps/hello/actions/deploy", form=form)
+    forged_lock = page.request.post(f"{server.url}/apps/hello/actions/lock",
+                                    form={"env": "staging", "reason": "x", "confirm": "yes", "csrf": "nope"})
+    assert (forged.status, forged_lock.status) == (403, 403)
+    status, listed = server.api("GET", "/api/operations")
+    assert [op["actor"] for op in listed["operations"]] == ["ci"]  # only the CLI's deploy was ever queued
+    assert server.api("GET", "/api/apps/hello/blocks")[1] == []
+
+    # Revoking the token signs its sessions out.
+    server.app.ok("server", "token", "revoke", "op")
+    page.goto(f"{server.url}/apps/hello")
+    expect(page).to_have_url(re.compile(r"/signin"))
+
+
+def test_anonymous_read_is_a_server_option_and_shows_no_actions(app: App, browser_page: Any) -> None:
+    server = ServerProcess.start(app, CONVEYOR_SERVER_ANONYMOUS_READ="1")
+    try:
+        server.add_app()
+        page = browser_page
+        page.goto(server.url + "/")
+        expect(page.locator("tr.app[data-app=hello]")).to_have_count(1)
+        page.goto(server.url + "/apps/hello")
+        expect(page.locator("[data-testid=actions]")).to_have_count(0)
+        refused = page.request.post(f"{server.url}/apps/hello/actions/lock",
+                                    form={"env": "staging", "reason": "x", "confirm": "yes"})
+        assert refused.status == 403
+        shot(page, "app-anonymous")
+
+        # 7. Without JavaScript the pages still read: everything is rendered on the server.
+        no_js = page.context.browser.new_context(java_script_enabled=False, viewport=PHONE)
+        try:
+            bare = no_js.new_page()
+            bare.goto(server.url + "/")
+            expect(bare.locator("tr.app[data-app=hello] td.tile")).to_have_count(2)
+            expect(bare.locator("[data-testid=operations]")).to_contain_text("Nothing is running")
+            shot(bare, "overview-no-js-phone", test=page.test_name)
+        finally:
+            no_js.close()
+    finally:
+        server.stop()
+
+
+# -------------------------------------------------------------------------------- 3. release page
+
+
+def test_the_release_page_shows_its_commits_and_its_redacted_config_diff(dash: ServerProcess,
+                                                                         browser_page: Any) -> None:
+    server, app, page = dash, dash.app, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    secret = "s3cr3t-value-7781"
+
+    def edit(text: str) -> str:
+        return text.replace("    env:\n      APP_VERSION: staging",
+                            f"    secrets: [DB_PASSWORD]\n    env:\n      APP_VERSION: staging\n"
+                            f"      GREETING: hello-{secret}", 1)
+
+    sha = app.reconfigure(edit, on="v2", message="greet with the password")
+    server.push(sha)
+    server.stop()  # again, with the secret in its environment
+    restarted = ServerProcess.start(app, "server2", DB_PASSWORD=secret)
+    try:
+        restarted.tokens = server.tokens
+        restarted.cli_ok("deploy", "staging", sha)
+        sign_in(page, restarted, restarted.token("viewer", "read"))
+        page.goto(f"{restarted.url}/apps/hello/releases/staging/2")
+        expect(page.locator("[data-testid=release-title]")).to_contain_text("staging#2")
+        expect(page.locator("[data-testid=actor]")).to_have_text("ci")
+        commits = page.locator("[data-testid=commit]")
+        expect(commits).to_have_count(2)  # v2's commit and the config change, over staging#1 (v1)
+        expect(commits.first).to_contain_text("greet with the password")
+        expect(commits.first).to_contain_text(sha[:7])
+        diff = page.locator("[data-testid=config-diff]")
+        expect(diff).to_contain_text("GREETING")
+        expect(diff).to_contain_text("staging#1")
+        assert secret not in page.content()
+        expect(page.locator("[data-testid=tasks]")).to_contain_text("migrate")
+        expect(page.locator("[data-testid=timeline]")).to_contain_text("switch")
+        shot(page, "release")
+        page.set_viewport_size(PHONE)
+        shot(page, "release-phone")
+    finally:
+        restarted.stop()
+
+
+# ---------------------------------------------------------------------------------------- freezes
+
+
+def test_a_freeze_shows_its_banner_and_blocks_the_buttons(dash: ServerProcess, browser_page: Any) -> None:
+    server, page = dash, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    server.cli_ok("lock", "--org", "--reason", "year-end freeze")
+    sign_in(page, server, server.token("alice", "operate:hello", "block"))
+    banner = page.locator("[data-testid=freeze-banner]")
+    expect(banner).to_contain_text("year-end freeze")
+    expect(banner).to_contain_text("ci")
+    expect(tile(page, "staging")).to_contain_text("locked")
+    shot(page, "overview-freeze")
+    page.set_viewport_size(PHONE)
+    shot(page, "overview-freeze-phone")
+
+    page.goto(f"{server.url}/apps/hello")
+    expect(page.locator("[data-testid=freeze-banner]")).to_contain_text("year-end freeze")
+    for button in ("deploy", "promote", "rollback"):
+        for found in page.locator(f"button[data-testid={button}]").all():
+            expect(found).to_be_disabled()
+    shot(page, "app-freeze")
+    # A form sent anyway (the button only mirrors the ledger) is refused by the pipeline's own check.
+    refused = page.request.post(f"{server.url}/apps/hello/actions/deploy",
+                                form={"env": "staging", "ref": "v2", "csrf": csrf_of(page)})
+    assert refused.status == 200 and "Refused" in refused.text() and "year-end freeze" in refused.text()
+    assert server.api("GET", "/api/operations")[1]["operations"][0]["actor"] == "ci"
+
+    # Lifting the freeze from the CLI lifts it on the open page too.
+    page.goto(f"{server.url}/")
+    server.cli_ok("unlock", "--org")
+    expect(page.locator("[data-testid=freeze-banner]")).to_have_count(0)
+    expect(tile(page, "staging")).to_contain_text("live")
+
+
+# ------------------------------------------------------------------------ announcements link here
+
+
+def test_announcements_link_to_the_release_page_of_a_server_with_a_public_url(app: App, tmp_path: Any) -> None:
+    from tests.fakes.webhook_receiver import WebhookReceiver
+    from tests.notify_setup import HOOK_SECRET
+
+    hooks = WebhookReceiver(HOOK_SECRET)
+    org = tmp_path / "org-notify.yml"
+    org.write_text(f'notify:\n  destinations:\n    - webhook: {{url: "{hooks.url}", secret_env: HOOK_SECRET}}\n')
+    bad = app.run("server", "--public-url", "deploys.example.com", "--bind", "127.0.0.1:0")
+    assert bad.code == 2 and "--public-url 'deploys.example.com'" in bad.err and "Traceback" not in bad.err
+    server = ServerProcess.start(app, CONVEYOR_SERVER_URL="https://deploys.example.com/", CONVEYOR_NOTIFY=str(org),
+                                 HOOK_SECRET=HOOK_SECRET)
+    try:
+        server.add_app()
+        server.cli_ok("deploy", "staging", "v1")
+        succeeded = [p for p in hooks.payloads() if p["event"] == "succeeded"]
+        assert [p["release"]["links"]["release_page"] for p in succeeded] == \
+            ["https://deploys.example.com/apps/hello/releases/staging/1"]
+    finally:
+        server.stop()
+        hooks.close()
