@@ -140,8 +140,10 @@ def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
 
 def _handlers() -> dict[str, Handler]:
     from conveyor.pipeline.announce import SlackAnnouncements, WebhookAnnouncements
+    from conveyor.pipeline.release_pr import PR_COMMENT, RELEASE_PR, PullRequestComments, ReleasePullRequests
 
-    return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements()}
+    return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements(),
+            RELEASE_PR: ReleasePullRequests(), PR_COMMENT: PullRequestComments()}
 
 
 HANDLERS: dict[str, Handler] = _handlers()

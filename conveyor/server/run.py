@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from conveyor.errors import BadInput
+from conveyor.pipeline.poller import start_poller
 from conveyor.pipeline.worker import Server, WorkerPool
 from conveyor.server.app import create_app
 
@@ -93,6 +94,7 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
                             timeout_graceful_shutdown=5, lifespan="off", access_log=False)
     runner = DrainingServer(config, pool, say)
     pool.start()
+    start_poller(server, stop_listening)
     bound = sock.getsockname()
     say(f"conveyor server listening on http://{bound[0]}:{bound[1]} (replica {server.replica}, {workers} "
         f"worker(s), ledger {ledger.url})")

@@ -1,0 +1,167 @@
+"""`POST /webhooks/github` on a real `conveyor server`: signatures (GitHub's documented test vector), the
+app chosen by configuration, replays, pings, body bounds, and what pushes, CI events and merged pull
+requests trigger, through the server's queue, with real git remotes, the registry, podman and HAProxy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor.pipeline.webhooks import repository_name, signature_valid
+from tests.e2e import App
+from tests.hooks import (
+    REPO,
+    configure_github,
+    operations,
+    pull_request_payload,
+    push_payload,
+    queued_number,
+    send,
+    sign,
+    start_server,
+)
+from tests.server import ServerProcess
+
+UNREACHABLE_API = "http://127.0.0.1:9"  # no test here asks the forge anything
+
+
+def test_signatures_are_checked_with_githubs_documented_test_vector() -> None:
+    # https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries#testing-the-webhook-payload-validation
+    secret, body = "It's a Secret to Everybody", b"Hello, World!"
+    expected = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    assert sign(body, secret) == expected
+    assert signature_valid(secret, body, expected)
+    assert not signature_valid(secret, body + b" ", expected)
+    assert not signature_valid("another secret", body, expected)
+    assert not signature_valid(secret, body, expected.removeprefix("sha256="))  # the prefix is part of it
+    assert not signature_valid(secret, body, "sha1=" + expected.removeprefix("sha256="))
+    assert not signature_valid(secret, body, None)
+    assert not signature_valid("", body, sign(body, ""))  # no secret configured verifies nothing
+    assert repository_name(json.dumps({"repository": {"full_name": REPO}}).encode()) == REPO
+    assert repository_name(b"not json") is None and repository_name(b"[1]") is None
+
+
+@pytest.fixture
+def hooked(app: App) -> Iterator[ServerProcess]:
+    configure_github(app, UNREACHABLE_API)
+    server = start_server(app)
+    yield server
+    server.stop()
+
+
+def test_only_signed_deliveries_for_a_configured_repo_are_accepted(hooked: ServerProcess) -> None:
+    server = hooked
+    ping = {"zen": "Keep it logically awesome.", "hook_id": 1, "repository": {"full_name": REPO},
+            "sender": {"login": "octocat"}}
+    status, body = send(server, "ping", ping)
+    assert status == 200 and body["pong"] is True and body["apps"] == ["hello"], body
+
+    status, body = send(server, "ping", ping, secret=None)
+    assert status == 401 and "missing X-Hub-Signature-256" in body["error"]["message"], body
+    status, body = send(server, "ping", ping, secret="not the secret")
+    assert status == 401 and "does not match" in body["error"]["message"], body
+    tampered = json.dumps({**ping, "zen": "changed"}).encode()
+    status, _ = send(server, "ping", tampered, signature=sign(json.dumps(ping).encode()))
+    assert status == 401
+
+    # The secret is the one the app's config names, read from the server's environment: a delivery that
+    # claims another repository is not verified with this app's secret.
+    other = {**ping, "repository": {"full_name": "someone/else"}}
+    status, body = send(server, "ping", other)
+    assert status == 404 and "someone/else" in body["error"]["message"], body
+    status, body = send(server, "ping", b"{not json")
+    assert status == 400, body
+
+    big = json.dumps({**ping, "padding": "x" * (2 * 1024 * 1024)}).encode()
+    status, _ = send(server, "push", big)
+    assert status == 413
+    assert operations(server) == []  # nothing of this queued anything
+
+
+def _staged_merge(server: ServerProcess, staged: str) -> str:
+    """Staging runs `staged`; the release branch gets a merge of it (as GitHub's merge button makes), pushed
+    to the app's remote. Returns the merge commit."""
+    app = server.app
+    deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": staged})[1]
+    assert server.wait_for_state(deployed["id"], "succeeded", "failed")["state"] == "succeeded"
+    app.git("checkout", "-q", "-B", "release", f"{staged}~1")
+    app.git("merge", "-q", "--no-ff", "-m", "Merge pull request #7 from acme/staging", staged)
+    merge = app.git("rev-parse", "HEAD")
+    app.git("push", "-q", "origin", "release")
+    return merge
+
+
+def test_a_merged_pr_promotes_its_merge_commit_once_and_a_closed_unmerged_one_never(hooked: ServerProcess) -> None:
+    server, app = hooked, hooked.app
+    staged = app.git("rev-parse", "main")
+    merge = _staged_merge(server, staged)
+    before = len(operations(server))
+
+    # Closed without merging: GitHub still sends a merge_commit_sha (the test merge it computed).
+    status, body = send(server, "pull_request", pull_request_payload(7, merged=False, merge_commit_sha=merge))
+    assert status == 200 and "closed without being merged" in body["outcome"], body
+    assert len(operations(server)) == before
+
+    delivery = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
+    status, body = send(server, "pull_request", pull_request_payload(7, merged=True, merge_commit_sha=merge),
+                        delivery=delivery)
+    assert status == 200, body
+    number = queued_number(body["outcome"])
+    done = server.wait_for_state(number, "succeeded", "failed")
+    assert done["state"] == "succeeded", done
+    assert (done["kind"], done["params"]["only"], done["params"]["target"]) == ("promote", merge, "production")
+    assert (done["actor"], done["origin"]) == ("github:octocat", f"github delivery {delivery}")
+    release = done["result"]
+    staging = app.ok("history", "staging", "--json").json()[0]
+    assert (release["env"], release["sha"], release["digest"]) == ("production", staged, staging["digest"])
+
+    # A replay of the same delivery (GitHub's "Redeliver") queues nothing.
+    status, body = send(server, "pull_request", pull_request_payload(7, merged=True, merge_commit_sha=merge),
+                        delivery=delivery)
+    assert status == 200 and body["duplicate"] is True, body
+    assert len(operations(server)) == before + 1
+
+
+def test_a_rollback_pauses_the_triggers_until_they_are_unlocked(hooked: ServerProcess) -> None:
+    server, app = hooked, hooked.app
+    v2 = app.git("rev-parse", "v2")
+    first = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": v2})[1]
+    assert server.wait_for_state(first["id"], "succeeded", "failed")["state"] == "succeeded"
+    promoted = server.api("POST", "/api/apps/hello/promote", {"source": "staging", "target": "production"})[1]
+    assert server.wait_for_state(promoted["id"], "succeeded", "failed")["state"] == "succeeded"
+    merge = _staged_merge(server, app.git("rev-parse", "main"))
+    status, body = send(server, "pull_request", pull_request_payload(8, merged=True, merge_commit_sha=merge))
+    assert server.wait_for_state(queued_number(body["outcome"]), "succeeded", "failed")["state"] == "succeeded"
+
+    rolled = server.cli_ok("rollback", "production", "--reason", "bad release", "--json").json()
+    assert (rolled["kind"], rolled["sha"]) == ("rollback", v2)
+    before = len(operations(server))
+
+    # The same merge delivered again (a new delivery, not a replay) must not redeploy what was rolled back.
+    status, body = send(server, "pull_request", pull_request_payload(8, merged=True, merge_commit_sha=merge))
+    assert status == 200 and "paused" in body["outcome"] and f"rollback production#{rolled['number']}" \
+        in body["outcome"], body
+    assert len(operations(server)) == before
+    assert app.status()["production"]["live"]["sha"] == v2
+    # A manual operation is not stopped by the pause (only the automatic triggers are).
+    status, blocks = server.api("GET", "/api/apps/hello/blocks")
+    assert status == 200 and [b["scope"] for b in blocks] == ["triggers"], blocks
+
+    lifted = server.cli_ok("unlock", "production", "--triggers", "--json").json()
+    assert lifted["lifted"] == 1
+    status, body = send(server, "pull_request", pull_request_payload(8, merged=True, merge_commit_sha=merge))
+    assert status == 200 and "queued as operation" in body["outcome"], body
+    done = server.wait_for_state(queued_number(body["outcome"]), "succeeded", "failed")
+    assert done["state"] == "succeeded" and done["result"]["sha"] == app.git("rev-parse", "main")
+
+
+def test_a_push_to_a_branch_without_a_trigger_is_ignored(hooked: ServerProcess) -> None:
+    server = hooked
+    sha = server.app.git("rev-parse", "main")
+    status, body = send(server, "push", push_payload(sha, branch="feature"))
+    assert status == 200 and "no trigger on a push to feature" in body["outcome"], body
+    status, body = send(server, "push", {**push_payload(sha), "deleted": True, "after": "0" * 40})
+    assert status == 200 and "not a push of a branch head" in body["outcome"], body
+    assert operations(server) == []
