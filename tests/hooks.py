@@ -117,3 +117,23 @@ def operations(server: ServerProcess) -> list[dict[str, Any]]:
 def queued_number(outcome: str) -> int:
     """The operation number a delivery's outcome names ("... queued as operation #N")."""
     return int(outcome.rsplit("operation #", 1)[1].split()[0].rstrip(";"))
+
+
+def new_commit(app: App, note: str, *, on: str = "main", build: bool = True) -> str:
+    """A built commit on top of `on` (its conveyor.yml gains a comment), pushed as the new head of main."""
+    sha = app.reconfigure(lambda text: text + f"\n# {note}\n", on=on, build=build, message=note)
+    app.git("checkout", "-q", "-B", "main", sha)
+    app.git("push", "-q", "-f", "origin", "main")
+    return sha
+
+
+def send_merges_from(fake: Any, server: ServerProcess, login: str = "octocat") -> None:
+    """Make the fake GitHub deliver `pull_request` closed+merged to the server after each merge, as GitHub's
+    webhook does (signed, its own delivery id)."""
+
+    def merged(pull: dict[str, Any]) -> None:
+        payload = {"action": "closed", "number": pull["number"], "pull_request": pull, "repository": repository(),
+                   "sender": sender(login)}
+        send(server, "pull_request", payload)
+
+    fake.on_merged = merged

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from conveyor.pipeline.webhooks import repository_name, signature_valid
 from tests.e2e import App
+from tests.fakes.github import FakeGitHub
 from tests.hooks import (
     REPO,
+    check_suite_payload,
     configure_github,
+    new_commit,
     operations,
     pull_request_payload,
     push_payload,
@@ -165,3 +169,89 @@ def test_a_push_to_a_branch_without_a_trigger_is_ignored(hooked: ServerProcess) 
     status, body = send(server, "push", {**push_payload(sha), "deleted": True, "after": "0" * 40})
     assert status == 200 and "not a push of a branch head" in body["outcome"], body
     assert operations(server) == []
+
+
+@pytest.fixture
+def github(app: App) -> Iterator[FakeGitHub]:
+    fake = FakeGitHub(REPO, token="test-token", git_dir=app.repo.parent / "remote.git")
+    yield fake
+    fake.down()
+
+
+def _state(server: ServerProcess, number: int) -> dict[str, Any]:
+    done = server.wait_for_state(number, "succeeded", "failed")
+    assert done["state"] == "succeeded", done
+    return done
+
+
+def test_a_push_deploys_staging_once_its_whole_ci_is_green(app: App, github: FakeGitHub) -> None:
+    configure_github(app, github.api_url)
+    server = start_server(app)
+    try:
+        pushed = new_commit(app, "first change")
+        build = github.add_check_run(pushed, "build", status="completed", conclusion="success")
+        tests = github.add_check_run(pushed, "tests", status="in_progress", conclusion=None)
+        status, body = send(server, "push", push_payload(pushed, login="alice"))
+        assert status == 200 and "waiting for CI" in body["outcome"] and "pending: tests" in body["outcome"], body
+        # A suite completing while another check still runs is not the whole verdict.
+        status, body = send(server, "check_suite", check_suite_payload(pushed))
+        assert "waiting for CI" in body["outcome"], body
+        assert operations(server) == []
+
+        github.update_check_run(tests, conclusion="success")
+        github.set_status(pushed, "ci/circleci", "success")
+        status, body = send(server, "check_suite", check_suite_payload(pushed))
+        done = _state(server, queued_number(body["outcome"]))
+        assert (done["kind"], done["env"], done["params"]["ref"], done["actor"]) == \
+            ("deploy", "staging", pushed, "github:alice")
+        assert app.status()["staging"]["live"]["sha"] == pushed and build
+
+        # Red: nothing ships; a newer push supersedes the red one, and the poll deploys it without any event.
+        red = new_commit(app, "second change")
+        github.add_check_run(red, "tests", conclusion="failure")
+        send(server, "push", push_payload(red))
+        status, body = send(server, "check_suite", check_suite_payload(red, "failure"))
+        assert "red: failed: tests" in body["outcome"], body
+        fixed = new_commit(app, "third change")
+        send(server, "push", push_payload(fixed))
+        github.add_check_run(fixed, "tests", conclusion="success")
+        status, polled = server.api("POST", "/api/triggers/poll")
+        assert status == 200, polled
+        [decided] = polled["pushes"]
+        assert decided["sha"] == fixed, polled
+        _state(server, queued_number(decided["outcome"]))
+        assert app.status()["staging"]["live"]["sha"] == fixed
+        assert [op["params"]["ref"] for op in operations(server)] == [fixed, pushed]  # red never queued
+    finally:
+        server.stop()
+
+
+RELEASE_PR = "release_pr: {stage: staging, target: release}\n"
+
+
+def test_each_staging_release_opens_then_updates_the_release_pr(app: App, github: FakeGitHub) -> None:
+    configure_github(app, github.api_url, release_pr=RELEASE_PR)
+    app.git("push", "-q", "origin", "v2:refs/heads/release")
+    server = start_server(app)
+    try:
+        first = new_commit(app, "add the search page")
+        github.add_commit(first, "add the search page", login="sampledev")
+        deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": first})[1]
+        staged = _state(server, deployed["id"])["result"]
+        [pull] = github.pulls
+        assert (pull["head"]["ref"], pull["base"]["ref"], pull["state"]) == ("staging", "release", "open")
+        assert pull["head"]["sha"] == first  # the staging branch was moved before the PR was opened
+        assert staged["digest"] in pull["body"] and "add the search page" in pull["body"]
+        assert "ship through GitHub" in pull["body"] and "+# add the search page" in pull["body"]
+        assert [a["login"] for a in pull["assignees"]] == ["sampledev"]
+
+        second = new_commit(app, "fix the search page")
+        deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": second})[1]
+        staged = _state(server, deployed["id"])["result"]
+        assert len(github.pulls) == 1  # GitHub's 422 "already exists": the open PR is updated
+        assert len(github.calls("POST", r"/pulls$")) == 2 and github.calls("PATCH", r"/pulls/1$")
+        pull = github.pulls[0]
+        assert staged["digest"] in pull["body"] and "fix the search page" in pull["body"]
+        assert f"staging#{staged['number']}" in pull["title"]
+    finally:
+        server.stop()
