@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from tests.hooks import (
     push_payload,
     queued_number,
     send,
+    send_merges_from,
     sign,
     start_server,
 )
@@ -253,5 +255,108 @@ def test_each_staging_release_opens_then_updates_the_release_pr(app: App, github
         pull = github.pulls[0]
         assert staged["digest"] in pull["body"] and "fix the search page" in pull["body"]
         assert f"staging#{staged['number']}" in pull["title"]
+    finally:
+        server.stop()
+
+
+def test_a_merge_bringing_commits_staging_never_ran_is_refused_and_the_pr_says_why(
+        app: App, github: FakeGitHub) -> None:
+    from conveyor.forge.github import GitHub, TokenAuth
+
+    staged = configure_github(app, github.api_url)
+    app.git("push", "-q", "origin", "v2:refs/heads/release")
+    server = start_server(app)
+    send_merges_from(github, server)
+    try:
+        deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": staged})[1]
+        _state(server, deployed["id"])
+        new_commit(app, "never staged", build=False)
+        # A PR straight from main into release, merged on GitHub: it brings a commit staging never ran.
+        pull = GitHub(REPO, TokenAuth("test-token"), api_url=github.api_url).open_pull(
+            head="main", base="release", title="skip staging", body="")
+        merge = github.merge(pull.number)
+        github.wait_for(lambda fake: bool(fake.comments.get(pull.number)))
+        [comment] = github.comments[pull.number]
+        assert comment["body"].startswith("conveyor did not promote this merge to production: staging never "
+                                          f"successfully ran {merge}"), comment
+        assert [op["kind"] for op in operations(server)] == ["deploy"]  # no promotion queued
+    finally:
+        server.stop()
+
+
+def _backdate_release_pr(app: App, hours: float) -> None:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(app.ledger_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE release_prs SET opened_at = :at"),
+                     {"at": (datetime.now(UTC) - timedelta(hours=hours)).replace(tzinfo=None)})
+    engine.dispose()
+
+
+def test_a_release_pr_auto_merges_once_old_enough_and_never_while_a_block_holds(
+        app: App, github: FakeGitHub) -> None:
+    configure_github(app, github.api_url, release_pr="release_pr: {stage: staging, target: release, "
+                                                     "auto_merge_after: 24h}\n")
+    app.git("push", "-q", "origin", "v2:refs/heads/release")
+    server = start_server(app)
+    send_merges_from(github, server)
+    try:
+        staged = new_commit(app, "ready to ship")
+        deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": staged})[1]
+        digest = _state(server, deployed["id"])["result"]["digest"]
+        polled = server.api("POST", "/api/triggers/poll")[1]
+        assert polled["release_prs"][0]["outcome"].startswith("due at "), polled
+        assert github.pulls[0]["state"] == "open"
+
+        _backdate_release_pr(app, 25)
+        server.cli_ok("lock", "production", "--reason", "release freeze")
+        polled = server.api("POST", "/api/triggers/poll")[1]
+        assert "not merged" in polled["release_prs"][0]["outcome"] and "release freeze" in \
+            polled["release_prs"][0]["outcome"], polled
+        assert github.pulls[0]["state"] == "open"
+
+        server.cli_ok("unlock", "production")
+        polled = server.api("POST", "/api/triggers/poll")[1]
+        assert polled["release_prs"][0]["outcome"].startswith("merged as "), polled
+        github.wait_for(lambda fake: fake.pulls[0]["merged"])
+        promotion = _wait_for_operation(server, "promote")
+        done = _state(server, promotion["id"])
+        assert (done["result"]["env"], done["result"]["sha"], done["result"]["digest"]) == \
+            ("production", staged, digest)
+        assert done["params"]["only"] == github.pulls[0]["merge_commit_sha"]
+    finally:
+        server.stop()
+
+
+def _wait_for_operation(server: ServerProcess, kind: str, timeout: float = 60) -> dict[str, Any]:
+    """The first operation of `kind` (queued by a delivery the fake sends on its own thread)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [op for op in operations(server) if op["kind"] == kind]
+        if found:
+            return found[-1]
+        time.sleep(0.05)
+    raise AssertionError(f"no {kind} operation was queued: {operations(server)}")
+
+
+def test_a_release_pr_owed_during_a_github_outage_is_delivered_after(app: App, github: FakeGitHub) -> None:
+    configure_github(app, github.api_url, release_pr=RELEASE_PR)
+    app.git("push", "-q", "origin", "v2:refs/heads/release")
+    server = start_server(app)
+    try:
+        github.down()
+        staged = new_commit(app, "during the outage")
+        deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": staged})[1]
+        assert _state(server, deployed["id"])["result"]["status"] == "succeeded"  # the outage changes no outcome
+        waiting = server.api("GET", "/api/apps/hello/outbox")[1]
+        assert [item["kind"] for item in waiting] == ["release-pr"], waiting
+        github.up()
+        flushed = server.api("POST", "/api/apps/hello/outbox/flush", {"reason": "GitHub is back"})[1]
+        assert flushed["undelivered"] == [], flushed
+        [pull] = github.pulls
+        assert pull["head"]["sha"] == staged and staged[:12] in pull["title"]
     finally:
         server.stop()
