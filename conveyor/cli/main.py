@@ -197,25 +197,32 @@ def build(obj: Context, ref: str, no_follow: bool, as_json: bool) -> None:
     run(go)
 
 
+def wait_for_ci_option(fn: F) -> F:
+    return click.option("--wait-for-ci", "wait_for_ci", is_flag=True,
+                        help="With a `ci:` gate: wait (up to ci.timeout) for the commit's pending CI instead of "
+                             "refusing.")(fn)
+
+
 @cli.command(epilog=EPILOG)
 @click.argument("env")
 @click.argument("ref")
 @click.option("--hotfix", is_flag=True, help="Deploy past a promotion policy or block; needs --reason.")
+@wait_for_ci_option
 @operation_options
 @click.pass_obj
 def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: bool, wait: bool,
-           dry_run: bool, as_json: bool, no_follow: bool) -> None:
+           dry_run: bool, as_json: bool, no_follow: bool, wait_for_ci: bool) -> None:
     """Deploy REF's artifact (built earlier by `conveyor build`) to ENV."""
 
     def go() -> None:
         if (remote := obj.remote()) is not None:
             body = {"env": env, "ref": remote.ref(ref), "reason": reason, "hotfix": hotfix, "force": force,
-                    "dry_run": dry_run}
+                    "dry_run": dry_run, "wait_for_ci": wait_for_ci}
             sys.exit(remote.operate("deploy", body, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.operations import deploy as deploy_op
 
         release = deploy_op(obj.workspace(), env, ref, reason=reason, hotfix=hotfix, force=force, wait=wait,
-                            dry_run=dry_run)
+                            dry_run=dry_run, wait_for_ci=wait_for_ci)
         _release_result(release, as_json)
 
     run(go)
@@ -227,10 +234,11 @@ def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: b
 @click.option("--only", "only", default=None, metavar="REF",
               help="Promote exactly what FROM successfully ran for REF (the commit, a release-branch merge of "
                    "it, or a squash with the same tree); refuse anything else.")
+@wait_for_ci_option
 @operation_options
 @click.pass_obj
 def promote(obj: Context, source: str | None, target: str | None, only: str | None, reason: str, force: bool,
-            wait: bool, dry_run: bool, as_json: bool, no_follow: bool) -> None:
+            wait: bool, dry_run: bool, as_json: bool, no_follow: bool, wait_for_ci: bool) -> None:
     """Ship exactly the artifact FROM runs to TO. The source release is pinned once, at the start, and used to
     the end. Without FROM TO it means the first two stages; with three or more stages, name them (CI should
     always name them)."""
@@ -238,12 +246,12 @@ def promote(obj: Context, source: str | None, target: str | None, only: str | No
     def go() -> None:
         if (remote := obj.remote()) is not None:
             body = {"source": source, "target": target, "only": remote.ref(only) if only else None,
-                    "reason": reason, "force": force, "dry_run": dry_run}
+                    "reason": reason, "force": force, "dry_run": dry_run, "wait_for_ci": wait_for_ci}
             sys.exit(remote.operate("promote", body, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.operations import promote as promote_op
 
         release = promote_op(obj.workspace(), source, target, only=only, reason=reason, force=force, wait=wait,
-                             dry_run=dry_run)
+                             dry_run=dry_run, wait_for_ci=wait_for_ci)
         _release_result(release, as_json)
 
     run(go)

@@ -70,6 +70,11 @@ class GitHub(Strict):
     webhook_secret_env: EnvVar | None = Field(
         None, description="Env var holding the webhook secret that signs deliveries (X-Hub-Signature-256).")
 
+    def secret_envs(self) -> list[str]:
+        """The env vars holding this forge's secrets: their values are redacted wherever conveyor writes."""
+        names = [self.token_env, self.app.private_key_env if self.app else None, self.webhook_secret_env]
+        return [name for name in names if name]
+
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> GitHub:
         if self.token_env and self.app:
