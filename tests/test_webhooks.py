@@ -213,7 +213,7 @@ def test_a_push_deploys_staging_once_its_whole_ci_is_green(app: App, github: Fak
         github.add_check_run(red, "tests", conclusion="failure")
         send(server, "push", push_payload(red))
         status, body = send(server, "check_suite", check_suite_payload(red, "failure"))
-        assert "red: failed: tests" in body["outcome"], body
+        assert "red: failing: tests" in body["outcome"], body
         fixed = new_commit(app, "third change")
         send(server, "push", push_payload(fixed))
         github.add_check_run(fixed, "tests", conclusion="success")

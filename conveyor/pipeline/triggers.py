@@ -156,29 +156,16 @@ def submit(server: Server, app: str, kind: str, params: dict[str, Any], *, actor
 
 
 def ci_verdict(ws: Workspace, sha: str) -> tuple[str, str]:
-    """("green" | "pending" | "red", what the forge said), from the commit's whole CI verdict (statuses and
-    check runs) judged by the config's `ci:` (required contexts, allowed failures)."""
+    """("green" | "pending" | "red", its one-line summary): the commit's whole CI verdict (statuses and check
+    runs) judged as the CI gate judges it (pipeline/ci_gate.py), by the config's `ci:` or, without one, every
+    check that reported."""
+    from conveyor.config.forge import CIGate
+    from conveyor.pipeline.ci_gate import judge
     from conveyor.pipeline.release_pr import forge_of
 
-    state = forge_of(ws).ci_state(sha)
-    gate = ws.config.ci
-    required = list(gate.require) if gate else []
-    allowed = set(gate.allow_failures) if gate else set()
-    checks = [check for check in state.checks if check.name not in allowed]
-    if required:
-        missing = [name for name in required if state.check(name) is None]
-        checks = [check for check in checks if check.name in required]
-        if missing:
-            return "pending", f"not reported yet: {', '.join(missing)}"
-    if not checks:
-        return "pending", "no check has reported yet"
-    failed = [check.name for check in checks if check.state == "failure"]
-    if failed:
-        return "red", f"failed: {', '.join(failed)}"
-    pending = [check.name for check in checks if check.state != "success"]
-    if pending:
-        return "pending", f"pending: {', '.join(pending)}"
-    return "green", f"{len(checks)} check(s) passed"
+    verdict = judge(forge_of(ws).ci_state(sha), ws.config.ci or CIGate())
+    state = "green" if verdict.green else "red" if verdict.failing else "pending"
+    return state, verdict.summary()
 
 
 # ------------------------------------------------------------------------------------------ pull requests
