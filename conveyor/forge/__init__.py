@@ -12,17 +12,22 @@ from typing import TYPE_CHECKING
 from conveyor.errors import ForgeRefused
 
 if TYPE_CHECKING:
+    from conveyor.config.forge import GitHub as GitHubSettings
     from conveyor.config.models import AppConfig
     from conveyor.forge.base import Forge
 
+Say = Callable[[str], None]
 
-def forge_for(config: AppConfig, environ: Mapping[str, str], say: Callable[[str], None] | None = None
-              ) -> Forge | None:
+
+def forge_for(config: AppConfig, environ: Mapping[str, str], say: Say | None = None) -> Forge | None:
     """The app's forge, or None when none is configured. One client per repository and credentials a
     process, so an App's installation token and the connection are reused. `say` hears rate-limit waits."""
     settings = config.forge.github
-    if settings is None:
-        return None
+    return github_for(settings, environ, say) if settings is not None else None
+
+
+def github_for(settings: GitHubSettings, environ: Mapping[str, str], say: Say | None = None) -> Forge:
+    """The GitHub repository `settings` name (also from settings frozen in an outbox item)."""
     from conveyor.forge.github import AppAuth, GitHub, TokenAuth, cached_client, credentials_key
 
     auth: TokenAuth | AppAuth

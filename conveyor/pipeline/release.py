@@ -264,10 +264,13 @@ def _record_and_run(
 
 def _started_items(ws: Workspace, release: Release, announced: list[tuple[str, dict[str, Any]]]
                    ) -> list[tuple[str, dict[str, Any]]]:
-    """The `started` announcements, queued with the pending record (and noted, to deliver right after)."""
+    """The `started` announcements and the forge deployment, queued with the pending record (and noted, to
+    deliver right after)."""
     from conveyor.pipeline.announce import release_items
+    from conveyor.pipeline.deployments import started_items
 
     announced.extend(release_items(ws, release))
+    announced.extend(started_items(ws, release))
     return announced
 
 

@@ -18,7 +18,8 @@ Errors as GitHub sends them: {"message", "documentation_url"} (422 adds "errors"
 The test controls it: set_status(), add_check_run() / update_check_run(), add_commit(), merge() and
 close_pull() (as a person on GitHub would), rate_limit(n, how) — `retry-after`, `reset`
 (x-ratelimit-remaining: 0 with x-ratelimit-reset) or `secondary` (403 without either) — down()/up() for an
-outage, page_size for pagination, and wait_for(predicate) to hold a test until a request has arrived.
+outage, drop_answer() (the request takes effect, the answer never comes), page_size for pagination, and
+wait_for(predicate) to hold a test until a request has arrived.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class FakeGitHub:
         self.comments: dict[int, list[dict[str, Any]]] = {}
         self._ids = itertools.count(1000)
         self._limited: list[str] = []
+        self._dropped: list[tuple[str, str]] = []  # (method, path pattern): do it, then hang up unanswered
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         # Told of each merge (the merged pull), on a thread of its own, as GitHub sends its webhook after
@@ -132,6 +134,12 @@ class FakeGitHub:
         the secondary rate limit, no header)."""
         with self._changed:
             self._limited = [f"{how}:{seconds}"] * calls
+
+    def drop_answer(self, method: str, pattern: str) -> None:
+        """The next such request takes effect, then the connection closes without an answer (as when the
+        network or the caller dies just then)."""
+        with self._changed:
+            self._dropped.append((method, pattern))
 
     def set_status(self, sha: str, context: str, state: str, *, target_url: str | None = None,
                    description: str = "") -> None:
@@ -188,6 +196,16 @@ class FakeGitHub:
                 for d in self.deployments if environment in (None, d["environment"])]
 
     # --- serving
+
+    def dropped(self, method: str, target: str) -> bool:
+        """Whether this answer is to be dropped (the request has been answered already)."""
+        path = urlparse(target).path
+        with self._changed:
+            for dropped in self._dropped:
+                if dropped[0] == method and re.search(dropped[1], path):
+                    self._dropped.remove(dropped)
+                    return True
+        return False
 
     def answer(self, method: str, target: str, authorization: str, body: Any) -> tuple[int, dict[str, str], Any]:
         parsed = urlparse(target)
@@ -667,6 +685,9 @@ def _handler(github: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = None
             status, headers, data = github.answer(self.command, self.path, self.headers.get("Authorization", ""), body)
+            if github.dropped(self.command, self.path):
+                self.close_connection = True
+                return
             payload = json.dumps(data).encode()
             try:
                 self.send_response(status)
