@@ -2,7 +2,7 @@
 remote, the registry, podman and HAProxy: push to main → CI green (a check_suite webhook) → staging deploy
 → the `staging` branch moved → the release PR opened with the commits it carries and the staged digest →
 merged on GitHub (the fake merges in the remote and sends pull_request closed+merged) → production gets
-exactly the artifact staging ran."""
+exactly the artifact staging ran, and GitHub shows both as deployments with their statuses."""
 
 from __future__ import annotations
 
@@ -77,6 +77,12 @@ def test_push_ci_staging_release_pr_merge_promotes_exactly_what_staging_ran(app:
         release = promoted["result"]
         assert (release["env"], release["sha"], release["digest"]) == ("production", pushed, staged["digest"])
         assert app.serves("production") == app.serves("staging")
+
+        # GitHub shows both releases as deployments of that commit, each with its statuses in order.
+        github.wait_for(lambda fake: ("production", ["in_progress", "success"]) in fake.deployment_states())
+        shown = {(d["environment"], d["sha"], d["payload"]["digest"]) for d in github.deployments}
+        assert shown == {("staging", pushed, staged["digest"]), ("production", pushed, staged["digest"])}
+        assert github.deployment_states("staging")[0][1][:2] == ["in_progress", "success"]
     finally:
         server.stop()
         github.down()

@@ -352,7 +352,7 @@ def test_a_release_pr_owed_during_a_github_outage_is_delivered_after(app: App, g
         deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": staged})[1]
         assert _state(server, deployed["id"])["result"]["status"] == "succeeded"  # the outage changes no outcome
         waiting = server.api("GET", "/api/apps/hello/outbox")[1]
-        assert [item["kind"] for item in waiting] == ["release-pr"], waiting
+        assert "release-pr" in [item["kind"] for item in waiting], waiting  # beside the GitHub deployments
         github.up()
         flushed = server.api("POST", "/api/apps/hello/outbox/flush", {"reason": "GitHub is back"})[1]
         assert flushed["undelivered"] == [], flushed

@@ -33,14 +33,22 @@ SHOWN_COMMITS = 50
 CONFIG_DIFF_LINES = 200
 
 
-def forge_of(ws: Workspace) -> Forge:
+def forge_of(ws: Workspace, frozen: dict[str, Any] | None = None) -> Forge:
+    """The app's forge: from the settings an outbox item froze when it was queued (so a flush on another
+    commit delivers it the same way), else from the config in force."""
+    from conveyor.config.forge import GitHub
     from conveyor.errors import ForgeRefused
-    from conveyor.forge import forge_for
+    from conveyor.forge import github_for
 
-    forge = forge_for(ws.config, os.environ)
-    if forge is None:
+    settings = GitHub.model_validate(frozen) if frozen else ws.config.forge.github
+    if settings is None:
         raise ForgeRefused(f"{CONFIG_NAME} has no forge: section")
-    return forge
+    return github_for(settings, os.environ, ws.say)
+
+
+def frozen_forge(config: AppConfig) -> dict[str, Any] | None:
+    """The forge settings an outbox item carries: env var names, never a token."""
+    return config.forge.github.model_dump(mode="json") if config.forge.github else None
 
 
 def source_branch(config: AppConfig) -> str:
@@ -85,6 +93,7 @@ def pull_content(ws: Workspace, release: Release) -> dict[str, Any]:
              f"{len(rows)} commit(s)")
     body = _body(ws, release, target_env, live, rows, flagged)
     return {"title": title, "body": body, "source": source_branch(config), "target": settings.target,
+            "forge": frozen_forge(config),
             "head_sha": release.sha, "digest": release.digest, "release": f"{release.env}#{release.number}",
             "top_committer": {"name": top[1], "email": top[0], "sha": top_sha} if top else None}
 
@@ -140,7 +149,7 @@ class ReleasePullRequests:
         from conveyor.ledger.hooks_store import HooksStore
 
         payload = item.payload
-        forge = forge_of(ws)
+        forge = forge_of(ws, payload.get("forge"))
         try:
             pull = forge.open_pull(head=payload["source"], base=payload["target"], title=payload["title"],
                                    body=payload["body"])
@@ -175,7 +184,7 @@ class PullRequestComments:
         return []
 
     def deliver(self, ws: Workspace, item: OutboxItem) -> None:
-        forge_of(ws).comment(int(item.payload["number"]), item.payload["body"])
+        forge_of(ws, item.payload.get("forge")).comment(int(item.payload["number"]), item.payload["body"])
 
     def describe(self, item: OutboxItem) -> str:
         return f"comment on PR #{item.payload['number']}"

@@ -208,7 +208,7 @@ def _promote_merge(server: Server, ws: Workspace, app: str, delivery: Delivery, 
     try:
         resolve_only(ws, source, sha)
     except Refused as exc:
-        comment_on_pull(server, app, env, number, f"conveyor did not promote this merge to {env}: {exc.message}")
+        comment_on_pull(server, ws, env, number, f"conveyor did not promote this merge to {env}: {exc.message}")
         return f"{env}: refused: {exc.message}"
     params = {"source": source, "target": env, "only": sha, "reason": f"trigger: PR #{number} merged"}
     operation = submit(server, app, "promote", params, actor=delivery.actor, origin=delivery.origin)
@@ -227,18 +227,14 @@ def source_stage(config: AppConfig, target: str) -> str:
     return names[index - 1]
 
 
-def comment_on_pull(server: Server, app: str, env: str, number: Any, body: str) -> None:
-    """A PR comment through the outbox (delivered after, retried through an outage)."""
+def comment_on_pull(server: Server, ws: Workspace, env: str, number: Any, body: str) -> None:
+    """A PR comment through the outbox (delivered now, retried through an outage)."""
     from conveyor.pipeline.outbox import deliver
-    from conveyor.pipeline.release_pr import PR_COMMENT
+    from conveyor.pipeline.release_pr import PR_COMMENT, frozen_forge
 
-    store = HooksStore(server.ledger)
-    store.queue_outbox(app, env, [(PR_COMMENT, {"number": number, "body": body})])
-    ws = server.workspace(app)
-    try:
-        deliver(ws)
-    finally:
-        ws.close()
+    payload = {"number": number, "body": body, "forge": frozen_forge(ws.config)}
+    HooksStore(server.ledger).queue_outbox(ws.config.app, env, [(PR_COMMENT, payload)])
+    deliver(ws)
 
 
 # ------------------------------------------------------------------------------------------------ pauses
