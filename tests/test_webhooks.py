@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conveyor.pipeline.triggers import ci_event_sha
 from conveyor.pipeline.webhooks import repository_name, signature_valid
 from tests.e2e import App
 from tests.fakes.github import FakeGitHub
@@ -360,3 +362,45 @@ def test_a_release_pr_owed_during_a_github_outage_is_delivered_after(app: App, g
         assert pull["head"]["sha"] == staged and staged[:12] in pull["title"]
     finally:
         server.stop()
+
+
+def test_the_mirrors_head_is_read_from_its_files_as_git_reads_it(tmp_path: Path) -> None:
+    import subprocess
+
+    from conveyor.vcs.git import head_from_files
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+    work, bare = tmp_path / "work", tmp_path / "bare.git"
+    git("init", "-q", "-b", "main", str(work))
+    git("-C", str(work), "-c", "user.name=t", "-c", "user.email=t@e", "commit", "-q", "--allow-empty", "-m", "x")
+    git("clone", "-q", "--bare", str(work), str(bare))
+    expected = git("--git-dir", str(bare), "rev-parse", "HEAD")
+    assert head_from_files(bare) == expected  # a clone's refs are packed
+    git("--git-dir", str(bare), "update-ref", "refs/heads/main", expected)  # now a loose ref as well
+    assert head_from_files(bare) == expected
+    assert head_from_files(tmp_path / "missing.git") is None
+    git("--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/none")
+    assert head_from_files(bare) is None
+
+
+def test_ci_events_name_their_commit_once_they_can_change_the_verdict() -> None:
+    sha = "a" * 40
+    assert ci_event_sha("check_suite", check_suite_payload(sha)) == sha
+    assert ci_event_sha("check_suite", {**check_suite_payload(sha), "action": "requested"}) is None
+    assert ci_event_sha("check_run", {"action": "completed", "check_run": {"head_sha": sha}}) == sha
+    assert ci_event_sha("check_run", {"action": "created", "check_run": {"head_sha": sha}}) is None
+    assert ci_event_sha("status", {"sha": sha, "state": "pending"}) == sha
+    assert ci_event_sha("status", {"sha": "not a sha"}) is None
+
+
+def test_a_bad_poll_interval_is_one_line_and_exit_2(app: App) -> None:
+    import subprocess
+
+    from tests.e2e import CONVEYOR
+
+    done = subprocess.run([CONVEYOR, "server", "--bind", "127.0.0.1:0"], cwd=app.repo, capture_output=True,
+                          text=True, env=app.env(CONVEYOR_TRIGGER_POLL="soon"), timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "CONVEYOR_TRIGGER_POLL='soon'" in done.stderr and "Traceback" not in done.stderr

@@ -80,6 +80,12 @@ class HooksStore:
             return False
         return True
 
+    def forget_delivery(self, delivery_id: str) -> None:
+        from sqlalchemy import delete
+
+        with self._ledger._write() as conn:
+            conn.execute(delete(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id))
+
     def set_outcome(self, delivery_id: str, outcome: str) -> None:
         with self._ledger._write() as conn:
             conn.execute(update(webhook_deliveries).where(webhook_deliveries.c.id == delivery_id)
@@ -122,6 +128,11 @@ class HooksStore:
                 .values(state=state, note=note, operation_id=operation_id, decided_at=_now()))
         with self._ledger._write() as conn:
             return conn.execute(stmt).rowcount > 0
+
+    def note(self, pending_id: int, note: str) -> None:
+        """Why a waiting push still waits (CI pending, a pause), as last seen."""
+        with self._ledger._write() as conn:
+            conn.execute(update(pending_triggers).where(pending_triggers.c.id == pending_id).values(note=note))
 
     def set_operation(self, pending_id: int, operation_id: int) -> None:
         with self._ledger._write() as conn:

@@ -108,23 +108,14 @@ def evaluate(server: Server, ws: Workspace, pending: PendingTrigger) -> str:
     pause = pauses(ws, pending.app, pending.env)
     if pause:
         note = f"paused: {pause}"
-        _note(store, pending, note)
+        store.note(pending.id, note)
         return note
     verdict, detail = ci_verdict(ws, pending.sha)
     if verdict != "green":
         note = f"waiting for CI of {pending.sha[:12]} ({verdict}: {detail})"
-        _note(store, pending, note)
+        store.note(pending.id, note)
         return note
     return _submit_deploy(server, store, pending)
-
-
-def _note(store: HooksStore, pending: PendingTrigger, note: str) -> None:
-    from sqlalchemy import update
-
-    from conveyor.ledger.schema import pending_triggers
-
-    with store._ledger._write() as conn:
-        conn.execute(update(pending_triggers).where(pending_triggers.c.id == pending.id).values(note=note))
 
 
 def _submit_deploy(server: Server, store: HooksStore, pending: PendingTrigger) -> str:

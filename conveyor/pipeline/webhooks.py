@@ -101,10 +101,11 @@ class RepoIndex:
 
     def _entry(self, server: Server, app: str) -> tuple[str, str | None, str | None] | None:
         from conveyor.pipeline.apps import mirror_path
-        from conveyor.vcs.git import Repo
+        from conveyor.vcs.git import Repo, head_from_files
 
+        path = mirror_path(server.home, app)
         try:
-            head = Repo(mirror_path(server.home, app)).resolve("HEAD")
+            head = head_from_files(path) or Repo(path).resolve("HEAD")
         except ConveyorError:
             return None  # an app whose mirror is not there (yet): not a candidate
         cached = self._seen.get(app)
@@ -141,8 +142,12 @@ def verify(server: Server, index: RepoIndex, headers: dict[str, str], body: byte
     candidates = index.candidates(server, full_name)
     if not candidates:
         return Reply(404, _error("not_found", f"no registered app has forge.github.repo {full_name}"))
+    unset = [app for app, secret_env in candidates if not secret_env or not os.environ.get(secret_env)]
+    for app in unset:
+        log.warning("webhooks: %s names %s but no webhook secret is set for it (forge.github.webhook_secret_env "
+                    "and that env var in the server's environment)", app, full_name)
     apps = [app for app, secret_env in candidates
-            if secret_env and signature_valid(os.environ.get(secret_env, ""), body, signature)]
+            if app not in unset and signature_valid(os.environ.get(secret_env or "", ""), body, signature)]
     if not apps:
         return Reply(401, _error("unauthenticated", "X-Hub-Signature-256 does not match the secret configured "
                                                     f"for {full_name}"))
@@ -174,7 +179,11 @@ def receive(server: Server, index: RepoIndex, headers: dict[str, str], body: byt
     if not store.record_delivery(verified.id, app=",".join(verified.apps), event=verified.event):
         return Reply(200, {"ok": True, "duplicate": True, "delivery": verified.id,
                            "outcome": store.delivery_outcome(verified.id) or ""})
-    outcomes = [handle(server, app, verified) for app in verified.apps]
+    try:
+        outcomes = [handle(server, app, verified) for app in verified.apps]
+    except Exception:
+        store.forget_delivery(verified.id)  # GitHub redelivers what failed: that must not read as a duplicate
+        raise
     outcome = "; ".join(f"{app}: {what}" for app, what in zip(verified.apps, outcomes, strict=True))
     store.set_outcome(verified.id, outcome)
     log.info("webhook %s %s: %s", verified.event, verified.id, outcome)

@@ -93,8 +93,8 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
     config = uvicorn.Config(create_app(server), log_level="warning", timeout_keep_alive=5,
                             timeout_graceful_shutdown=5, lifespan="off", access_log=False)
     runner = DrainingServer(config, pool, say)
-    pool.start()
     start_poller(server, stop_listening)
+    pool.start()
     bound = sock.getsockname()
     say(f"conveyor server listening on http://{bound[0]}:{bound[1]} (replica {server.replica}, {workers} "
         f"worker(s), ledger {ledger.url})")
