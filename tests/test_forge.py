@@ -233,3 +233,85 @@ def test_the_fakes_answers_validate_against_githubkits_models(github: FakeGitHub
     error = httpx.post(f"{github.api_url}/repos/acme/hello/pulls", json={"head": "a", "base": "b"},
                        headers={"Authorization": f"Bearer {TOKEN}"}).json()
     models.ValidationError.model_validate(error)
+
+
+# ---------------------------------------------------------------------------------------------- from the config
+
+APP_CONFIG = """
+app: hello
+image: 127.0.0.1:5000/hello
+environments:
+  - name: staging
+    target: {{type: container-host, port: 18080}}
+forge:
+  github:
+    repo: acme/hello
+    api_url: "{api_url}"
+    app: {{id: 4711, installation_id: 99, private_key_env: HELLO_APP_KEY}}
+ci: {{}}
+"""
+
+
+def test_forge_for_builds_the_app_client_from_the_config_and_env_and_keeps_it() -> None:
+    from conveyor.config.loader import parse_config
+    from conveyor.forge import forge_for
+
+    private, public = rsa_key()
+    app = FakeApp(id=4711, installation_id=99, public_key_pem=public)
+    fake = FakeGitHub("acme/hello", None, app=app)
+    try:
+        config = parse_config(APP_CONFIG.format(api_url=fake.api_url))
+        assert forge_for(parse_config(APP_CONFIG.format(api_url=fake.api_url).split("forge:")[0]), {}) is None
+        with pytest.raises(ForgeRefused, match="^env var HELLO_APP_KEY is not set in conveyor's environment"):
+            forge_for(config, {})
+        forge = forge_for(config, {"HELLO_APP_KEY": private})
+        assert forge is not None and forge.name == "github:acme/hello"
+        forge.ci_state(SHA)
+        assert forge_for(config, {"HELLO_APP_KEY": private}) is forge  # the token and connection are kept
+        forge.ci_state(SHA)
+        assert len(app.issued) == 1
+        app.expiry.clear()  # GitHub revoked the installation token before its time
+        forge.ci_state(SHA)
+        assert len(app.issued) == 2  # renewed once, and the call went through
+    finally:
+        fake.close()
+
+
+def test_the_app_key_and_the_token_are_redacted_like_every_secret() -> None:
+    from conveyor.config.loader import parse_config
+    from conveyor.pipeline.redact import secret_values
+
+    config = parse_config(APP_CONFIG.format(api_url="http://127.0.0.1:1"))
+    assert secret_values(config, {"HELLO_APP_KEY": "-----BEGIN PRIVATE KEY-----x"}) == ["-----BEGIN PRIVATE KEY-----x"]
+
+
+# ------------------------------------------------------------------------------------------ real git behind the fake
+
+
+def test_with_a_git_dir_pull_heads_and_merges_are_real_git(tmp_path: Any) -> None:
+    import subprocess
+
+    def git(*args: str, cwd: Any = tmp_path / "work") -> str:
+        return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+    bare = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    subprocess.run(["git", "clone", "-q", str(bare), str(tmp_path / "work")], check=True, capture_output=True)
+    git("-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "--allow-empty", "-m", "base")
+    git("push", "-q", "origin", "HEAD:refs/heads/release")
+    git("-c", "user.name=Dev", "-c", "user.email=dev@example.com", "commit", "-q", "--allow-empty", "-m", "feature")
+    git("push", "-q", "origin", "HEAD:refs/heads/staging")
+    staged = git("rev-parse", "HEAD")
+    fake = FakeGitHub("acme/hello", TOKEN, git_dir=bare)
+    try:
+        gh = client(fake)
+        pull = gh.open_pull(head="staging", base="release", title="Release", body="")
+        assert pull.head_sha == staged
+        with pytest.raises(ForgeRefused, match="409 Head branch was modified"):
+            gh.merge_pull(pull.number, sha="f" * 40)
+        merge = gh.merge_pull(pull.number, sha=staged)
+        assert git("rev-parse", "release", cwd=bare) == merge
+        assert gh.commit(merge).parents[1] == staged
+        assert gh.commit(merge).message.startswith("Merge pull request #1 from acme/staging")
+    finally:
+        fake.close()

@@ -38,6 +38,7 @@ class Release:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    committed_at: datetime | None = None  # the shipped commit's committer time (None in records made before it)
 
 
 @dataclass(frozen=True)
