@@ -142,7 +142,12 @@ class ReleasePullRequests:
         settings = ws.config.release_pr
         if release.status != "succeeded" or settings is None or release.env != settings.stage:
             return []
-        return [pull_content(ws, release)]
+        try:
+            return [pull_content(ws, release)]
+        except ConveyorError as exc:  # asked while the release's outcome is recorded: never break that
+            ws.say(f"warning: the release PR cannot be written for {release.env}#{release.number}: "
+                   f"{exc.message}")
+            return []
 
     def deliver(self, ws: Workspace, item: OutboxItem) -> None:
         from conveyor.errors import PullRequestExists
