@@ -156,6 +156,8 @@ def test_a_rollback_pauses_the_triggers_until_they_are_unlocked(hooked: ServerPr
     # A manual operation is not stopped by the pause (only the automatic triggers are).
     status, blocks = server.api("GET", "/api/apps/hello/blocks")
     assert status == 200 and [b["scope"] for b in blocks] == ["triggers"], blocks
+    status, view = server.api("GET", "/api/apps/hello/triggers")
+    assert [(p["env"], p["scope"]) for p in view["paused"]] == [("production", "triggers")], view
 
     lifted = server.cli_ok("unlock", "production", "--triggers", "--json").json()
     assert lifted["lifted"] == 1
@@ -201,6 +203,9 @@ def test_a_push_deploys_staging_once_its_whole_ci_is_green(app: App, github: Fak
         status, body = send(server, "check_suite", check_suite_payload(pushed))
         assert "waiting for CI" in body["outcome"], body
         assert operations(server) == []
+        status, view = server.api("GET", "/api/apps/hello/triggers")
+        assert status == 200 and [(w["sha"], w["env"]) for w in view["waiting"]] == [(pushed, "staging")], view
+        assert "pending: tests" in view["waiting"][0]["note"], view
 
         github.update_check_run(tests, conclusion="success")
         github.set_status(pushed, "ci/circleci", "success")
@@ -248,6 +253,8 @@ def test_each_staging_release_opens_then_updates_the_release_pr(app: App, github
         assert staged["digest"] in pull["body"] and "add the search page" in pull["body"]
         assert "ship through GitHub" in pull["body"] and "+# add the search page" in pull["body"]
         assert [a["login"] for a in pull["assignees"]] == ["sampledev"]
+        view = server.api("GET", "/api/apps/hello/triggers")[1]
+        assert view["release_pr"]["number"] == pull["number"] and view["release_pr"]["digest"] == staged["digest"]
 
         second = new_commit(app, "fix the search page")
         deployed = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": second})[1]

@@ -271,3 +271,24 @@ def _ci_timeout(server: Server, pending: PendingTrigger) -> float:
         return 0.0
     finally:
         ws.close()
+
+
+def triggers_view(server: Server, app: str) -> dict[str, Any]:
+    """What the app's automatic triggers wait for: pushes waiting for CI (and why), the pauses in force,
+    and the open release PR, as GET /api/apps/APP/triggers shows it."""
+    from conveyor.pipeline.views import block_view
+
+    store = HooksStore(server.ledger)
+    waiting = [{"id": p.id, "env": p.env, "sha": p.sha, "branch": p.branch, "actor": p.actor, "origin": p.origin,
+                "created_at": p.created_at.isoformat(), "note": p.note} for p in store.waiting(app=app)]
+    ws = server.workspace(app)
+    try:
+        envs = [env.name for env in ws.config.environments]
+    finally:
+        ws.close()
+    paused = [block_view(block) for env in envs for block in store.trigger_pauses(app, env)]
+    pull = store.get_pull(app)
+    release_pr = None if pull is None or pull.merged_at is not None else {
+        "number": pull.number, "source": pull.source, "target": pull.target, "head_sha": pull.head_sha,
+        "digest": pull.digest, "opened_at": pull.opened_at.isoformat()}
+    return {"waiting": waiting, "paused": paused, "release_pr": release_pr}

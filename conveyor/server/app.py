@@ -120,7 +120,7 @@ def create_app(server: Server) -> FastAPI:
     Reader, Blocker, Admin = scoped("read"), scoped("block"), scoped("admin")
     Operator = Annotated[Caller, Depends(operate_caller)]
     Canceller = Annotated[Caller, Depends(cancel_caller)]
-    add_webhooks(api, server, Admin)
+    add_webhooks(api, server, Reader, Admin)
 
     @contextmanager
     def workspace(app: str, who: Caller | None = None) -> Iterator[Any]:

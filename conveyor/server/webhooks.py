@@ -14,7 +14,7 @@ from conveyor.pipeline.worker import Server
 from conveyor.server import schemas as s
 
 
-def add_webhooks(api: FastAPI, server: Server, admin: Any) -> None:
+def add_webhooks(api: FastAPI, server: Server, reader: Any, admin: Any) -> None:
     from conveyor.pipeline.webhooks import RepoIndex
 
     index = RepoIndex()
@@ -33,6 +33,16 @@ def add_webhooks(api: FastAPI, server: Server, admin: Any) -> None:
         headers = {key.lower(): value for key, value in request.headers.items()}
         reply = await anyio.to_thread.run_sync(receive, server, index, headers, body)
         return JSONResponse(reply.body, status_code=reply.status)
+
+    @api.get("/api/apps/{app}/triggers", tags=["webhooks"], response_model=dict[str, Any])
+    def triggers(app: str, who: reader) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Pushes waiting for green CI (and why), the trigger pauses in force, the open release PR."""
+        from conveyor.pipeline.triggers import triggers_view
+        from conveyor.server.app import ApiError
+
+        if server.store.get_app(app) is None:
+            raise ApiError(404, "not_found", f"no app named '{app}' is registered")
+        return triggers_view(server, app)
 
     @api.post("/api/triggers/poll", tags=["webhooks"], response_model=dict[str, Any])
     def poll(who: admin) -> dict[str, Any]:  # type: ignore[valid-type]
