@@ -164,3 +164,33 @@ def test_the_server_queue_takes_wait_for_ci() -> None:
     assert normalise("deploy", {"env": "staging", "ref": "v1", "wait_for_ci": True})["wait_for_ci"] is True
     assert normalise("promote", {})["wait_for_ci"] is False
 
+
+
+def test_a_deploy_queued_on_the_server_waits_for_ci(app: App) -> None:
+    from tests.fakes.github import FakeGitHub
+    from tests.forge_setup import REPO, forge_yaml
+    from tests.server import ServerProcess
+
+    github = FakeGitHub(REPO, GITHUB_TOKEN)
+    sha = app.reconfigure(lambda text: text + forge_yaml(github, "{}"), message="gate on CI")
+    server = ServerProcess.start(app, GITHUB_TOKEN=GITHUB_TOKEN, CONVEYOR_CI_POLL="0.1")
+    try:
+        server.add_app()
+        server.push(sha)
+        run_id = github.add_check_run(sha, "build", status="in_progress")
+        refused = server.cli("deploy", "staging", sha)
+        assert refused.code == 3 and "CI has not finished" in refused.err
+        process = app.start("deploy", "staging", sha, "--wait-for-ci", **server.client_env())
+        try:
+            github.wait_for(lambda fake: len(fake.calls("GET", f"/commits/{sha}/check-runs$")) >= 3)
+            assert process.poll() is None
+            github.update_check_run(run_id, conclusion="success")
+            _, err = process.communicate(timeout=120)
+        finally:
+            process.kill()
+        assert process.returncode == 0, err
+        assert "waiting for CI on" in err  # the worker's progress, followed by the CLI
+        assert app.serves("staging") == "v2"
+    finally:
+        server.stop()
+        github.close()

@@ -144,6 +144,18 @@ def test_a_rate_limited_answer_is_waited_out_with_progress_then_succeeds(github:
         assert 0 < slept[0] <= 2.5
 
 
+def test_an_answer_that_spends_the_last_request_makes_the_next_call_wait_for_the_reset(github: FakeGitHub) -> None:
+    github.spend(30)
+    said: list[str] = []
+    slept: list[float] = []
+    gh = client(github, said, sleep=slept.append)
+    gh.ci_state(SHA)  # its first request spends the window; its second waits for the reset
+    assert len(slept) == 1 and 28 <= slept[0] <= 31
+    assert "rate limit is spent; waiting" in said[0]
+    gh.ci_state(SHA)
+    assert len(slept) == 1  # a fresh window: no more waiting
+
+
 def test_a_wait_longer_than_conveyor_waits_fails_at_once_saying_when_to_retry(github: FakeGitHub) -> None:
     github.rate_limit(1, "retry-after", seconds=900)
     slept: list[float] = []

@@ -18,7 +18,8 @@ Errors as GitHub sends them: {"message", "documentation_url"} (422 adds "errors"
 The test controls it: set_status(), add_check_run() / update_check_run(), add_commit(), merge() and
 close_pull() (as a person on GitHub would), rate_limit(n, how) — `retry-after`, `reset`
 (x-ratelimit-remaining: 0 with x-ratelimit-reset) or `secondary` (403 without either) — down()/up() for an
-outage, drop_answer() (the request takes effect, the answer never comes), page_size for pagination, and
+outage, spend(seconds) (an answer that spends the last request), drop_answer() (the request takes effect,
+the answer never comes), page_size for pagination, and
 wait_for(predicate) to hold a test until a request has arrived.
 """
 
@@ -98,7 +99,8 @@ class FakeGitHub:
         self.comments: dict[int, list[dict[str, Any]]] = {}
         self._ids = itertools.count(1000)
         self._limited: list[str] = []
-        self._dropped: list[tuple[str, str]] = []  # (method, path pattern): do it, then hang up unanswered
+        self._dropped: list[tuple[str, str]] = []
+        self._spent: int | None = None  # (method, path pattern): do it, then hang up unanswered
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         # Told of each merge (the merged pull), on a thread of its own, as GitHub sends its webhook after
@@ -134,6 +136,12 @@ class FakeGitHub:
         the secondary rate limit, no header)."""
         with self._changed:
             self._limited = [f"{how}:{seconds}"] * calls
+
+    def spend(self, seconds: int) -> None:
+        """The next answer succeeds but spends the last request of the window: x-ratelimit-remaining: 0,
+        x-ratelimit-reset `seconds` ahead (a client must wait for the reset before its next request)."""
+        with self._changed:
+            self._spent = seconds
 
     def drop_answer(self, method: str, pattern: str) -> None:
         """The next such request takes effect, then the connection closes without an answer (as when the
@@ -220,8 +228,12 @@ class FakeGitHub:
                     data["errors"] = exc.errors
                 status, headers = exc.status, exc.headers
             self._changed.notify_all()
-            return status, {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999",
-                            "x-ratelimit-reset": str(int(time.time()) + 3600), **headers}, data
+            limits = {"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "4999",
+                      "x-ratelimit-reset": str(int(time.time()) + 3600)}
+            if self._spent is not None and status < 400:
+                limits.update({"x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(time.time()) + self._spent)})
+                self._spent = None
+            return status, {**limits, **headers}, data
 
     def _route(self, method: str, path: str, query: dict[str, str], authorization: str,
                body: Any) -> tuple[int, dict[str, str], Any]:
@@ -705,3 +717,17 @@ def _handler(github: FakeGitHub) -> type[BaseHTTPRequestHandler]:
             pass
 
     return Handler
+
+
+def main() -> None:
+    """Serve until interrupted, nothing reported yet: `python -m tests.fakes.github PORT TOKEN [OWNER/NAME]`."""
+    import sys
+
+    port, token = int(sys.argv[1]), sys.argv[2]
+    github = FakeGitHub(sys.argv[3] if len(sys.argv) > 3 else "acme/hello", token, port=port)
+    print(f"fake GitHub REST API at {github.api_url} (repo {github.repo})", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
