@@ -592,6 +592,8 @@ def hosts_check(obj: Context, env: str, as_json: bool) -> None:
 def _scope_options(fn: F) -> F:
     fn = click.option("--org", "scope", flag_value="org", help="Every app in the ledger (a freeze).")(fn)
     fn = click.option("--app-wide", "scope", flag_value="app", help="Every environment of this app.")(fn)
+    fn = click.option("--triggers", "scope", flag_value="triggers",
+                      help="Only ENV's automatic triggers (webhook deploys; a rollback pauses them).")(fn)
     return fn
 
 

@@ -9,7 +9,8 @@ from typing import Any
 RELEASE_KINDS = ("deploy", "promote", "rollback", "hotfix")
 # pending: recorded, not yet applied; running: target work under way; interrupted: its holder died.
 RELEASE_STATUSES = ("pending", "running", "succeeded", "failed", "interrupted")
-BLOCK_SCOPES = ("env", "app", "org")
+# triggers: only the env's automatic (webhook) triggers are paused, by a rollback (pipeline/triggers.py).
+BLOCK_SCOPES = ("env", "app", "org", "triggers")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class LeaseAttempt:
 @dataclass(frozen=True)
 class Block:
     id: int
-    scope: str  # env | app | org
+    scope: str  # env | app | org | triggers
     app: str  # "" for org
     env: str  # "" for app and org scopes
     reason: str

@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
 # imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0011"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -288,4 +288,56 @@ notify_messages = Table(
     Column("claimed_at", UTCDateTime, nullable=False),
     UniqueConstraint("app", "destination", "operation"),
     sqlite_autoincrement=True,
+)
+
+# ------------------------------------------------------------------------------------- forge webhooks
+
+# Every GitHub delivery the server accepted, by its X-GitHub-Delivery id: the primary key is what makes a
+# replayed delivery a duplicate (its insert fails) rather than a second deploy.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String, primary_key=True),
+    Column("app", String, nullable=False),
+    Column("event", String, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("outcome", Text, nullable=False),  # what it did: queued #N, waiting for CI, ignored (why)
+)
+
+# A push waiting for its head commit's CI to go green before its trigger deploys it. state: waiting |
+# queued (operation_id says which) | superseded (a newer push to the branch) | paused (a block held) | red.
+pending_triggers = Table(
+    "pending_triggers",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("app", String, nullable=False),
+    Column("env", String, nullable=False),
+    Column("sha", String, nullable=False),
+    Column("branch", String, nullable=False),
+    Column("actor", String, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("state", String, nullable=False),
+    Column("operation_id", Integer, nullable=True),
+    Column("note", Text, nullable=False),
+    Column("decided_at", UTCDateTime, nullable=True),
+    Index(None, "state", "app"),
+    Index(None, "app", "sha"),
+    sqlite_autoincrement=True,
+)
+
+# The open release pull request of each app (one per app: source -> target), for auto-merge to find
+# without asking the forge about every app.
+release_prs = Table(
+    "release_prs",
+    metadata,
+    Column("app", String, primary_key=True),
+    Column("number", Integer, nullable=False),
+    Column("source", String, nullable=False),
+    Column("target", String, nullable=False),
+    Column("head_sha", String, nullable=False),
+    Column("digest", String, nullable=False),
+    Column("opened_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("merged_at", UTCDateTime, nullable=True),
 )

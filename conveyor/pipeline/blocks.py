@@ -62,7 +62,7 @@ def _one_line(text: str) -> str:
 
 
 def _scope(ws: Workspace, env: str | None, scope: str) -> tuple[str, str]:
-    if scope == "env":
+    if scope in ("env", "triggers"):
         if env is None:
             raise BadInput("name the environment to lock, or use --app-wide / --org")
         return ws.config.app, ws.config.environment(env).name
@@ -95,7 +95,7 @@ class Lifted:
         return f"{done}; {_still_blocked(self.target, self.still_blocking)}" if self.still_blocking else done
 
 
-_WIDER = {"env": ("app", "org"), "app": ("org",), "org": ()}
+_WIDER = {"env": ("app", "org"), "app": ("org",), "org": (), "triggers": ("app", "org")}
 _UNLOCK_HINT = {"app": "conveyor unlock --app-wide", "org": "conveyor unlock --org"}
 
 
@@ -116,7 +116,8 @@ def lift_block(ws: Workspace, env: str | None, scope: str) -> Lifted:
 
 
 def _target_name(scope: str, app: str, env: str) -> str:
-    return {"env": f"{app}/{env}", "app": f"app {app}", "org": "the organisation"}[scope]
+    return {"env": f"{app}/{env}", "app": f"app {app}", "org": "the organisation",
+            "triggers": f"{app}/{env}'s automatic triggers"}[scope]
 
 
 def _still_blocked(target: str, blocks: list[Block]) -> str:

@@ -11,7 +11,8 @@ from conveyor.pipeline.workspace import Workspace
 
 
 def describe_block(block: Block) -> str:
-    where = {"org": "the whole organisation", "app": f"app {block.app}", "env": f"{block.app}/{block.env}"}
+    where = {"org": "the whole organisation", "app": f"app {block.app}", "env": f"{block.app}/{block.env}",
+             "triggers": f"{block.app}/{block.env}'s automatic triggers"}
     since = block.created_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
     until = f" until {block.until.astimezone(UTC):%Y-%m-%d %H:%M UTC}" if block.until else ""
     return f"{where[block.scope]} is blocked by {block.actor} since {since}{until}: {block.reason}"

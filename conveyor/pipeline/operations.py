@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from conveyor.errors import BadInput, Refused
+from collections.abc import Callable
+
+from conveyor.errors import BadInput, ConveyorError, Refused
 from conveyor.ledger.models import Release
 from conveyor.pipeline.artifacts import require_artifact
 from conveyor.pipeline.copies import render as render_placed
@@ -131,4 +133,19 @@ def rollback(
         reason=reason or f"rollback to {env.name}#{chosen.number}", forced=force, source=chosen,
         run_tasks=False, notes=notes,
     )
-    return execute(ws, plan, wait=wait, dry_run=dry_run), not_undone
+    return _pausing_triggers(ws, env.name, lambda: execute(ws, plan, wait=wait, dry_run=dry_run)), not_undone
+
+
+def _pausing_triggers(ws: Workspace, env_name: str, run: Callable[[], Release | DryRun]) -> Release | DryRun:
+    """A rollback, whatever its outcome, pauses the env's automatic triggers (pipeline/triggers.py)."""
+    from conveyor.pipeline.triggers import pause_for_rollback
+
+    try:
+        result = run()
+    except ConveyorError as exc:
+        if isinstance(exc.release, Release):
+            pause_for_rollback(ws, env_name, exc.release)
+        raise
+    if isinstance(result, Release):
+        pause_for_rollback(ws, env_name, result)
+    return result

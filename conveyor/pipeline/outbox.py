@@ -142,9 +142,11 @@ def _handlers() -> dict[str, Handler]:
     from conveyor.pipeline.announce import SlackAnnouncements, WebhookAnnouncements
     from conveyor.pipeline.deployments import KIND as GITHUB_DEPLOYMENT
     from conveyor.pipeline.deployments import GitHubDeployments
+    from conveyor.pipeline.release_pr import PR_COMMENT, RELEASE_PR, PullRequestComments, ReleasePullRequests
 
     return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements(),
-            GITHUB_DEPLOYMENT: GitHubDeployments()}
+            GITHUB_DEPLOYMENT: GitHubDeployments(), RELEASE_PR: ReleasePullRequests(),
+            PR_COMMENT: PullRequestComments()}
 
 
 HANDLERS: dict[str, Handler] = _handlers()

@@ -85,10 +85,14 @@ def block_view(block: Block) -> dict[str, Any]:
 
 def app_blocks(ws: Workspace) -> list[dict[str, Any]]:
     """Every block in force on any environment of the app (its own, app-wide and org-wide), each once."""
+    from conveyor.ledger.hooks_store import HooksStore
+
     seen: dict[int, dict[str, Any]] = {}
     for env in ws.config.environments:
         for block in ws.ledger.active_blocks(ws.config.app, env.name):
             seen[block.id] = block_view(block)
+        for pause in HooksStore(ws.ledger).trigger_pauses(ws.config.app, env.name):  # a rollback's
+            seen[pause.id] = block_view(pause)
     return list(seen.values())
 
 

@@ -30,6 +30,7 @@ from conveyor.pipeline.tokens import allows, authenticate, check_scopes, create_
 from conveyor.pipeline.worker import Server
 from conveyor.server import schemas as s
 from conveyor.server.limits import BoundedRequests
+from conveyor.server.webhooks import add_webhooks
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorBody, "description": what}
@@ -119,6 +120,7 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
     Reader, Blocker, Admin = scoped("read"), scoped("block"), scoped("admin")
     Operator = Annotated[Caller, Depends(operate_caller)]
     Canceller = Annotated[Caller, Depends(cancel_caller)]
+    add_webhooks(api, server, Reader, Admin)
 
     @contextmanager
     def workspace(app: str, who: Caller | None = None) -> Iterator[Any]:
@@ -256,7 +258,7 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
 
     @api.delete("/api/apps/{app}/blocks", response_model=s.Unlocked, tags=["blocks"])
     def unlock(app: str, who: Blocker, env: Annotated[str | None, Query(pattern=s.NAME, max_length=63)] = None,
-               scope: Annotated[str, Query(pattern="^(env|app|org)$")] = "env") -> dict[str, Any]:
+               scope: Annotated[str, Query(pattern="^(env|app|org|triggers)$")] = "env") -> dict[str, Any]:
         from conveyor.pipeline.blocks import lift_block
         from conveyor.pipeline.views import block_view
 

@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 MAX_BODY = 64 * 1024
+# GitHub's push deliveries list every commit pushed: a large push is well beyond an API call's size.
+WEBHOOK_MAX_BODY = 1024 * 1024
 BODY_TIMEOUT = float(os.environ.get("CONVEYOR_SERVER_BODY_TIMEOUT", "10"))  # seconds; the tests shorten it
 
 Scope = dict[str, Any]
@@ -24,9 +26,10 @@ class BoundedRequests:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = WEBHOOK_MAX_BODY if scope["path"].startswith("/webhooks/") else MAX_BODY
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-            await _refuse(send, 413, f"request bodies are limited to {MAX_BODY} bytes")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await _refuse(send, 413, f"request bodies are limited to {limit} bytes")
             return
         chunks, size = [], 0
         while True:
@@ -39,8 +42,8 @@ class BoundedRequests:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY:
-                await _refuse(send, 413, f"request bodies are limited to {MAX_BODY} bytes")
+            if size > limit:
+                await _refuse(send, 413, f"request bodies are limited to {limit} bytes")
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -20,6 +20,7 @@ from typing import Any
 import uvicorn
 
 from conveyor.errors import BadInput
+from conveyor.pipeline.poller import start_poller
 from conveyor.pipeline.worker import Server, WorkerPool
 from conveyor.server.app import create_app
 
@@ -101,6 +102,7 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
     config = uvicorn.Config(create_app(server, anonymous_read=anonymous_read), log_level="warning",
                             timeout_keep_alive=5, timeout_graceful_shutdown=5, lifespan="off", access_log=False)
     runner = DrainingServer(config, pool, say)
+    start_poller(server, stop_listening)
     pool.start()
     bound = sock.getsockname()
     say(f"conveyor server listening on http://{bound[0]}:{bound[1]} (replica {server.replica}, {workers} "

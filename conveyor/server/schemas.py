@@ -125,7 +125,7 @@ class History(BaseModel):
 
 class LockIn(Body):
     env: str | None = Field(None, pattern=NAME, max_length=63)
-    scope: Literal["env", "app", "org"] = "env"
+    scope: Literal["env", "app", "org", "triggers"] = "env"
     reason: str = Field(min_length=1, max_length=2000)
     until: str | None = Field(None, max_length=100)
 

@@ -247,3 +247,30 @@ def read_remote_blob(repo: Repo, remote: str, ref: str, timeout: float = 60) -> 
     _remote_git(repo, ["fetch", "-q", "--no-tags", "--no-write-fetch-head", "--", remote, oids[0]],
                 f"git fetch {ref} from {remote}", timeout)
     return _remote_git(repo, ["cat-file", "blob", oids[0]], f"git cat-file {oids[0]}", 30)
+
+
+def head_from_files(git_dir: Path) -> str | None:
+    """The SHA a bare repository's HEAD points at, read from its files (HEAD, the loose ref, packed-refs)
+    without starting git: the server asks this of every app's mirror for each webhook delivery. None when
+    it cannot tell (no such repo, an empty one, a layout this does not read), and callers then ask git."""
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+    except OSError:
+        return None
+    if not head.startswith("ref: "):
+        return head if len(head) == 40 else None
+    ref = head.removeprefix("ref: ")
+    try:
+        loose = (git_dir / ref).read_text().strip()
+        return loose if len(loose) == 40 else None
+    except OSError:
+        pass
+    try:
+        packed = (git_dir / "packed-refs").read_text()
+    except OSError:
+        return None
+    for line in packed.splitlines():
+        sha, _, name = line.partition(" ")
+        if name == ref and len(sha) == 40:
+            return sha
+    return None

@@ -103,6 +103,9 @@ class FakeGitHub:
         self._spent: int | None = None  # (method, path pattern): do it, then hang up unanswered
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
+        # Told of each merge (the merged pull), on a thread of its own, as GitHub sends its webhook after
+        # answering: tests/hooks.py sends the signed pull_request delivery from here.
+        self.on_merged: Callable[[dict[str, Any]], None] | None = None
         self.up()
 
     @property
@@ -580,6 +583,8 @@ class FakeGitHub:
         merge_sha = self._git_merge(pull) if self.git_dir is not None else secrets.token_hex(20)
         pull.update(state="closed", merged=True, merged_at=_now(), closed_at=_now(), merge_commit_sha=merge_sha,
                     merged_by=self._user(self.owner), updated_at=_now())
+        if self.on_merged is not None:
+            threading.Thread(target=self.on_merged, args=(json.loads(json.dumps(pull)),), daemon=True).start()
         return merge_sha
 
     def _git_merge(self, pull: dict[str, Any]) -> str:
