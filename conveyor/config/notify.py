@@ -89,6 +89,10 @@ class Notify(Strict):
     release_page: HttpUrl | None = Field(
         None, description="URL template of a release's page: {app}, {env}, {number} are filled in."
     )
+    trace_page: HttpUrl | None = Field(
+        None, description="URL template of a trace in your tracing UI: {trace_id} is filled in (e.g. "
+                          "https://grafana.example.com/explore?traceId={trace_id})."
+    )
 
     @model_validator(mode="before")
     @classmethod

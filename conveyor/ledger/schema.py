@@ -27,7 +27,7 @@ from sqlalchemy.types import TypeDecorator
 
 # The newest migration's revision id. open_ledger compares the database's alembic_version with this and only
 # imports Alembic when they differ, so a migrated ledger opens without loading Alembic at all.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0009"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -93,6 +93,8 @@ releases = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    # The OpenTelemetry trace of the operation that made it (32 hex digits), "" when tracing was off.
+    Column("trace_id", String, nullable=False, server_default=""),
     UniqueConstraint("app", "env", "number"),
     # live_release: the highest succeeded number of an app+env, one index seek.
     Index(None, "app", "env", "status", "number"),
@@ -201,6 +203,7 @@ outbox = Table(
     Column("stopped", Text, nullable=False, server_default=""),
     Index(None, "app", "delivered_at"),
     Index(None, "app", "env", "created_at"),  # outbox_items: one env's recent items, among millions
+    Index(None, "delivered_at", "kind", "created_at"),  # the metrics' backlog: undelivered items only
     sqlite_autoincrement=True,
 )
 
@@ -253,6 +256,8 @@ operations = Table(
     Column("lease_until", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False),
     Column("note", Text, nullable=False),  # why it was cancelled, superseded or taken over
+    # The submitter's W3C trace context (its `traceparent` header), so the worker's spans join its trace.
+    Column("traceparent", String, nullable=False, server_default=""),
     Index(None, "state", "id"),
     Index(None, "app", "lane", "state", "id"),
     sqlite_autoincrement=True,

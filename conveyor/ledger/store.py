@@ -261,6 +261,7 @@ def _release(row: Row[Any]) -> Release:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        trace_id=row.trace_id,
     )
 
 
@@ -358,6 +359,8 @@ def release_state(release: Release) -> dict[str, Any]:
             state["spec_sha256"] = hashlib.sha256(_canonical(value).encode()).hexdigest()
         elif isinstance(value, datetime):
             state[name] = value.astimezone(UTC).isoformat()
+        elif name == "trace_id" and not value:
+            continue  # records chained before releases had a trace id must still match their rows
         else:
             state[name] = value
     return state
@@ -449,6 +452,7 @@ class Ledger:
         source_release_id: int | None,
         holder: str | None = None,
         announce: Callable[[Release], list[tuple[str, dict[str, Any]]]] | None = None,
+        trace_id: str = "",
     ) -> Release:
         """Record a new pending release with the next gapless number for app+env.
 
@@ -471,6 +475,7 @@ class Ledger:
                     config_source=config_source, actor=actor,
                     origin=origin, reason=self.redact(reason), forced=forced, step="recorded", error="",
                     previous_number=previous_number, promoted_from_id=source_release_id, created_at=_now(),
+                    trace_id=trace_id,
                 )
                 .returning(*releases.c)
             ).one()

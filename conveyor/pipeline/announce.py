@@ -64,7 +64,7 @@ def release_announcement(ws: Workspace, release: Release, event: str) -> dict[st
         "origin": release.origin, "reason": release.reason, "forced": release.forced,
         "error": release.error.splitlines()[0] if release.error else "",
         "started_at": _iso(release.started_at), "finished_at": _iso(release.finished_at),
-        "duration_seconds": duration, "env": release.env,
+        "duration_seconds": duration, "trace_id": release.trace_id or None, "env": release.env,
         "commits": _commits(ws, previous, release, with_authors=event == "failed"),
         "links": _links(ws, release, previous),
         "log_tail": _log_tail(ws, release) if event == "failed" else [],
@@ -119,7 +119,9 @@ def _links(ws: Workspace, release: Release, previous: Release | None) -> dict[st
     if previous is not None and previous.sha != release.sha:
         remote = History(ws.repo).remote_url(ws.config.release_refs.remote)
         compare = compare_url(remote, previous.sha, release.sha) if remote else None
-    return {"release_page": page, "compare": compare}
+    trace_page = ws.config.notify.trace_page
+    trace = trace_page.format(trace_id=release.trace_id) if trace_page and release.trace_id else None
+    return {"release_page": page, "compare": compare, "trace": trace}
 
 
 def _log_tail(ws: Workspace, release: Release) -> list[str]:

@@ -1,0 +1,136 @@
+"""The ledger queries behind the metrics: aggregates over id ranges of releases (so a scrape reads what is
+new since the last one, an index range on the primary key), and the small tables' state now.
+
+Each function is one short read on the Ledger's engine, on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, case, func, literal_column, select
+
+from conveyor.ledger.schema import leases, operations, outbox, releases
+
+if TYPE_CHECKING:
+    from conveyor.ledger.store import Ledger
+
+FINISHED = ("succeeded", "failed", "interrupted")
+UNFINISHED = ("pending", "running")
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    id: int
+    app: str
+    env: str
+    number: int
+    kind: str
+    status: str
+    sha: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Tally:
+    """Finished releases of one app, env, kind and status: how many, their total seconds, and how many took
+    at most each bound (cumulative, in the order of the bounds asked for)."""
+
+    app: str
+    env: str
+    kind: str
+    status: str
+    count: int
+    seconds: float
+    within: tuple[int, ...]
+
+
+def _duration(ledger: Ledger) -> Any:
+    """Seconds from recorded to finished, in the database's own arithmetic."""
+    if ledger._postgres:
+        return func.extract("epoch", releases.c.finished_at - releases.c.created_at)
+    return (func.julianday(releases.c.finished_at) - func.julianday(releases.c.created_at)) * literal_column("86400.0")
+
+
+def settled_id(ledger: Ledger, before: datetime) -> int:
+    """The highest release id recorded before `before`: every lower id is committed by now (a PostgreSQL
+    sequence hands out ids before their transactions commit, so the newest ids may still gain a neighbour)."""
+    query = select(releases.c.id).where(releases.c.created_at <= before).order_by(releases.c.id.desc()).limit(1)
+    with ledger._read() as conn:
+        return int(conn.execute(query).scalar() or 0)
+
+
+def tallies(ledger: Ledger, after_id: int, upto_id: int, bounds: Sequence[float]) -> list[Tally]:
+    """Finished releases with after_id < id <= upto_id, grouped; one pass over that id range."""
+    seconds = _duration(ledger)
+    columns = [releases.c.app, releases.c.env, releases.c.kind, releases.c.status]
+    within = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in bounds]
+    query = (select(*columns, func.count(), func.sum(seconds), *within)
+             .where(releases.c.id > after_id, releases.c.id <= upto_id, releases.c.status.in_(FINISHED),
+                    releases.c.finished_at.is_not(None))
+             .group_by(*columns))
+    with ledger._read() as conn:
+        return [Tally(row[0], row[1], row[2], row[3], int(row[4]), float(row[5] or 0.0),
+                      tuple(int(n or 0) for n in row[6:])) for row in conn.execute(query)]
+
+
+def unfinished_ids(ledger: Ledger, after_id: int, upto_id: int) -> list[int]:
+    query = select(releases.c.id).where(releases.c.id > after_id, releases.c.id <= upto_id,
+                                        releases.c.status.in_(UNFINISHED))
+    with ledger._read() as conn:
+        return [int(row[0]) for row in conn.execute(query)]
+
+
+def latest_succeeded(ledger: Ledger, after_id: int, upto_id: int) -> list[ReleaseRow]:
+    """Per app+env, its highest-numbered succeeded release among after_id < id <= upto_id."""
+    newest = (select(releases.c.app, releases.c.env, func.max(releases.c.number).label("number"))
+              .where(releases.c.id > after_id, releases.c.id <= upto_id, releases.c.status == "succeeded")
+              .group_by(releases.c.app, releases.c.env).subquery())
+    query = select(*_row_columns()).join(newest, and_(
+        releases.c.app == newest.c.app, releases.c.env == newest.c.env, releases.c.number == newest.c.number))
+    with ledger._read() as conn:
+        return [ReleaseRow(*row) for row in conn.execute(query)]
+
+
+def rows_by_id(ledger: Ledger, ids: Sequence[int]) -> list[ReleaseRow]:
+    if not ids:
+        return []
+    with ledger._read() as conn:
+        return [ReleaseRow(*row) for row in conn.execute(select(*_row_columns()).where(releases.c.id.in_(ids)))]
+
+
+def rows_after(ledger: Ledger, after_id: int) -> list[ReleaseRow]:
+    with ledger._read() as conn:
+        return [ReleaseRow(*row) for row in conn.execute(select(*_row_columns()).where(releases.c.id > after_id))]
+
+
+def _row_columns() -> list[Any]:
+    c = releases.c
+    return [c.id, c.app, c.env, c.number, c.kind, c.status, c.sha, c.created_at, c.finished_at]
+
+
+def queued(ledger: Ledger) -> list[tuple[str, str, int, datetime]]:
+    """(app, lane, how many wait, the oldest one's submission time) of the server's queue."""
+    query = (select(operations.c.app, operations.c.lane, func.count(), func.min(operations.c.created_at))
+             .where(operations.c.state == "queued").group_by(operations.c.app, operations.c.lane))
+    with ledger._read() as conn:
+        return [(row[0], row[1], int(row[2]), row[3]) for row in conn.execute(query)]
+
+
+def lease_expiries(ledger: Ledger) -> list[datetime]:
+    """When each lease now held expires (one row per app+env under way: a small table)."""
+    with ledger._read() as conn:
+        return [row[0] for row in conn.execute(select(leases.c.expires_at))]
+
+
+def undelivered(ledger: Ledger) -> list[tuple[str, int, int, datetime]]:
+    """(kind, how many wait, how many of them are stopped, the oldest one's queueing time) of the outbox."""
+    query = (select(outbox.c.kind, func.count(), func.sum(case((outbox.c.stopped != "", 1), else_=0)),
+                    func.min(outbox.c.created_at))
+             .where(outbox.c.delivered_at.is_(None)).group_by(outbox.c.kind))
+    with ledger._read() as conn:
+        return [(row[0], int(row[1]), int(row[2] or 0), row[3]) for row in conn.execute(query)]
