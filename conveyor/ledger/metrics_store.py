@@ -65,17 +65,26 @@ def settled_id(ledger: Ledger, before: datetime) -> int:
 
 
 def tallies(ledger: Ledger, after_id: int, upto_id: int, bounds: Sequence[float]) -> list[Tally]:
-    """Finished releases with after_id < id <= upto_id, grouped; one pass over that id range."""
-    seconds = _duration(ledger)
-    columns = [releases.c.app, releases.c.env, releases.c.kind, releases.c.status]
-    within = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in bounds]
-    query = (select(*columns, func.count(), func.sum(seconds), *within)
-             .where(releases.c.id > after_id, releases.c.id <= upto_id, releases.c.status.in_(FINISHED),
-                    releases.c.finished_at.is_not(None))
-             .group_by(*columns))
+    """Finished releases with after_id < id <= upto_id, grouped; one pass over that id range.
+
+    Each row's duration is computed once, in a subquery the planner may not merge into the outer one (a
+    LIMIT -1 on SQLite, OFFSET 0 on PostgreSQL); the outer query groups by the first bound it fits."""
+    c = releases.c
+    inner = (select(c.app, c.env, c.kind, c.status, _duration(ledger).label("seconds"))
+             .where(c.id > after_id, c.id <= upto_id, c.status.in_(FINISHED), c.finished_at.is_not(None)))
+    rows = (inner.offset(0) if ledger._postgres else inner.limit(-1)).subquery()
+    bucket = case(*[(rows.c.seconds <= bound, index) for index, bound in enumerate(bounds)], else_=len(bounds))
+    keys = [rows.c.app, rows.c.env, rows.c.kind, rows.c.status]
+    query = select(*keys, bucket, func.count(), func.sum(rows.c.seconds)).group_by(*keys, bucket)
+    found: dict[tuple[str, str, str, str], list[Any]] = {}
     with ledger._read() as conn:
-        return [Tally(row[0], row[1], row[2], row[3], int(row[4]), float(row[5] or 0.0),
-                      tuple(int(n or 0) for n in row[6:])) for row in conn.execute(query)]
+        for app, env, kind, status, first, count, seconds in conn.execute(query):
+            entry = found.setdefault((app, env, kind, status), [0, 0.0, [0] * len(bounds)])
+            entry[0] += int(count)
+            entry[1] += float(seconds or 0.0)
+            for index in range(int(first), len(bounds)):
+                entry[2][index] += int(count)
+    return [Tally(*key, count, seconds, tuple(within)) for key, (count, seconds, within) in found.items()]
 
 
 def unfinished_ids(ledger: Ledger, after_id: int, upto_id: int) -> list[int]:

@@ -9,8 +9,7 @@ outbox are small and read whole. Delivery (DORA) figures are the expensive part:
 `DELIVERY_MAX_AGE` seconds, in a background thread on a server so no scrape waits for them.
 
 Step durations are observed in the process that runs the steps (`observe_step`, a no-op until a server
-registers an observer), so they appear on `/metrics` only. Nothing here imports prometheus_client before a
-collector is built: `conveyor --help` and the pipeline never load it.
+registers an observer), so they appear on `/metrics` only. Nothing here imports prometheus_client.
 
 Labels stay bounded: app, env, kind, outcome, step, queue lane; a SHA only on the live-release info series.
 """
@@ -19,13 +18,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conveyor.ledger.metrics_store import ReleaseRow, Tally
+    from conveyor.ledger.metrics_store import ReleaseRow
     from conveyor.ledger.store import Ledger
 
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -55,16 +54,22 @@ def step_label(step: str) -> str:
 # ------------------------------------------------------------------------------------------ tallies
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Tally:
+    """Never changed once made (a snapshot being rendered shares them): adding makes a new one."""
+
     count: int = 0
     seconds: float = 0.0
-    within: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    within: tuple[int, ...] = (0,) * len(DURATION_BUCKETS)
 
-    def add(self, count: int, seconds: float, within: tuple[int, ...] | list[int]) -> None:
-        self.count += count
-        self.seconds += seconds
-        self.within = [mine + theirs for mine, theirs in zip(self.within, within, strict=True)]
+    def plus(self, count: int, seconds: float, within: tuple[int, ...]) -> _Tally:
+        return _Tally(self.count + count, self.seconds + seconds,
+                      tuple(mine + theirs for mine, theirs in zip(self.within, within, strict=True)))
+
+
+EMPTY = _Tally()
+Outcomes = dict[tuple[str, str, str, str], _Tally]  # (app, env, kind, outcome)
+Durations = dict[tuple[str, str], _Tally]  # (env, kind): every app's, the histogram's labels
 
 
 @dataclass(frozen=True)
@@ -76,11 +81,39 @@ class Live:
 
 
 @dataclass
+class Tallies:
+    outcomes: Outcomes
+    durations: Durations
+    live: dict[tuple[str, str], Live]  # (app, env)
+    version: tuple[Any, ...] = ()  # equal versions hold equal figures (a render of one serves the other)
+
+    def copy(self) -> Tallies:
+        return Tallies(dict(self.outcomes), dict(self.durations), dict(self.live), self.version)
+
+    def add(self, app: str, env: str, kind: str, status: str, count: int, seconds: float,
+            within: tuple[int, ...]) -> None:
+        key = (app, env, kind, status)
+        self.outcomes[key] = self.outcomes.get(key, EMPTY).plus(count, seconds, within)
+        self.durations[(env, kind)] = self.durations.get((env, kind), EMPTY).plus(count, seconds, within)
+
+    def add_row(self, row: ReleaseRow) -> None:
+        seconds = (row.finished_at - row.created_at).total_seconds() if row.finished_at else 0.0
+        self.add(row.app, row.env, row.kind, row.status, 1, seconds,
+                 tuple(1 if seconds <= bound else 0 for bound in DURATION_BUCKETS))
+        if row.status == "succeeded":
+            self.add_live(row)
+
+    def add_live(self, row: ReleaseRow) -> None:
+        current = self.live.get((row.app, row.env))
+        if current is None or row.number > current.number:
+            self.live[(row.app, row.env)] = Live(row.number, row.kind, row.sha, row.finished_at)
+
+
+@dataclass
 class Snapshot:
     """What one scrape shows, independent of how it is rendered."""
 
-    outcomes: dict[tuple[str, str, str, str], _Tally]  # (app, env, kind, outcome)
-    live: dict[tuple[str, str], Live]  # (app, env)
+    tallies: Tallies
     queued: list[tuple[str, str, int, float]]  # (app, env, depth, oldest wait in seconds)
     leases_held: int
     leases_expired: int
@@ -96,50 +129,34 @@ class LedgerTallies:
         self._lock = threading.Lock()
         self._through = 0  # every release with an id up to here is folded in, or in _unfinished
         self._unfinished: set[int] = set()
-        self._outcomes: dict[tuple[str, str, str, str], _Tally] = {}
-        self._live: dict[tuple[str, str], Live] = {}
+        self._kept = Tallies({}, {}, {})
+        self._changes = 0  # counts every fold into _kept
 
-    def read(self, now: datetime) -> tuple[dict[tuple[str, str, str, str], _Tally], dict[tuple[str, str], Live]]:
+    def read(self, now: datetime) -> Tallies:
         from conveyor.ledger import metrics_store as q
 
         with self._lock:
             settled = max(q.settled_id(self.ledger, now - timedelta(seconds=SETTLE_SECONDS)), self._through)
             if settled > self._through:
-                for tally in q.tallies(self.ledger, self._through, settled, DURATION_BUCKETS):
-                    self._fold_tally(tally)
+                for t in q.tallies(self.ledger, self._through, settled, DURATION_BUCKETS):
+                    self._kept.add(t.app, t.env, t.kind, t.status, t.count, t.seconds, t.within)
                 for row in q.latest_succeeded(self.ledger, self._through, settled):
-                    self._fold_live(self._live, row)
+                    self._kept.add_live(row)
                 self._unfinished.update(q.unfinished_ids(self.ledger, self._through, settled))
                 self._through = settled
+                self._changes += 1
             for row in q.rows_by_id(self.ledger, sorted(self._unfinished)):
                 if row.status not in q.UNFINISHED:
                     self._unfinished.discard(row.id)
-                    self._fold_row(self._outcomes, self._live, row)
-            outcomes = {key: _Tally(t.count, t.seconds, list(t.within)) for key, t in self._outcomes.items()}
-            live = dict(self._live)
-        for row in q.rows_after(self.ledger, settled):  # the newest: counted for this scrape only
-            if row.status not in q.UNFINISHED:
-                self._fold_row(outcomes, live, row)
-        return outcomes, live
-
-    def _fold_tally(self, tally: Tally) -> None:
-        key = (tally.app, tally.env, tally.kind, tally.status)
-        self._outcomes.setdefault(key, _Tally()).add(tally.count, tally.seconds, tally.within)
-
-    @staticmethod
-    def _fold_row(outcomes: dict[tuple[str, str, str, str], _Tally], live: dict[tuple[str, str], Live],
-                  row: ReleaseRow) -> None:
-        seconds = (row.finished_at - row.created_at).total_seconds() if row.finished_at else 0.0
-        within = [1 if seconds <= bound else 0 for bound in DURATION_BUCKETS]
-        outcomes.setdefault((row.app, row.env, row.kind, row.status), _Tally()).add(1, seconds, within)
-        if row.status == "succeeded":
-            LedgerTallies._fold_live(live, row)
-
-    @staticmethod
-    def _fold_live(live: dict[tuple[str, str], Live], row: ReleaseRow) -> None:
-        current = live.get((row.app, row.env))
-        if current is None or row.number > current.number:
-            live[(row.app, row.env)] = Live(row.number, row.kind, row.sha, row.finished_at)
+                    self._kept.add_row(row)
+                    self._changes += 1
+            shown = self._kept.copy()
+            changes = self._changes
+        fresh = [row for row in q.rows_after(self.ledger, settled) if row.status not in q.UNFINISHED]
+        for row in fresh:  # the newest: counted for this scrape only
+            shown.add_row(row)
+        shown.version = (id(self), changes, tuple((row.id, row.status) for row in fresh))
+        return shown
 
 
 # ------------------------------------------------------------------------------------------ delivery
@@ -172,10 +189,11 @@ class _Delivery:
     def _refresh(self) -> None:
         try:
             value = delivery_by_app(self.ledger)
-        except Exception:  # a scrape still shows everything else; the next one tries again
+        except Exception as exc:  # a scrape still shows everything else; the next one tries again
             import logging
 
-            logging.getLogger("conveyor.server").exception("cannot compute delivery metrics")
+            logging.getLogger("conveyor.metrics").warning("cannot compute delivery metrics: %s: %s",
+                                                          type(exc).__name__, exc)
             value = self._value or {}
         with self._lock:
             self._value, self._at, self._computing = value, time.monotonic(), False
@@ -210,10 +228,10 @@ class LedgerMetrics:
         from conveyor.ledger import metrics_store as q
 
         now = now or datetime.now(UTC)
-        outcomes, live = self.tallies.read(now)
+        tallies = self.tallies.read(now)
         expiries = q.lease_expiries(self.ledger)
         return Snapshot(
-            outcomes=outcomes, live=live,
+            tallies=tallies,
             queued=[(app, lane, depth, max((now - oldest).total_seconds(), 0.0))
                     for app, lane, depth, oldest in q.queued(self.ledger)],
             leases_held=sum(1 for when in expiries if when >= now),
@@ -224,117 +242,160 @@ class LedgerMetrics:
         )
 
 
-class Collector:
-    """A prometheus_client custom collector over LedgerMetrics: the families are built at each scrape."""
+# ------------------------------------------------------------------------------------------ exposition
+#
+# The Prometheus text format (version 0.0.4), written here rather than through prometheus_client's generic
+# renderer: that one validates and escapes every label name of every sample again (~40 µs a line on this
+# machine), and a ledger of 500 apps × 3 environments has thousands of series. Label names are fixed here;
+# values are escaped per the format (backslash, double quote, newline). The in-process metrics of a server
+# are prometheus_client's own (server/metrics.py), and tests parse this output with prometheus_client's
+# parser and query it through a real Prometheus.
 
-    def __init__(self, metrics: LedgerMetrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> list[Any]:
-        return []  # registered without a trial collect (that would scrape the ledger at start-up)
-
-    def collect(self) -> Iterator[Any]:
-        yield from families(self.metrics.snapshot())
-
-
-def families(snap: Snapshot) -> Iterator[Any]:
-    from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-
-    operations = CounterMetricFamily("conveyor_operations", "Finished releases (deploy, promote, rollback, "
-                                     "hotfix) by outcome: succeeded, failed, interrupted.",
-                                     labels=["app", "env", "kind", "outcome"])
-    by_env_kind: dict[tuple[str, str], Any] = {}
-    for (app, env, kind, outcome), tally in sorted(snap.outcomes.items()):
-        operations.add_metric([app, env, kind, outcome], tally.count)
-        by_env_kind.setdefault((env, kind), _Tally()).add(tally.count, tally.seconds, tally.within)
-    yield operations
-    durations = HistogramMetricFamily("conveyor_operation_duration_seconds", "Seconds from a release's record "
-                                      "to its outcome (tasks, deploy and verification).", labels=["env", "kind"])
-    for (env, kind), tally in sorted(by_env_kind.items()):
-        buckets = [(_bound(bound), count) for bound, count in zip(DURATION_BUCKETS, tally.within, strict=True)]
-        durations.add_metric([env, kind], [*buckets, ("+Inf", tally.count)], tally.seconds)
-    yield durations
-    yield from _live_families(snap)
-    yield from _queue_families(snap)
-    yield from _delivery_families(snap)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _bound(bound: float) -> str:
-    return f"{bound:g}" if bound != int(bound) else f"{bound:.1f}"
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _live_families(snap: Snapshot) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
-
-    info = GaugeMetricFamily("conveyor_live_release_info", "1 for the release each app+env serves now.",
-                             labels=["app", "env", "number", "kind", "sha"])
-    stamp = GaugeMetricFamily("conveyor_live_release_timestamp_seconds", "When the live release of each "
-                              "app+env finished (Unix time): a dashboard's release marker.", labels=["app", "env"])
-    for (app, env), live in sorted(snap.live.items()):
-        info.add_metric([app, env, str(live.number), live.kind, live.sha], 1)
-        if live.finished_at is not None:
-            stamp.add_metric([app, env], live.finished_at.timestamp())
-    yield info
-    yield stamp
+def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
+    return ",".join(f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True))
 
 
-def _queue_families(snap: Snapshot) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
+def _number(value: float) -> str:
+    if value == int(value) and abs(value) < 1e15:
+        return str(int(value))
+    return repr(float(value))
 
-    depth = GaugeMetricFamily("conveyor_queue_depth", "Operations waiting in the server's queue, per lane "
-                              "(env \"\" is an app's build lane).", labels=["app", "env"])
-    wait = GaugeMetricFamily("conveyor_queue_oldest_wait_seconds", "How long the oldest waiting operation of "
-                             "each lane has waited.", labels=["app", "env"])
-    for app, env, count, seconds in sorted(snap.queued):
-        depth.add_metric([app, env], count)
-        wait.add_metric([app, env], seconds)
-    yield depth
-    yield wait
-    leases = GaugeMetricFamily("conveyor_leases", "Environment leases in the ledger: held (heartbeating) or "
-                               "expired (its holder stopped; the next operation takes it over).", labels=["state"])
-    leases.add_metric(["held"], snap.leases_held)
-    leases.add_metric(["expired"], snap.leases_expired)
-    yield leases
-    backlog = GaugeMetricFamily("conveyor_outbox_backlog", "Undelivered outbox items (git refs, announcements) "
-                                "by kind; `stopped` ones wait for a person.", labels=["kind", "state"])
-    age = GaugeMetricFamily("conveyor_outbox_oldest_age_seconds", "Age of the oldest undelivered item, by kind.",
-                            labels=["kind"])
-    for kind, count, stopped, seconds in sorted(snap.outbox):
-        backlog.add_metric([kind, "retrying"], count - stopped)
-        backlog.add_metric([kind, "stopped"], stopped)
-        age.add_metric([kind], seconds)
-    yield backlog
-    yield age
+
+class Lines:
+    """Sample lines remembered from the last scrapes: a series whose value did not change is not formatted
+    again (most of a big ledger's thousands of series change rarely). Bounded: forgotten when it outgrows
+    the series in use several times over."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, tuple[str, ...]], tuple[float, str]] = {}
+        self._used = 0
+
+    def line(self, name: str, names: tuple[str, ...], values: tuple[str, ...], value: float) -> str:
+        self._used += 1
+        key = (name, values)
+        known = self._known.get(key)
+        if known is not None and known[0] == value:
+            return known[1]
+        text = f"{name}{{{_labels(names, values)}}} {_number(value)}\n"
+        self._known[key] = (value, text)
+        return text
+
+    chunk: tuple[tuple[Any, ...], str] = ((), "")  # the releases' families as last rendered, by version
+
+    def done(self) -> None:
+        """One scrape rendered: forget everything if most of what is remembered is no longer shown."""
+        if len(self._known) > 4 * self._used + 1000:
+            self._known.clear()
+        self._used = 0
+
+
+def _header(out: list[str], name: str, kind: str, text: str) -> None:
+    out.append(f"# HELP {name} {text}\n# TYPE {name} {kind}\n")
+
+
+def render(snap: Snapshot, lines: Lines | None = None) -> str:
+    """The text exposition of a snapshot: one family after another, series sorted by their labels."""
+    lines = lines or Lines()
+    version = snap.tallies.version
+    if not version or lines.chunk[0] != version:
+        releases: list[str] = []
+        _render_outcomes(releases, snap, lines)
+        _render_live(releases, snap, lines)
+        lines.chunk = (version, "".join(releases))
+    out = [lines.chunk[1]]
+    _render_queue(out, snap)
+    _render_delivery(out, snap)
+    lines.done()
+    return "".join(out)
+
+
+def _render_outcomes(out: list[str], snap: Snapshot, lines: Lines) -> None:
+    name = "conveyor_operations_total"
+    _header(out, name, "counter", "Finished releases (deploy, promote, rollback, hotfix) by outcome: "
+            "succeeded, failed, interrupted.")
+    names = ("app", "env", "kind", "outcome")
+    for key, tally in sorted(snap.tallies.outcomes.items()):
+        out.append(lines.line(name, names, key, tally.count))
+    name = "conveyor_operation_duration_seconds"
+    _header(out, name, "histogram", "Seconds from a release's record to its outcome (tasks, deploy and "
+            "verification), every app's.")
+    bounds = [*(f"{bound:g}" if bound != int(bound) else f"{bound:.1f}" for bound in DURATION_BUCKETS), "+Inf"]
+    for (env, kind), tally in sorted(snap.tallies.durations.items()):
+        labels = _labels(("env", "kind"), (env, kind))
+        for bound, count in zip(bounds, [*tally.within, tally.count], strict=True):
+            out.append(f'{name}_bucket{{{labels},le="{bound}"}} {count}\n')
+        out.append(f"{name}_count{{{labels}}} {tally.count}\n{name}_sum{{{labels}}} {_number(tally.seconds)}\n")
+
+
+def _render_live(out: list[str], snap: Snapshot, lines: Lines) -> None:
+    live = sorted(snap.tallies.live.items())
+    _header(out, "conveyor_live_release_info", "gauge", "1 for the release each app+env serves now.")
+    names = ("app", "env", "number", "kind", "sha")
+    for (app, env), release in live:
+        values = (app, env, str(release.number), release.kind, release.sha)
+        out.append(lines.line("conveyor_live_release_info", names, values, 1))
+    name = "conveyor_live_release_timestamp_seconds"
+    _header(out, name, "gauge", "When the live release of each app+env finished (Unix time): a dashboard's "
+            "release marker.")
+    for (app, env), release in live:
+        if release.finished_at is not None:
+            out.append(lines.line(name, ("app", "env"), (app, env), release.finished_at.timestamp()))
+
+
+def _render_queue(out: list[str], snap: Snapshot) -> None:
+    queued = sorted(snap.queued)
+    _header(out, "conveyor_queue_depth", "gauge", 'Operations waiting in the server\'s queue, per lane (env "" '
+            "is an app's build lane).")
+    for app, env, depth, _ in queued:
+        out.append(f"conveyor_queue_depth{{{_labels(('app', 'env'), (app, env))}}} {depth}\n")
+    _header(out, "conveyor_queue_oldest_wait_seconds", "gauge", "How long the oldest waiting operation of each "
+            "lane has waited.")
+    for app, env, _, seconds in queued:
+        out.append(f"conveyor_queue_oldest_wait_seconds{{{_labels(('app', 'env'), (app, env))}}} "
+                   f"{_number(seconds)}\n")
+    _header(out, "conveyor_leases", "gauge", "Environment leases in the ledger: held (heartbeating) or expired "
+            "(its holder stopped; the next operation takes it over).")
+    out.append(f'conveyor_leases{{state="held"}} {snap.leases_held}\n'
+               f'conveyor_leases{{state="expired"}} {snap.leases_expired}\n')
+    backlog = sorted(snap.outbox)
+    _header(out, "conveyor_outbox_backlog", "gauge", "Undelivered outbox items (git refs, announcements) by "
+            "kind; stopped ones wait for a person.")
+    for kind, count, stopped, _ in backlog:
+        out.append(f'conveyor_outbox_backlog{{kind="{_escape(kind)}",state="retrying"}} {count - stopped}\n'
+                   f'conveyor_outbox_backlog{{kind="{_escape(kind)}",state="stopped"}} {stopped}\n')
+    _header(out, "conveyor_outbox_oldest_age_seconds", "gauge", "Age of the oldest undelivered item, by kind.")
+    for kind, _, _, seconds in backlog:
+        out.append(f'conveyor_outbox_oldest_age_seconds{{kind="{_escape(kind)}"}} {_number(seconds)}\n')
 
 
 DELIVERY_GAUGES = (
     ("deployment_frequency", "conveyor_delivery_deployment_frequency_per_day",
-     "Deployments per day to the last stage over the window."),
+     "Deployments per day to the last stage."),
     ("lead_time_seconds", "conveyor_delivery_lead_time_seconds",
-     "Median commit time to success in the last stage over the window."),
+     "Median commit time to success in the last stage."),
     ("change_failure_rate", "conveyor_delivery_change_failure_rate",
      "Share of last-stage deployments that failed or were rolled back (0..1)."),
     ("time_to_restore_seconds", "conveyor_delivery_time_to_restore_seconds",
-     "Median time from a failure to the next good release over the window."),
+     "Median time from a failure to the next good release."),
 )
 
 
-def _delivery_families(snap: Snapshot) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
-
+def _render_delivery(out: list[str], snap: Snapshot) -> None:
+    figures = sorted(snap.delivery.items())
     for key, name, text in DELIVERY_GAUGES:
-        gauge = GaugeMetricFamily(name, f"{text} Window {DELIVERY_DAYS} days; app=\"\" is every app.",
-                                  labels=["app"])
-        for app, figures in sorted(snap.delivery.items()):
-            if figures.get(key) is not None:
-                gauge.add_metric([app], float(figures[key]))
-        yield gauge
+        _header(out, name, "gauge", f'{text} Over the last {DELIVERY_DAYS} days; app="" is every app.')
+        for app, values in figures:
+            if values.get(key) is not None:
+                out.append(f'{name}{{app="{_escape(app)}"}} {_number(float(values[key]))}\n')
 
 
 def exposition(ledger: Ledger) -> bytes:
     """The text exposition of the ledger's metrics, once (`conveyor metrics`, for a textfile collector)."""
-    from prometheus_client import CollectorRegistry, generate_latest
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(LedgerMetrics(ledger)))
-    return generate_latest(registry)
+    return render(LedgerMetrics(ledger).snapshot()).encode()

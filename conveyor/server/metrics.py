@@ -9,14 +9,16 @@ figures hold no secret, but they do name apps, environments and SHAs).
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from conveyor.pipeline.metrics import STEP_BUCKETS, Collector, LedgerMetrics, add_step_observer
+from conveyor.pipeline.metrics import CONTENT_TYPE, STEP_BUCKETS, LedgerMetrics, Lines, add_step_observer, render
 from conveyor.pipeline.tokens import allows, authenticate
 from conveyor.pipeline.worker import Server
 
@@ -28,10 +30,12 @@ def metrics_public() -> bool:
 
 
 def add_metrics(api: FastAPI, server: Server) -> None:
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(Collector(LedgerMetrics(server.ledger, background=True)))
+    ledger_metrics = LedgerMetrics(server.ledger, background=True)
+    # The first snapshot aggregates every release once: done now, not by the first scrape.
+    threading.Thread(target=_warm_up, args=(ledger_metrics,), name="metrics-warm-up", daemon=True).start()
+    registry = CollectorRegistry(auto_describe=False)  # this process's own observations
     requests = Histogram("conveyor_http_request_duration_seconds", "API requests this replica answered, by "
                          "route template.", ["method", "route", "status"], buckets=REQUEST_BUCKETS,
                          registry=registry)
@@ -40,6 +44,7 @@ def add_metrics(api: FastAPI, server: Server) -> None:
                       registry=registry)
     add_step_observer(lambda step, outcome, seconds: steps.labels(step, outcome).observe(seconds))
     public = metrics_public()
+    lines = Lines()
 
     @api.get("/metrics", include_in_schema=False)
     def metrics(request: Request) -> Response:
@@ -47,10 +52,19 @@ def add_metrics(api: FastAPI, server: Server) -> None:
             refusal = _refusal(server, request.headers.get("authorization", ""))
             if refusal is not None:
                 return refusal
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        body = render(ledger_metrics.snapshot(), lines).encode() + generate_latest(registry)
+        return Response(body, media_type=CONTENT_TYPE)
 
     api.add_middleware(RequestDurations, observe=lambda method, route, status, seconds:
                        requests.labels(method, route, status).observe(seconds))
+
+
+def _warm_up(metrics: LedgerMetrics) -> None:
+    try:
+        metrics.snapshot()
+    except Exception as exc:  # the first scrape tries again, and reports it
+        logging.getLogger("conveyor.metrics").warning("cannot read the ledger's metrics: %s: %s",
+                                                      type(exc).__name__, exc)
 
 
 def _refusal(server: Server, authorization: str) -> Response | None:
