@@ -458,3 +458,20 @@ def test_a_body_too_large_is_413_and_one_that_stops_arriving_is_408(app: App) ->
         assert server.api("GET", "/api/health", token=None)[0] == 200  # and goes on serving
     finally:
         server.stop()
+
+
+def test_delivery_metrics_judge_each_app_at_its_last_stage(server: ServerProcess) -> None:
+    admin = server.token("admin", "admin")
+    [listed] = server.cli_ok("apps", "list", "--json", token=admin).json()
+    assert listed["stages"] == ["staging", "production"]  # read from the config when the app was registered
+    assert server.cli("deploy", "staging", "HEAD").code == 0
+    status, org = server.api("GET", "/api/delivery?days=7")
+    assert status == 200 and org["deployments"] == 0  # staging is not where users are
+    assert server.cli("promote", "staging", "production").code == 0
+    org = server.api("GET", "/api/delivery?days=7")[1]
+    assert org["deployments"] == 1 and org["change_failure_rate"] == 0 and org["lead_time_seconds"] >= 0
+    assert org["daily"][-1]["deployments"] == 1 and len(org["daily"]) == 7
+    status, one = server.api("GET", "/api/apps/hello/delivery?days=30")
+    assert status == 200 and one["deployments"] == 1 and one["days"] == 30
+    assert server.api("GET", "/api/apps/ghost/delivery")[0] == 404
+    assert server.api("GET", "/api/delivery?days=0")[0] == 422

@@ -222,6 +222,29 @@ def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: b
 
 
 @cli.command(epilog=EPILOG)
+@click.option("--days", default=30, show_default=True, type=click.IntRange(min=1, max=365), help="The window.")
+@json_option
+@click.pass_obj
+def delivery(obj: Context, days: int, as_json: bool) -> None:
+    """Delivery metrics at the app's last stage: deployment frequency, lead time, change failure rate and
+    time to restore, from the ledger alone."""
+
+    def go() -> None:
+        from conveyor.cli.render import render_delivery
+
+        if (remote := obj.remote()) is not None:
+            data = remote.client.get(f"/api/apps/{remote.app}/delivery", days=days)
+        else:
+            from conveyor.pipeline.delivery import delivery_metrics
+
+            ws = obj.workspace()
+            data = delivery_metrics(ws.ledger, {ws.config.app: ws.config.environments[-1].name}, days).as_dict()
+        emit_json(data) if as_json else click.echo(render_delivery(data))
+
+    run(go)
+
+
+@cli.command(epilog=EPILOG)
 @click.argument("source", required=False, metavar="[FROM")
 @click.argument("target", required=False, metavar="TO]")
 @click.option("--only", "only", default=None, metavar="REF",

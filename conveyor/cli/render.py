@@ -133,6 +133,26 @@ def render_history(rows: list[dict[str, Any]]) -> str:
     return _table(["RELEASE", "KIND", "STATUS", "COMMIT", "DIGEST", "ACTOR", "WHEN", "REASON"], table)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def render_delivery(data: dict[str, Any]) -> str:
+    rate = data["change_failure_rate"]
+    return "\n".join([
+        f"over the last {data['days']} days:",
+        f"  deployment frequency  {data['deployment_frequency']:.2f} a day ({data['deployments']} deployments)",
+        f"  lead time for changes {_duration(data['lead_time_seconds'])} (median, commit to live)",
+        f"  change failure rate   {'n/a' if rate is None else f'{rate:.0%}'}",
+        f"  time to restore       {_duration(data['time_to_restore_seconds'])} (median)",
+    ])
+
+
 def render_audit(report: dict[str, Any]) -> str:
     """What is wrong (first bad event, first bad release, witness), then one summary line."""
     lines = []

@@ -93,6 +93,7 @@ releases = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
+    Column("committed_at", UTCDateTime, nullable=True),  # the shipped commit's committer time: lead time
     # The OpenTelemetry trace of the operation that made it (32 hex digits), "" when tracing was off.
     Column("trace_id", String, nullable=False, server_default=""),
     UniqueConstraint("app", "env", "number"),
@@ -101,6 +102,8 @@ releases = Table(
     # history, newest first by id (for an app, or an app+env): an index range read, never a sort of every row.
     Index(None, "app", "id"),
     Index(None, "app", "env", "id"),
+    # delivery metrics: one env's releases finished in a window.
+    Index(None, "app", "env", "finished_at"),
     sqlite_autoincrement=True,
 )
 
@@ -217,6 +220,7 @@ apps = Table(
     Column("repo_url", Text, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("created_by", String, nullable=False),
+    Column("stages", Text, nullable=False, server_default=""),  # JSON list of env names, as last configured
 )
 
 # API tokens: only a SHA-256 of the token is kept (tokens are 256 random bits, so a slow hash adds nothing).

@@ -41,6 +41,7 @@ class App:
     repo_url: str
     created_at: datetime
     created_by: str
+    stages: tuple[str, ...] = ()  # its environments in config order, as a server last read its config
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ def _now() -> datetime:
 
 
 def _app(row: Row[Any]) -> App:
-    return App(row.name, row.repo_url, row.created_at, row.created_by)
+    return App(row.name, row.repo_url, row.created_at, row.created_by, tuple(json.loads(row.stages or "[]")))
 
 
 def _token(row: Row[Any]) -> Token:
@@ -130,6 +131,16 @@ class ServerStore:
     def list_apps(self) -> list[App]:
         with self._ledger._read() as conn:
             return [_app(row) for row in conn.execute(select(apps).order_by(apps.c.name))]
+
+    def set_stages(self, name: str, stages: list[str]) -> None:
+        with self._ledger._write() as conn:
+            conn.execute(update(apps).where(apps.c.name == name).values(stages=json.dumps(stages)))
+
+    def stages_by_app(self) -> dict[str, list[str]]:
+        """Every registered app's stage order ([] until a server has read its config), in one query."""
+        with self._ledger._read() as conn:
+            rows = conn.execute(select(apps.c.name, apps.c.stages).order_by(apps.c.name))
+            return {row.name: json.loads(row.stages or "[]") for row in rows}
 
     def remove_app(self, name: str) -> bool:
         with self._ledger._write() as conn:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +33,7 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import Connection
@@ -261,6 +262,7 @@ def _release(row: Row[Any]) -> Release:
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
+        committed_at=row.committed_at,
         trace_id=row.trace_id,
     )
 
@@ -450,6 +452,7 @@ class Ledger:
         forced: bool,
         previous_number: int | None,
         source_release_id: int | None,
+        committed_at: datetime | None = None,
         holder: str | None = None,
         announce: Callable[[Release], list[tuple[str, dict[str, Any]]]] | None = None,
         trace_id: str = "",
@@ -475,6 +478,7 @@ class Ledger:
                     config_source=config_source, actor=actor,
                     origin=origin, reason=self.redact(reason), forced=forced, step="recorded", error="",
                     previous_number=previous_number, promoted_from_id=source_release_id, created_at=_now(),
+                    committed_at=committed_at,
                     trace_id=trace_id,
                 )
                 .returning(*releases.c)
@@ -629,6 +633,19 @@ class Ledger:
         query = select(releases).where(releases.c.status.in_(statuses)).order_by(releases.c.id.desc()).limit(limit)
         with self._read() as conn:
             return [_release(row) for row in conn.execute(query)]
+
+    def finished_releases(self, app_envs: Iterable[tuple[str, str]], *, since: datetime,
+                          until: datetime) -> list[dict[str, Any]]:
+        """What delivery metrics need of each release of these app+envs that finished in [since, until]."""
+        pairs = list(app_envs)
+        if not pairs:
+            return []
+        c = releases.c
+        query = (select(c.app, c.number, c.kind, c.status, c.previous_number, c.committed_at, c.finished_at)
+                 .where(tuple_(c.app, c.env).in_(pairs), c.status.in_(("succeeded", "failed")),
+                        c.finished_at >= since, c.finished_at <= until))
+        with self._read() as conn:
+            return [row._asdict() for row in conn.execute(query)]
 
     def release_envs(self, app: str) -> list[str]:
         """Every environment the ledger holds a release of for app (also ones no longer configured). Read from

@@ -16,6 +16,7 @@ from conveyor.errors import BadInput, InfrastructureMissing, OperationFailed
 from conveyor.vcs.git import Repo
 
 if TYPE_CHECKING:
+    from conveyor.config.models import AppConfig
     from conveyor.ledger.server_store import App
     from conveyor.ledger.store import Ledger
 
@@ -33,7 +34,7 @@ def mirror_path(home: Path, app: str) -> Path:
 
 def app_view(app: App) -> dict[str, Any]:
     return {"name": app.name, "repo_url": app.repo_url, "created_at": app.created_at.isoformat(),
-            "created_by": app.created_by}
+            "created_by": app.created_by, "stages": list(app.stages)}
 
 
 def check_app_name(name: str) -> str:
@@ -57,7 +58,33 @@ def add_app(ledger: Ledger, home: Path, name: str, repo_url: str, actor: str) ->
                 _git(["clone", "--bare", "--quiet", "--", repo_url, str(path)], f"cannot clone {repo_url}")
             except OperationFailed as exc:
                 raise BadInput(exc.message) from None  # the URL given is what is wrong
-    return ledger.server.add_app(name, repo_url, actor)
+    app = ledger.server.add_app(name, repo_url, actor)
+    _stages_at_head(ledger, app, Repo(path))
+    return app
+
+
+def remember_stages(ledger: Ledger, app: App, config: AppConfig) -> None:
+    """Keep the app's stage order in the ledger as its config last said, so an org-wide view reads every
+    app's stages in one query instead of a git read and a config parse per app."""
+    stages = tuple(env.name for env in config.environments)
+    if stages != app.stages:
+        ledger.server.set_stages(app.name, list(stages))
+
+
+def stages_by_app(ledger: Ledger) -> dict[str, list[str]]:
+    """Every registered app's stages in config order ([] for one whose config no server has read yet)."""
+    return ledger.server.stages_by_app()
+
+
+def _stages_at_head(ledger: Ledger, app: App, repo: Repo) -> None:
+    from contextlib import suppress
+
+    from conveyor.errors import ConveyorError
+    from conveyor.pipeline.config_source import CommitConfig
+
+    # An empty repo, or a config that does not load yet, leaves no stages: the first operation will say why.
+    with suppress(ConveyorError):
+        remember_stages(ledger, app, CommitConfig(repo, repo.resolve("HEAD")).load())
 
 
 def remove_app(ledger: Ledger, home: Path, name: str) -> None:

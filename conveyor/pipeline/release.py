@@ -248,6 +248,7 @@ def _record_and_run(
         actor=ws.identity.actor, origin=ws.identity.origin, reason=plan.reason, forced=plan.forced,
         previous_number=live.number if live else None,
         source_release_id=plan.source.id if plan.source else None, holder=lease.holder,
+        committed_at=ws.repo.commit_time(plan.artifact.sha),
         announce=lambda recorded: _started_items(ws, recorded, announced), trace_id=tracing.current_trace_id(),
     )
     if announced:

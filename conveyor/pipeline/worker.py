@@ -114,7 +114,7 @@ class Server:
                   sink: Callable[[Progress], None] | None = None) -> Workspace:
         """A workspace on the app's mirror (fetched first when `fetch`), sharing this server's ledger."""
         from conveyor.errors import BadInput
-        from conveyor.pipeline.apps import mirror
+        from conveyor.pipeline.apps import mirror, remember_stages
         from conveyor.pipeline.workspace import Workspace
 
         app = self.store.get_app(app_name)
@@ -122,7 +122,8 @@ class Server:
             raise BadInput(f"no app named '{app_name}' is registered (conveyor apps add {app_name} --repo URL)")
         repo = mirror(self.home, app, fetch=fetch)
         return Workspace(repo.path, repo=repo, identity=identity, ledger=self.ledger,
-                         sink=sink or (lambda event: None), notify_defaults=self.notify_defaults)
+                         sink=sink or (lambda event: None), notify_defaults=self.notify_defaults,
+                         on_config=lambda config: remember_stages(self.ledger, app, config))
 
     def submitted(self) -> None:
         self.queue_woken.bump()

@@ -37,13 +37,15 @@ class Workspace:
 
     def __init__(self, checkout: Path, *, config_override: Path | None = None, say: Say = print,
                  sink: EventSink | None = None, repo: Repo | None = None, identity: Identity | None = None,
-                 ledger: Ledger | None = None, notify_defaults: list[Destination] | None = None) -> None:
+                 ledger: Ledger | None = None, notify_defaults: list[Destination] | None = None,
+                 on_config: Callable[[AppConfig], None] | None = None) -> None:
         """Progress goes to `sink` as structured events (pipeline/events.py); without one, as text to `say`.
 
         The server passes the rest: `repo`, its mirror of the app (a bare repository, so no checkout to
         discover), `identity`, the token's name and the request's origin, and `ledger`, its own open ledger
         (this workspace takes a handle on it and leaves it open), and `notify_defaults`, its org-wide
-        announcement destinations (pipeline/announce.py adds them to the app's own)."""
+        announcement destinations (pipeline/announce.py adds them to the app's own), and `on_config`, told
+        each config this workspace loads (the server remembers the app's stage order from it)."""
         self._checkout = checkout
         self._override = config_override
         self._sink = sink or text_sink(say)
@@ -51,6 +53,7 @@ class Workspace:
         self._noted: set[str] = set()
         self._shared_ledger = ledger
         self.notify_defaults: list[Destination] = list(notify_defaults or [])
+        self._on_config = on_config
         if repo is not None:
             self.__dict__["repo"] = repo
         if identity is not None:
@@ -120,7 +123,10 @@ class Workspace:
 
     @cached_property
     def config(self) -> AppConfig:
-        return self.config_source.load()
+        config = self.config_source.load()
+        if self._on_config is not None:
+            self._on_config(config)
+        return config
 
     @cached_property
     def config_digest(self) -> str:

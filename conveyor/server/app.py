@@ -175,6 +175,27 @@ def create_app(server: Server) -> FastAPI:
 
     # ------------------------------------------------------------------------------------------- views
 
+    Days = Annotated[int, Query(ge=1, le=365, description="The window: the last N days.")]
+
+    @api.get("/api/delivery", response_model=s.Delivery, tags=["views"])
+    def org_delivery(who: Reader, days: Days = 30) -> dict[str, Any]:
+        """Delivery metrics for the organisation: every registered app at its last stage."""
+        from conveyor.pipeline.delivery import delivery_metrics, last_stages
+
+        return delivery_metrics(server.ledger, last_stages(server.store.stages_by_app()), days).as_dict()
+
+    @api.get("/api/apps/{app}/delivery", response_model=s.Delivery, tags=["views"])
+    def app_delivery(app: str, who: Reader, days: Days = 30) -> dict[str, Any]:
+        from conveyor.pipeline.delivery import delivery_metrics, last_stages
+
+        if server.store.get_app(app) is None:
+            raise ApiError(404, "not_found", f"no app named '{app}' is registered")
+        stages = last_stages(server.store.stages_by_app(), app)
+        if not stages:  # no server has read its config yet: read it now (and remember its stages)
+            with workspace(app) as ws:
+                stages = {app: ws.config.environments[-1].name}
+        return delivery_metrics(server.ledger, stages, days).as_dict()
+
     @api.get("/api/apps/{app}/status", response_model=dict[str, Any], tags=["views"])
     def status(app: str, who: Reader) -> dict[str, Any]:
         """What `conveyor status --json` prints."""

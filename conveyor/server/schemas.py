@@ -38,6 +38,7 @@ class AppOut(BaseModel):
     repo_url: str
     created_at: str
     created_by: str
+    stages: list[str] = Field(default_factory=list, description="Its environments, as its config last said.")
 
 
 class Removed(BaseModel):
@@ -151,6 +152,24 @@ class Recovery(BaseModel):
     interrupted_releases: list[dict[str, Any]]
     undelivered: list[dict[str, Any]]
     lapsed_operations: list[OperationOut]
+
+
+class DeliveryDay(BaseModel):
+    day: str
+    deployments: int
+    failures: int
+
+
+class Delivery(BaseModel):
+    """Delivery (DORA) metrics at each app's last stage; pipeline/delivery.py says how each is counted."""
+
+    days: int
+    deployments: int
+    deployment_frequency: float = Field(description="Successful changes per day.")
+    lead_time_seconds: float | None = Field(description="Median commit → succeeded in the last stage.")
+    change_failure_rate: float | None = Field(description="Share of changes that failed or were rolled back.")
+    time_to_restore_seconds: float | None = Field(description="Median failure → next good release.")
+    daily: list[DeliveryDay]
 
 
 class Health(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 from conveyor.errors import BadInput, InfrastructureMissing, OperationFailed
@@ -83,6 +84,12 @@ class Repo:
         spec = f"{older}..{newer}" if older else newer
         result = self._git("rev-list", "--count", spec, "--", check=False)
         return int(result.stdout.strip()) if result.returncode == 0 else 0
+
+    def commit_time(self, sha: str) -> datetime | None:
+        """When SHA was committed (its committer date), or None when this clone lacks it."""
+        result = self._git("show", "-s", "--format=%ct", sha, "--", check=False)
+        stamp = result.stdout.strip()
+        return datetime.fromtimestamp(int(stamp), UTC) if result.returncode == 0 and stamp.isdigit() else None
 
     def config_value(self, key: str) -> str:
         result = self._git("config", "--get", key, check=False)

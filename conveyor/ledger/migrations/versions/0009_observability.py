@@ -2,7 +2,7 @@
 metrics' outbox backlog reads.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 Create Date: 2026-12-02
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 # Written out in full rather than imported from schema.py: a migration must keep creating what it created.
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"  # "0007" in the brief; chained after main's 0008 once merged
 branch_labels = None
 depends_on = None
 
