@@ -96,9 +96,14 @@ def unfinished_ids(ledger: Ledger, after_id: int, upto_id: int) -> list[int]:
 
 def latest_succeeded(ledger: Ledger, after_id: int, upto_id: int) -> list[ReleaseRow]:
     """Per app+env, its highest-numbered succeeded release among after_id < id <= upto_id."""
-    newest = (select(releases.c.app, releases.c.env, func.max(releases.c.number).label("number"))
-              .where(releases.c.id > after_id, releases.c.id <= upto_id, releases.c.status == "succeeded")
-              .group_by(releases.c.app, releases.c.env).subquery())
+    newest = select(releases.c.app, releases.c.env, func.max(releases.c.number).label("number"))
+    if after_id == 0:
+        # The first read: every row, which the (app, env, status, number) index answers alone. Rows past
+        # upto_id are the caller's newest, which it adds anyway: a live release is the same whoever adds it.
+        newest = newest.where(releases.c.status == "succeeded")
+    else:
+        newest = newest.where(releases.c.id > after_id, releases.c.id <= upto_id, releases.c.status == "succeeded")
+    newest = newest.group_by(releases.c.app, releases.c.env).subquery()
     query = select(*_row_columns()).join(newest, and_(
         releases.c.app == newest.c.app, releases.c.env == newest.c.env, releases.c.number == newest.c.number))
     with ledger._read() as conn:

@@ -20,7 +20,7 @@ from conveyor.ledger.models import Block, OutboxItem, Release
 from conveyor.pipeline.workspace import Workspace
 
 SCHEMA_VERSION = 1
-SLACK, WEBHOOK = "slack", "webhook"
+SLACK, WEBHOOK, GRAFANA, DATADOG = "slack", "webhook", "grafana", "datadog"
 SHOWN_COMMITS = 5
 AUTHOR_SCAN = 200  # commits read for the authors a failure mentions
 LOG_TAIL = 15
@@ -173,8 +173,7 @@ def unblock_items(ws: Workspace, lifted: list[Block]) -> tuple[str, list[tuple[s
 
 def _destination(destination: Destination) -> dict[str, Any]:
     """What delivery needs, frozen at queueing time: settings and env var names, never a secret's value."""
-    settings = destination.slack or destination.webhook
-    return {"name": destination.label, **(settings.model_dump() if settings else {})}
+    return {"name": destination.label, **destination.settings.model_dump()}
 
 
 # ---------------------------------------------------------------------------------------------- delivery
@@ -300,6 +299,34 @@ class WebhookAnnouncements(_Announcements):
 
         body = json.dumps(announcement, sort_keys=True, separators=(",", ":")).encode()
         send(destination["url"], _secret(destination["secret_env"]), announcement["id"], body)
+
+
+class GrafanaAnnotations(_Announcements):
+    """A deploy marker on Grafana's graphs (an annotation tagged app:… env:…); one attempt per run."""
+
+    kind = GRAFANA
+
+    def deliver(self, ws: Workspace, item: OutboxItem) -> None:
+        self.send_now(item.payload["destination"], item.payload["announcement"])
+
+    def send_now(self, destination: dict[str, Any], announcement: dict[str, Any]) -> None:
+        from conveyor.notify.grafana import annotation, send
+
+        send(destination["api_url"], _secret(destination["token_env"]), annotation(announcement, destination))
+
+
+class DatadogEvents(_Announcements):
+    """A Datadog event tagged app:… env:…, shown on graphs as a marker; one attempt per run."""
+
+    kind = DATADOG
+
+    def deliver(self, ws: Workspace, item: OutboxItem) -> None:
+        self.send_now(item.payload["destination"], item.payload["announcement"])
+
+    def send_now(self, destination: dict[str, Any], announcement: dict[str, Any]) -> None:
+        from conveyor.notify.datadog import event, send
+
+        send(destination["api_url"], _secret(destination["api_key_env"]), event(announcement, destination))
 
 
 def _secret(name: str) -> str:

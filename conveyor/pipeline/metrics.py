@@ -180,9 +180,9 @@ class _Delivery:
             if fresh or self._computing:
                 return self._value or {}
             self._computing = True
-            if self._value is not None and self.background:
+            if self.background:  # until the first figures are in, a scrape shows none
                 threading.Thread(target=self._refresh, name="delivery-metrics", daemon=True).start()
-                return self._value
+                return self._value or {}
         self._refresh()
         return self._value or {}
 

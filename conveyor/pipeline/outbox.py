@@ -139,9 +139,15 @@ def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
 
 
 def _handlers() -> dict[str, Handler]:
-    from conveyor.pipeline.announce import SlackAnnouncements, WebhookAnnouncements
+    from conveyor.pipeline.announce import (
+        DatadogEvents,
+        GrafanaAnnotations,
+        SlackAnnouncements,
+        WebhookAnnouncements,
+    )
 
-    return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements()}
+    return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements(),
+            "grafana": GrafanaAnnotations(), "datadog": DatadogEvents()}
 
 
 HANDLERS: dict[str, Handler] = _handlers()
