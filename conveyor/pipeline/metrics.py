@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conveyor.ledger.metrics_store import ReleaseRow
+    from conveyor.ledger.metrics_store import Reader, ReleaseRow
     from conveyor.ledger.store import Ledger
 
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -132,27 +132,27 @@ class LedgerTallies:
         self._kept = Tallies({}, {}, {})
         self._changes = 0  # counts every fold into _kept
 
-    def read(self, now: datetime) -> Tallies:
-        from conveyor.ledger import metrics_store as q
+    def read(self, q: Reader, now: datetime) -> Tallies:
+        from conveyor.ledger.metrics_store import UNFINISHED
 
         with self._lock:
-            settled = max(q.settled_id(self.ledger, now - timedelta(seconds=SETTLE_SECONDS)), self._through)
+            settled = max(q.settled_id(now - timedelta(seconds=SETTLE_SECONDS)), self._through)
             if settled > self._through:
-                for t in q.tallies(self.ledger, self._through, settled, DURATION_BUCKETS):
+                for t in q.tallies(self._through, settled, DURATION_BUCKETS):
                     self._kept.add(t.app, t.env, t.kind, t.status, t.count, t.seconds, t.within)
-                for row in q.latest_succeeded(self.ledger, self._through, settled):
+                for row in q.latest_succeeded(self._through, settled):
                     self._kept.add_live(row)
-                self._unfinished.update(q.unfinished_ids(self.ledger, self._through, settled))
+                self._unfinished.update(q.unfinished_ids(self._through, settled))
                 self._through = settled
                 self._changes += 1
-            for row in q.rows_by_id(self.ledger, sorted(self._unfinished)):
-                if row.status not in q.UNFINISHED:
+            for row in q.rows_by_id(sorted(self._unfinished)):
+                if row.status not in UNFINISHED:
                     self._unfinished.discard(row.id)
                     self._kept.add_row(row)
                     self._changes += 1
             shown = self._kept.copy()
             changes = self._changes
-        fresh = [row for row in q.rows_after(self.ledger, settled) if row.status not in q.UNFINISHED]
+        fresh = [row for row in q.rows_after(settled) if row.status not in UNFINISHED]
         for row in fresh:  # the newest: counted for this scrape only
             shown.add_row(row)
         shown.version = (id(self), changes, tuple((row.id, row.status) for row in fresh))
@@ -225,19 +225,21 @@ class LedgerMetrics:
         self.delivery = _Delivery(ledger, background=background)
 
     def snapshot(self, now: datetime | None = None) -> Snapshot:
-        from conveyor.ledger import metrics_store as q
+        from conveyor.ledger.metrics_store import reading
 
         now = now or datetime.now(UTC)
-        tallies = self.tallies.read(now)
-        expiries = q.lease_expiries(self.ledger)
+        with reading(self.ledger) as q:
+            tallies = self.tallies.read(q, now)
+            expiries = q.lease_expiries()
+            queued, undelivered = q.queued(), q.undelivered()
         return Snapshot(
             tallies=tallies,
             queued=[(app, lane, depth, max((now - oldest).total_seconds(), 0.0))
-                    for app, lane, depth, oldest in q.queued(self.ledger)],
+                    for app, lane, depth, oldest in queued],
             leases_held=sum(1 for when in expiries if when >= now),
             leases_expired=sum(1 for when in expiries if when < now),
             outbox=[(kind, backlog, stopped, max((now - oldest).total_seconds(), 0.0))
-                    for kind, backlog, stopped, oldest in q.undelivered(self.ledger)],
+                    for kind, backlog, stopped, oldest in undelivered],
             delivery=self.delivery.get(),
         )
 
