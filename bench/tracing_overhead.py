@@ -66,6 +66,17 @@ def spans_alone(count: int) -> float:
     return statistics.median(times) * 1e6
 
 
+def sdk_start_up(receiver: object) -> float:
+    """Milliseconds a new process spends before its first span (what each CLI run with tracing on pays once)."""
+    import subprocess
+
+    code = ("import time; t = time.perf_counter(); from conveyor import tracing\n"
+            "with tracing.operation('start-up'): pass\nprint((time.perf_counter() - t) * 1000)")
+    runs = [float(subprocess.run([sys.executable, "-c", code], env={**os.environ, **receiver.env()},  # type: ignore[attr-defined]
+                                 capture_output=True, text=True, check=True).stdout) for _ in range(5)]
+    return statistics.median(runs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=8)
@@ -82,12 +93,15 @@ def main() -> None:
         spans_off = spans_alone(args.spans)
         assert not [m for m in sys.modules if m.startswith("opentelemetry")], "tracing off imported OpenTelemetry"
         os.environ.update(receiver.env())
+        one_deploy(app.repo, shas[1])  # untimed: loads the SDK once (timed apart below: a CLI pays it each run)
         on = [one_deploy(app.repo, shas[n % 2]) for n in range(args.runs)]
         spans_on = spans_alone(args.spans)
         from conveyor import tracing
 
         tracing.flush()
+    start_up = sdk_start_up(receiver)
     receiver.close()
+    print(f"tracing's start-up in a fresh process (import the SDK and exporter, first span): {start_up:.0f} ms")
     print(f"deploys ({args.runs} each, conveyor's own time, median): off {statistics.median(off) * 1000:.0f} ms, "
           f"on {statistics.median(on) * 1000:.0f} ms, difference "
           f"{(statistics.median(on) - statistics.median(off)) * 1000:+.0f} ms (spread off "
