@@ -52,3 +52,29 @@ class TargetError(OperationFailed):
 
 class InfrastructureMissing(BadInput):
     """A required tool or service (container engine, registry, proxy) is absent or unreachable."""
+
+
+class ForgeError(OperationFailed):
+    """The forge (GitHub) answered with an error, or could not be reached. The message names the call and
+    GitHub's own reason in one line; it never holds a token."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ForgeUnavailable(ForgeError):
+    """Down, slow, or rate limited past what conveyor waits for: worth retrying later (`retry_after`
+    seconds, when the forge said)."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, status)
+        self.retry_after = retry_after
+
+
+class ForgeRefused(ForgeError):
+    """The forge refused for a reason a retry cannot fix (bad credentials, no permission, no such repo)."""
+
+
+class PullRequestExists(ForgeRefused):
+    """Opening a pull request that is already open for the same head and base (GitHub's 422)."""

@@ -23,3 +23,8 @@ def conveyor_home() -> Path:
 def lease_ttl() -> float:
     """Seconds a lease outlives its last heartbeat; a holder that died is taken over after this."""
     return float(os.environ.get("CONVEYOR_LEASE_TTL", "30"))
+
+
+def ci_poll_interval() -> float:
+    """Seconds between two reads of a commit's CI while `--wait-for-ci` waits (CONVEYOR_CI_POLL)."""
+    return max(float(os.environ.get("CONVEYOR_CI_POLL", "5")), 0.05)

@@ -197,25 +197,32 @@ def build(obj: Context, ref: str, no_follow: bool, as_json: bool) -> None:
     run(go)
 
 
+def wait_for_ci_option(fn: F) -> F:
+    return click.option("--wait-for-ci", "wait_for_ci", is_flag=True,
+                        help="With a `ci:` gate: wait (up to ci.timeout) for the commit's pending CI instead of "
+                             "refusing.")(fn)
+
+
 @cli.command(epilog=EPILOG)
 @click.argument("env")
 @click.argument("ref")
 @click.option("--hotfix", is_flag=True, help="Deploy past a promotion policy or block; needs --reason.")
+@wait_for_ci_option
 @operation_options
 @click.pass_obj
 def deploy(obj: Context, env: str, ref: str, hotfix: bool, reason: str, force: bool, wait: bool,
-           dry_run: bool, as_json: bool, no_follow: bool) -> None:
+           dry_run: bool, as_json: bool, no_follow: bool, wait_for_ci: bool) -> None:
     """Deploy REF's artifact (built earlier by `conveyor build`) to ENV."""
 
     def go() -> None:
         if (remote := obj.remote()) is not None:
             body = {"env": env, "ref": remote.ref(ref), "reason": reason, "hotfix": hotfix, "force": force,
-                    "dry_run": dry_run}
+                    "dry_run": dry_run, "wait_for_ci": wait_for_ci}
             sys.exit(remote.operate("deploy", body, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.operations import deploy as deploy_op
 
         release = deploy_op(obj.workspace(), env, ref, reason=reason, hotfix=hotfix, force=force, wait=wait,
-                            dry_run=dry_run)
+                            dry_run=dry_run, wait_for_ci=wait_for_ci)
         _release_result(release, as_json)
 
     run(go)
@@ -250,10 +257,11 @@ def delivery(obj: Context, days: int, as_json: bool) -> None:
 @click.option("--only", "only", default=None, metavar="REF",
               help="Promote exactly what FROM successfully ran for REF (the commit, a release-branch merge of "
                    "it, or a squash with the same tree); refuse anything else.")
+@wait_for_ci_option
 @operation_options
 @click.pass_obj
 def promote(obj: Context, source: str | None, target: str | None, only: str | None, reason: str, force: bool,
-            wait: bool, dry_run: bool, as_json: bool, no_follow: bool) -> None:
+            wait: bool, dry_run: bool, as_json: bool, no_follow: bool, wait_for_ci: bool) -> None:
     """Ship exactly the artifact FROM runs to TO. The source release is pinned once, at the start, and used to
     the end. Without FROM TO it means the first two stages; with three or more stages, name them (CI should
     always name them)."""
@@ -261,12 +269,12 @@ def promote(obj: Context, source: str | None, target: str | None, only: str | No
     def go() -> None:
         if (remote := obj.remote()) is not None:
             body = {"source": source, "target": target, "only": remote.ref(only) if only else None,
-                    "reason": reason, "force": force, "dry_run": dry_run}
+                    "reason": reason, "force": force, "dry_run": dry_run, "wait_for_ci": wait_for_ci}
             sys.exit(remote.operate("promote", body, as_json=as_json, follow=not no_follow))
         from conveyor.pipeline.operations import promote as promote_op
 
         release = promote_op(obj.workspace(), source, target, only=only, reason=reason, force=force, wait=wait,
-                             dry_run=dry_run)
+                             dry_run=dry_run, wait_for_ci=wait_for_ci)
         _release_result(release, as_json)
 
     run(go)
@@ -902,6 +910,101 @@ def notify_test(obj: Context, destination: str | None) -> None:
             click.echo(f"{name}: " + (f"FAILED: {error}" if error else "sent"))
         if any(error for _, error in results):
             sys.exit(EXIT_FAILED)
+
+    run(go)
+
+
+@cli.command("init", epilog=EPILOG)
+@click.option("--app", "app_name", default=None, metavar="NAME", help="The app's name (default: the directory's).")
+@click.option("--image", default=None, metavar="REPO", help="The image repository builds are pushed to.")
+@click.option("--env", "envs", multiple=True, metavar="NAME",
+              help="An environment, in pipeline order; repeat it (default: staging, production).")
+@click.option("--port", "ports", multiple=True, type=click.IntRange(1, 65535), metavar="N",
+              help="Each environment's stable port, in the same order (default: the Dockerfile's EXPOSE port, "
+                   "or 8000, counting up).")
+@click.option("--ci", type=click.Choice(["circleci", "github-actions"]), default=None,
+              help="Also write the CI pipeline: .circleci/config.yml or .github/workflows/deploy.yml.")
+@click.option("--install-from", default=None, metavar="SPEC",
+              help="The pip requirement the pipeline installs conveyor with (default: conveyor==THIS_VERSION "
+                   "from the index in $CONVEYOR_PIP_INDEX).")
+@click.option("--index-url", default=None, metavar="URL", help="The package index the pipeline installs from.")
+@click.option("--yes", "-y", is_flag=True, help="Ask nothing: take the flags and the defaults.")
+@click.option("--force", is_flag=True, help="Overwrite existing files.")
+def init_cmd(app_name: str | None, image: str | None, envs: tuple[str, ...], ports: tuple[int, ...],
+             ci: str | None, install_from: str | None, index_url: str | None, yes: bool, force: bool) -> None:
+    """Set this app repo up: a commented conveyor.yml (and with --ci, the CI pipeline). Asks for what the
+    flags do not say only on a terminal and without --yes."""
+
+    def go() -> None:
+        from conveyor.pipeline import init as setup
+
+        root = setup.project_root(Path.cwd())
+        if ci and not force and (root / setup.CONFIG_NAME).exists():
+            files = setup.pipeline_for_existing_config(root, ci, setup.installer(install_from, index_url),
+                                                       config_flags=bool(app_name or image or envs or ports))
+        else:
+            setup.refuse_existing(root, setup.paths_written(ci), force=force)
+            answers = _init_answers(setup, root, app_name, image, envs, ports, ask=sys.stdin.isatty() and not yes)
+            choices = setup.choose(root, **answers, ci=ci, install_from=install_from, index_url=index_url)
+            files = setup.plan_files(choices)
+            if choices.image_is_placeholder:
+                _say(f"note: the image is a placeholder ({choices.image}); set yours in conveyor.yml")
+        setup.write_files(root, files, force=force)
+        for item in files:
+            click.echo(f"wrote {item.path}")
+        _say("conveyor reads the committed config: commit " + " ".join(item.path for item in files))
+
+    run(go)
+
+
+def _init_answers(setup: Any, root: Path, app: str | None, image: str | None, envs: tuple[str, ...],
+                  ports: tuple[int, ...], *, ask: bool) -> dict[str, Any]:
+    """What the flags give, and on a terminal the answers to what they leave out (else the defaults)."""
+    app = app or (click.prompt("App name", setup.default_app_name(root)) if ask else setup.default_app_name(root))
+    if image is None and ask:
+        image = click.prompt("Image repository", f"{setup.PLACEHOLDER_REGISTRY}/{app}")
+    if not envs:
+        envs = tuple(click.prompt("Environments, in order", ",".join(setup.DEFAULT_ENVIRONMENTS))
+                     .replace(",", " ").split()) if ask else setup.DEFAULT_ENVIRONMENTS
+    if not ports and ask:
+        defaults = setup.default_ports(len(envs), setup.find_dockerfile(root))
+        ports = tuple(click.prompt(f"Port of {name}", default, type=click.IntRange(1, 65535))
+                      for name, default in zip(envs, defaults, strict=True))
+    return {"app": app, "image": image, "environments": envs, "ports": ports}
+
+
+@cli.command("schema", epilog=EPILOG)
+def schema_cmd() -> None:
+    """Print the JSON Schema of conveyor.yml (for editors and CI)."""
+
+    def go() -> None:
+        from conveyor.pipeline.schema import schema_text
+
+        click.echo(schema_text(), nl=False)
+
+    run(go)
+
+
+@cli.command("docs", epilog=EPILOG)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 when the section is stale (for CI).")
+@click.option("--readme", type=click.Path(path_type=Path), default=None,
+              help="The README to write (default: README.md at the repo's root).")
+@click.pass_obj
+def docs_cmd(obj: Context, check: bool, readme: Path | None) -> None:
+    """Write the README's deploy section from the config committed at HEAD: between the lines
+    <!-- conveyor:docs:start --> and <!-- conveyor:docs:end --> (appended with them when absent)."""
+
+    def go() -> None:
+        import os
+
+        from conveyor.pipeline.docs import readme_for_head
+
+        result = readme_for_head(Path.cwd(), readme, obj.config, check=check)
+        shown = os.path.relpath(result.path)
+        if check and result.changed:
+            _say(f"{shown}: the deploy section is stale; run `conveyor docs` and commit it")
+            sys.exit(EXIT_FAILED)
+        click.echo(f"{shown}: the deploy section " + ("is up to date" if not result.changed else "is written"))
 
     run(go)
 

@@ -62,6 +62,14 @@ class GitHubApp(Strict):
     private_key_env: EnvVar = Field(description="Env var holding the app's PEM private key.")
 
 
+class GitHubDeployments(Strict):
+    """Each release is a GitHub deployment of its commit to its environment, with statuses as it goes."""
+
+    enabled: bool = Field(True, description="Create a GitHub deployment for each release.")
+    environment_urls: dict[Annotated[str, Field(pattern=NAME)], HttpUrl] = Field(
+        default_factory=dict, description="Per environment, the URL it serves at (shown on GitHub).")
+
+
 class GitHub(Strict):
     repo: str = Field(pattern=r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$", description="OWNER/NAME.")
     api_url: HttpUrl = Field(GITHUB_API, description="The REST API's base URL (GitHub Enterprise, tests).")
@@ -69,6 +77,13 @@ class GitHub(Strict):
     app: GitHubApp | None = Field(None, description="Authenticate as a GitHub App installation instead.")
     webhook_secret_env: EnvVar | None = Field(
         None, description="Env var holding the webhook secret that signs deliveries (X-Hub-Signature-256).")
+    deployments: GitHubDeployments = Field(
+        default_factory=GitHubDeployments, description="GitHub Deployments for every release (on by default).")
+
+    def secret_envs(self) -> list[str]:
+        """The env vars holding this forge's secrets: their values are redacted wherever conveyor writes."""
+        names = [self.token_env, self.app.private_key_env if self.app else None, self.webhook_secret_env]
+        return [name for name in names if name]
 
     @model_validator(mode="after")
     def _one_way_to_authenticate(self) -> GitHub:

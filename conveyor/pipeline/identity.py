@@ -1,4 +1,5 @@
-"""Who runs an operation and from where: CI variables when present, else git and the OS user."""
+"""Who runs an operation and from where: CONVEYOR_ACTOR / CONVEYOR_ORIGIN when set (the pipelines
+`conveyor init` writes set them), else CI variables when present, else git and the OS user."""
 
 from __future__ import annotations
 
@@ -15,6 +16,13 @@ class Identity:
 
 
 def identify(environ: Mapping[str, str], git_user: str = "", git_email: str = "") -> Identity:
+    found = _identify(environ, git_user, git_email)
+    actor = environ.get("CONVEYOR_ACTOR", "").strip() or found.actor
+    origin = environ.get("CONVEYOR_ORIGIN", "").strip() or found.origin
+    return Identity(actor, origin)
+
+
+def _identify(environ: Mapping[str, str], git_user: str, git_email: str) -> Identity:
     if environ.get("CIRCLECI") == "true":
         actor = environ.get("CIRCLE_USERNAME") or "circleci"
         origin = environ.get("CIRCLE_BUILD_URL") or f"circleci job {environ.get('CIRCLE_BUILD_NUM', '?')}"

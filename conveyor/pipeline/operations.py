@@ -27,7 +27,7 @@ def _refuse_going_backwards(ws: Workspace, source: str, target: str, *, forced: 
 
 def deploy(
     ws: Workspace, env_name: str, ref: str, *, reason: str = "", hotfix: bool = False, force: bool = False,
-    wait: bool = False, dry_run: bool = False,
+    wait: bool = False, dry_run: bool = False, wait_for_ci: bool = False,
 ) -> Release | DryRun:
     if hotfix:
         _require_reason(reason, "--hotfix")
@@ -39,13 +39,14 @@ def deploy(
     kind = "hotfix" if hotfix else "deploy"
     check_promotion_policy(env, kind=kind, source_env=None, forced=force)
     artifact, spec = render_placed(ws, env, require_artifact(ws, sha))
-    plan = ReleasePlan(env=env, kind=kind, artifact=artifact, spec=spec, reason=reason, forced=force)
+    plan = ReleasePlan(env=env, kind=kind, artifact=artifact, spec=spec, reason=reason, forced=force,
+                       wait_for_ci=wait_for_ci)
     return execute(ws, plan, wait=wait, dry_run=dry_run)
 
 
 def promote(
     ws: Workspace, source_env: str | None, target_env: str | None, *, only: str | None = None, reason: str = "",
-    force: bool = False, wait: bool = False, dry_run: bool = False,
+    force: bool = False, wait: bool = False, dry_run: bool = False, wait_for_ci: bool = False,
 ) -> Release | DryRun:
     source_env, target_env = stage_pair(ws, source_env, target_env, "promote")
     source_cfg = ws.config.environment(source_env)
@@ -75,6 +76,7 @@ def promote(
     plan = ReleasePlan(
         env=env, kind="promote", artifact=artifact, spec=spec,
         reason=reason or f"promote {source_cfg.name}#{pinned.number}", forced=force, source=pinned,
+        wait_for_ci=wait_for_ci,
         notes=[*notes, f"pinned source: {source_cfg.name}#{pinned.number} {pinned.sha[:12]} {pinned.digest}"],
     )
     return execute(ws, plan, wait=wait, dry_run=dry_run)

@@ -145,9 +145,11 @@ def _handlers() -> dict[str, Handler]:
         SlackAnnouncements,
         WebhookAnnouncements,
     )
+    from conveyor.pipeline.deployments import KIND as GITHUB_DEPLOYMENT
+    from conveyor.pipeline.deployments import GitHubDeployments
 
     return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements(),
-            "grafana": GrafanaAnnotations(), "datadog": DatadogEvents()}
+            "grafana": GrafanaAnnotations(), "datadog": DatadogEvents(), GITHUB_DEPLOYMENT: GitHubDeployments()}
 
 
 HANDLERS: dict[str, Handler] = _handlers()

@@ -24,8 +24,10 @@ BUILD_LANE = ""  # not an environment name (those are never empty)
 # What each kind takes, with defaults; anything else is refused as bad input.
 PARAMS: dict[str, dict[str, Any]] = {
     "build": {"ref": "HEAD"},
-    "deploy": {"env": None, "ref": None, "reason": "", "hotfix": False, "force": False, "dry_run": False},
-    "promote": {"source": None, "target": None, "only": None, "reason": "", "force": False, "dry_run": False},
+    "deploy": {"env": None, "ref": None, "reason": "", "hotfix": False, "force": False, "dry_run": False,
+               "wait_for_ci": False},
+    "promote": {"source": None, "target": None, "only": None, "reason": "", "force": False, "dry_run": False,
+                "wait_for_ci": False},
     "rollback": {"env": None, "to": None, "reason": "", "force": False, "dry_run": False},
 }
 
@@ -91,11 +93,13 @@ def _dispatch(ws: Workspace, kind: str, p: dict[str, Any]) -> dict[str, Any]:
         return build_result(artifact, built)
     if kind == "deploy":
         release = operations.deploy(ws, p["env"], p["ref"], reason=p["reason"], hotfix=p["hotfix"],
-                                    force=p["force"], wait=True, dry_run=p["dry_run"])
+                                    force=p["force"], wait=True, dry_run=p["dry_run"],
+                                    wait_for_ci=p.get("wait_for_ci", False))
         return release_result(release)
     if kind == "promote":
         release = operations.promote(ws, p["source"], p["target"], only=p["only"], reason=p["reason"],
-                                     force=p["force"], wait=True, dry_run=p["dry_run"])
+                                     force=p["force"], wait=True, dry_run=p["dry_run"],
+                                     wait_for_ci=p.get("wait_for_ci", False))
         return release_result(release)
     if kind == "rollback":
         release, not_undone = operations.rollback(ws, p["env"], to=p["to"], reason=p["reason"], force=p["force"],

@@ -47,9 +47,11 @@ class Redactor:
 
 def secret_values(config: AppConfig, environ: Mapping[str, str], more_destinations: Iterable[Any] = ()) -> list[str]:
     """The values, set in conveyor's environment, of every secret any environment of the config names, and
-    of the announcement destinations' tokens, webhook URLs and signing secrets (the app's own and
-    `more_destinations`: a server's org-wide defaults)."""
+    of the forge's token, App key and webhook secret, and of the announcement destinations' tokens, webhook
+    URLs and signing secrets (the app's own and `more_destinations`: a server's org-wide defaults)."""
     names = {name for env in config.environments for name in env.secrets}
     destinations = [*config.notify.destinations, *more_destinations]
     names |= {name for destination in destinations for name in destination.secret_envs()}
+    if config.forge.github is not None:
+        names |= set(config.forge.github.secret_envs())
     return [environ[name] for name in sorted(names) if environ.get(name)]

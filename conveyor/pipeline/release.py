@@ -23,6 +23,7 @@ from conveyor import tracing
 from conveyor.config.models import Environment
 from conveyor.errors import ConveyorError, OperationFailed, Refused
 from conveyor.ledger.models import Block, Release
+from conveyor.pipeline.ci_gate import GateResult, check_ci
 from conveyor.pipeline.copies import COPY_STEP, run_copy
 from conveyor.pipeline.copies import describe as describe_copy
 from conveyor.pipeline.events import Progress
@@ -44,6 +45,8 @@ class ReleasePlan:
     source: Release | None = None  # promote: the pinned source release; rollback: the release re-applied
     run_tasks: bool = True
     notes: list[str] = field(default_factory=list)  # printed with the plan and recorded as events
+    wait_for_ci: bool = False  # the CI gate waits for a pending commit instead of refusing
+    ci: GateResult | None = None  # what the CI gate found (pipeline/ci_gate.py), once checked
 
     @property
     def tasks(self) -> list[dict[str, Any]]:
@@ -146,7 +149,9 @@ def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> R
     app = ws.config.app
     overridden = plan.forced or plan.kind == "hotfix"
     ignored_blocks = check_blocks(ws, plan.env, overridden=overridden)
-    if plan.forced and not ignored_blocks and not _policy_overridden(plan):
+    ci = check_ci(ws, plan.artifact.sha, plan.kind, forced=plan.forced, wait=plan.wait_for_ci)
+    plan = replace(plan, ci=ci)
+    if plan.forced and not ignored_blocks and not _policy_overridden(plan) and not (ci and ci.overridden):
         plan = replace(plan, forced=False, notes=[*plan.notes, NOTHING_TO_FORCE])
     live = ws.ledger.live_release(app, plan.env.name)
     target = ws.target(plan.spec["target"])
@@ -154,6 +159,7 @@ def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> R
     checks = [
         f"artifact {plan.artifact.image} is in the registry",
         _blocks_check(plan, ignored_blocks),
+        *([ci.check] if ci else []),
         *(target.preflight(plan.spec) or []),
     ]
     if dry_run:
@@ -286,10 +292,13 @@ def _record_and_run(
 
 def _started_items(ws: Workspace, release: Release, announced: list[tuple[str, dict[str, Any]]]
                    ) -> list[tuple[str, dict[str, Any]]]:
-    """The `started` announcements, queued with the pending record (and noted, to deliver right after)."""
+    """The `started` announcements and the forge deployment, queued with the pending record (and noted, to
+    deliver right after)."""
     from conveyor.pipeline.announce import release_items
+    from conveyor.pipeline.deployments import started_items
 
     announced.extend(release_items(ws, release))
+    announced.extend(started_items(ws, release))
     return announced
 
 
@@ -319,6 +328,9 @@ def _record_overrides(recorder: _Recorder, plan: ReleasePlan, ignored: list[Bloc
         recorder.report("plan", note)
     if plan.forced:
         recorder.event("safeties", "info", f"forced: ran ignoring safeties ({plan.reason})")
+    if plan.ci and plan.ci.overridden:
+        recorder.event("safeties", "info", f"override of the CI gate: {plan.ci.overridden}",
+                       {"ci": plan.ci.overridden, "kind": plan.kind})
     for block in ignored:
         recorder.event("safeties", "info", f"override of a block: {describe_block(block)}",
                        {"block_id": block.id, "kind": plan.kind})

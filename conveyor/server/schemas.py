@@ -72,6 +72,7 @@ class DeployIn(Body):
     hotfix: bool = False
     force: bool = False
     dry_run: bool = False
+    wait_for_ci: bool = Field(False, description="Wait (up to ci.timeout) for the commit's pending CI.")
 
 
 class PromoteIn(Body):
@@ -81,6 +82,7 @@ class PromoteIn(Body):
     reason: str = REASON
     force: bool = False
     dry_run: bool = False
+    wait_for_ci: bool = Field(False, description="Wait (up to ci.timeout) for the commit's pending CI.")
 
 
 class RollbackIn(Body):
