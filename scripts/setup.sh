@@ -7,8 +7,9 @@ cd "$(dirname "$0")/.."
 # skopeo: the baseline of bench/registry_copy.py.
 # openssh-server, openssh-client, iproute2: the ssh-hosts tests run hosts in network namespaces with sshd.
 # chromium, fonts-dejavu-core: the dashboard's browser tests (Playwright drives Debian's Chromium).
+# prometheus: the metrics tests scrape a test server with a real Prometheus (tests/prometheus.py).
 DEBIAN_PACKAGES=(git docker-registry buildah podman runc catatonit haproxy busybox-static postgresql curl
-                 openssh-server openssh-client iproute2 skopeo chromium fonts-dejavu-core)
+                 openssh-server openssh-client iproute2 skopeo chromium fonts-dejavu-core prometheus)
 missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

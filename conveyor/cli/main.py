@@ -523,6 +523,36 @@ def audit_verify(obj: Context, as_json: bool) -> None:
     run(go)
 
 
+@cli.command("metrics", epilog=EPILOG)
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="FILE",
+              help="Write FILE (via a temporary file and a rename, as a textfile collector needs) instead of "
+                   "standard output.")
+def metrics_cmd(output: Path | None) -> None:
+    """Print the Prometheus metrics `conveyor server` serves on /metrics, from the ledger alone (no server):
+    for node_exporter's textfile collector."""
+
+    def go() -> None:
+        from conveyor.ledger import open_ledger
+        from conveyor.pipeline.metrics import exposition
+
+        ledger = open_ledger()
+        try:
+            text = exposition(ledger)
+        finally:
+            ledger.close()
+        if output is None:
+            sys.stdout.buffer.write(text)
+            return
+        partial = output.with_name(f".{output.name}.tmp")
+        try:
+            partial.write_bytes(text)
+            partial.replace(output)
+        except OSError as exc:
+            raise BadInput(f"--output {output}: {exc.strerror or exc}") from None
+
+    run(go)
+
+
 @cli.command("run", epilog=EPILOG,
              context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-i", "--interactive", "stdin", is_flag=True, help="Attach your standard input (a console).")

@@ -1,4 +1,5 @@
-"""`notify:` in conveyor.yml: where deploys are announced (Slack, signed webhooks), and which events go where.
+"""`notify:` in conveyor.yml: where deploys are announced (Slack, signed webhooks, Grafana annotations,
+Datadog events), and which events go where.
 
 `notify:` is a list of destinations, or a mapping with `destinations:` and `release_page:` (a URL template
 for the link to a release, e.g. https://conveyor.example.com/{app}/{env}/{number}; without it, no link).
@@ -16,6 +17,7 @@ from conveyor.config.base import ENV_VAR, NAME, Strict
 EVENTS = ("started", "succeeded", "failed", "rolled_back", "interrupted", "blocked", "unblocked", "freeze")
 DEFAULT_EVENTS = tuple(event for event in EVENTS if event != "started")
 SLACK_API = "https://slack.com/api"
+DATADOG_API = "https://api.datadoghq.com"
 Event = Literal["started", "succeeded", "failed", "rolled_back", "interrupted", "blocked", "unblocked", "freeze"]
 EnvVar = Annotated[str, Field(pattern=ENV_VAR)]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
@@ -46,6 +48,28 @@ class Webhook(Strict):
     secret_env: EnvVar
 
 
+class Grafana(Strict):
+    """A deploy marker on Grafana's graphs: an annotation (POST /api/annotations) tagged app:… and env:…,
+    made with a service account token (Authorization: Bearer)."""
+
+    api_url: HttpUrl = Field(description="Grafana's base URL, e.g. https://grafana.example.com.")
+    token_env: EnvVar = Field(description="Env var holding a service account token (glsa_…).")
+    dashboard_uid: str | None = Field(None, min_length=1, description="Only on this dashboard (default: "
+                                      "an organisation-wide annotation, shown where its tags are queried).")
+    tags: list[str] = Field(default_factory=list, description="More tags, beside conveyor, app:… and env:….")
+
+
+class Datadog(Strict):
+    """A Datadog event (POST /api/v1/events with the DD-API-KEY header), tagged app:… and env:…."""
+
+    api_key_env: EnvVar = Field(description="Env var holding a Datadog API key.")
+    api_url: HttpUrl = Field(DATADOG_API, description="The site's API URL (api.datadoghq.eu, …; set for tests).")
+    tags: list[str] = Field(default_factory=list, description="More tags, beside conveyor, app:… and env:….")
+
+
+KINDS = ("slack", "webhook", "grafana", "datadog")
+
+
 class Destination(Strict):
     name: Annotated[str, Field(pattern=NAME)] | None = Field(
         None, description="How `outbox` and `notify test` name it (default: slack-CHANNEL, webhook-HOST)."
@@ -56,16 +80,23 @@ class Destination(Strict):
     )
     slack: Slack | None = None
     webhook: Webhook | None = None
+    grafana: Grafana | None = None
+    datadog: Datadog | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Destination:
-        if (self.slack is None) == (self.webhook is None):
-            raise ValueError("a destination is either `slack:` or `webhook:` (exactly one of them)")
+        if sum(getattr(self, kind) is not None for kind in KINDS) != 1:
+            raise ValueError("a destination is one of `slack:`, `webhook:`, `grafana:` or `datadog:` "
+                             "(exactly one of them)")
         return self
 
     @property
     def kind(self) -> str:
-        return "slack" if self.slack is not None else "webhook"
+        return next(kind for kind in KINDS if getattr(self, kind) is not None)
+
+    @property
+    def settings(self) -> Slack | Webhook | Grafana | Datadog:
+        return getattr(self, self.kind)
 
     @property
     def label(self) -> str:
@@ -73,14 +104,21 @@ class Destination(Strict):
             return self.name
         if self.slack is not None:
             where = self.slack.channel or "webhook"
+        elif self.webhook is not None or self.grafana is not None:
+            url = self.webhook.url if self.webhook else self.grafana.api_url if self.grafana else ""
+            where = re.sub(r"^https?://", "", url).split("/")[0]
         else:
-            where = re.sub(r"^https?://", "", self.webhook.url if self.webhook else "").split("/")[0]
+            where = "events"
         return f"{self.kind}-" + (re.sub(r"[^a-z0-9]+", "-", where.lower()).strip("-") or "default")
 
     def secret_envs(self) -> list[str]:
         """Names of the env vars holding this destination's secrets (their values are redacted everywhere)."""
         if self.slack is not None:
             return [name for name in (self.slack.token_env, self.slack.webhook_url_env) if name]
+        if self.grafana is not None:
+            return [self.grafana.token_env]
+        if self.datadog is not None:
+            return [self.datadog.api_key_env]
         return [self.webhook.secret_env] if self.webhook else []
 
 
@@ -88,6 +126,10 @@ class Notify(Strict):
     destinations: list[Destination] = Field(default_factory=list)
     release_page: HttpUrl | None = Field(
         None, description="URL template of a release's page: {app}, {env}, {number} are filled in."
+    )
+    trace_page: HttpUrl | None = Field(
+        None, description="URL template of a trace in your tracing UI: {trace_id} is filled in (e.g. "
+                          "https://grafana.example.com/explore?traceId={trace_id})."
     )
 
     @model_validator(mode="before")

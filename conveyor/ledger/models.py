@@ -39,6 +39,7 @@ class Release:
     started_at: datetime | None
     finished_at: datetime | None
     committed_at: datetime | None = None  # the shipped commit's committer time (None in records made before it)
+    trace_id: str = ""  # the OpenTelemetry trace of the operation that made it; "" when tracing was off
 
 
 @dataclass(frozen=True)

@@ -94,6 +94,8 @@ releases = Table(
     Column("started_at", UTCDateTime, nullable=True),
     Column("finished_at", UTCDateTime, nullable=True),
     Column("committed_at", UTCDateTime, nullable=True),  # the shipped commit's committer time: lead time
+    # The OpenTelemetry trace of the operation that made it (32 hex digits), "" when tracing was off.
+    Column("trace_id", String, nullable=False, server_default=""),
     UniqueConstraint("app", "env", "number"),
     # live_release: the highest succeeded number of an app+env, one index seek.
     Index(None, "app", "env", "status", "number"),
@@ -204,6 +206,7 @@ outbox = Table(
     Column("stopped", Text, nullable=False, server_default=""),
     Index(None, "app", "delivered_at"),
     Index(None, "app", "env", "created_at"),  # outbox_items: one env's recent items, among millions
+    Index(None, "delivered_at", "kind", "created_at"),  # the metrics' backlog: undelivered items only
     sqlite_autoincrement=True,
 )
 
@@ -257,6 +260,8 @@ operations = Table(
     Column("lease_until", UTCDateTime, nullable=True),
     Column("attempts", Integer, nullable=False),
     Column("note", Text, nullable=False),  # why it was cancelled, superseded or taken over
+    # The submitter's W3C trace context (its `traceparent` header), so the worker's spans join its trace.
+    Column("traceparent", String, nullable=False, server_default=""),
     Index(None, "state", "id"),
     Index(None, "app", "lane", "state", "id"),
     sqlite_autoincrement=True,

@@ -71,6 +71,7 @@ class Operation:
     lease_until: datetime | None
     attempts: int
     note: str
+    traceparent: str = ""  # the submitter's W3C trace context; "" when it sent none
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def _operation(row: Row[Any]) -> Operation:
         exit_code=row.exit_code, result=json.loads(row.result) if row.result is not None else None,
         actor=row.actor, origin=row.origin, created_at=row.created_at, started_at=row.started_at,
         finished_at=row.finished_at, holder=row.holder, lease_until=row.lease_until, attempts=row.attempts,
-        note=row.note,
+        note=row.note, traceparent=row.traceparent,
     )
 
 
@@ -183,11 +184,11 @@ class ServerStore:
     # ------------------------------------------------------------------------------------------ queue
 
     def submit(self, *, app: str, lane: str, kind: str, params: dict[str, Any], actor: str,
-               origin: str) -> tuple[Operation, int]:
+               origin: str, traceparent: str = "") -> tuple[Operation, int]:
         """The durable row, committed before the caller answers, and how many are ahead of it in its lane."""
         values = {"app": app, "lane": lane, "kind": kind, "params": json.dumps(params, sort_keys=True),
                   "state": "queued", "actor": actor, "origin": origin, "created_at": _now(), "attempts": 0,
-                  "note": ""}
+                  "note": "", "traceparent": traceparent}
         with self._ledger._write() as conn:
             row = conn.execute(insert(operations).values(**values).returning(*operations.c)).one()
             ahead = conn.execute(self._ahead_of(_operation(row))).scalar_one()

@@ -263,6 +263,7 @@ def _release(row: Row[Any]) -> Release:
         started_at=row.started_at,
         finished_at=row.finished_at,
         committed_at=row.committed_at,
+        trace_id=row.trace_id,
     )
 
 
@@ -360,6 +361,8 @@ def release_state(release: Release) -> dict[str, Any]:
             state["spec_sha256"] = hashlib.sha256(_canonical(value).encode()).hexdigest()
         elif isinstance(value, datetime):
             state[name] = value.astimezone(UTC).isoformat()
+        elif name == "trace_id" and not value:
+            continue  # records chained before releases had a trace id must still match their rows
         else:
             state[name] = value
     return state
@@ -452,6 +455,7 @@ class Ledger:
         committed_at: datetime | None = None,
         holder: str | None = None,
         announce: Callable[[Release], list[tuple[str, dict[str, Any]]]] | None = None,
+        trace_id: str = "",
     ) -> Release:
         """Record a new pending release with the next gapless number for app+env.
 
@@ -475,6 +479,7 @@ class Ledger:
                     origin=origin, reason=self.redact(reason), forced=forced, step="recorded", error="",
                     previous_number=previous_number, promoted_from_id=source_release_id, created_at=_now(),
                     committed_at=committed_at,
+                    trace_id=trace_id,
                 )
                 .returning(*releases.c)
             ).one()

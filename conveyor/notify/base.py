@@ -75,3 +75,36 @@ def retry_after(answer: Answer) -> float | None:
         return max(float(value), 0.0)
     except ValueError:
         return None
+
+
+def summary(announcement: dict[str, Any]) -> tuple[str, list[str]]:
+    """A plain-text title and detail lines for a deploy marker (Grafana annotations, Datadog events): what
+    changed where, who did it, why it failed, and the links (release page, compare, trace)."""
+    release, block = announcement.get("release"), announcement.get("block")
+    event = announcement["event"].replace("_", " ")
+    if release:
+        title = (f"{announcement['app']} {announcement['env']}#{release['number']} {release['kind']} {event}: "
+                 f"{release['sha'][:12]}")
+        reason = f": {release['reason']}" if release["reason"] else ""
+        lines = [f"by {release['actor']} ({release['origin']}){reason}"]
+        if release.get("error"):
+            lines.append(f"why: {release['error']}")
+        lines += [f"{name}: {url}" for name, url in (release.get("links") or {}).items() if url]
+        if release.get("trace_id"):
+            lines.append(f"trace id: {release['trace_id']}")
+        return title, lines
+    if block:
+        where = announcement["env"] or ("every app" if block["scope"] == "org" else "the app")
+        return f"{announcement['app']} {where} {event}", [f"by {block['actor']}: {block['reason']}"]
+    return f"conveyor test message for {announcement['app']}", [f"from {announcement['actor']}"]
+
+
+def answer_error(answer: Answer, what: str) -> None:
+    """Raise for a non-2xx answer: 401/403/404 stop the destination (a token or URL to fix), others retry."""
+    if 200 <= answer.status < 300:
+        return
+    if answer.status in (401, 403, 404):
+        raise Refused(f"{what} answered HTTP {answer.status}: check its token and URL")
+    if answer.status == 429:
+        raise Unavailable(f"{what} rate limited (429)", retry_after=retry_after(answer))
+    raise Unavailable(f"{what} answered HTTP {answer.status}")

@@ -148,7 +148,10 @@ def _release_lines(announcement: dict[str, Any], mentions: dict[str, str]) -> li
         names = [mentions.get(a["email"]) or _esc(a["name"]) for a in release["commits"]["authors"]]
         lines.append("cc " + ", ".join(dict.fromkeys(names)))
     links = [f"<{url}|{name}>" for name, url in (("release page", release["links"].get("release_page")),
-                                                 ("compare", release["links"].get("compare"))) if url]
+                                                 ("compare", release["links"].get("compare")),
+                                                 ("trace", release["links"].get("trace"))) if url]
+    if release.get("trace_id") and not release["links"].get("trace"):
+        links.append(f"trace `{release['trace_id']}`")
     if links:
         lines.append(" · ".join(links))
     return lines

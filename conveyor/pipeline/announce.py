@@ -20,7 +20,7 @@ from conveyor.ledger.models import Block, OutboxItem, Release
 from conveyor.pipeline.workspace import Workspace
 
 SCHEMA_VERSION = 1
-SLACK, WEBHOOK = "slack", "webhook"
+SLACK, WEBHOOK, GRAFANA, DATADOG = "slack", "webhook", "grafana", "datadog"
 SHOWN_COMMITS = 5
 AUTHOR_SCAN = 200  # commits read for the authors a failure mentions
 LOG_TAIL = 15
@@ -64,7 +64,7 @@ def release_announcement(ws: Workspace, release: Release, event: str) -> dict[st
         "origin": release.origin, "reason": release.reason, "forced": release.forced,
         "error": release.error.splitlines()[0] if release.error else "",
         "started_at": _iso(release.started_at), "finished_at": _iso(release.finished_at),
-        "duration_seconds": duration, "env": release.env,
+        "duration_seconds": duration, "trace_id": release.trace_id or None, "env": release.env,
         "commits": _commits(ws, previous, release, with_authors=event == "failed"),
         "links": _links(ws, release, previous),
         "log_tail": _log_tail(ws, release) if event == "failed" else [],
@@ -124,7 +124,9 @@ def _links(ws: Workspace, release: Release, previous: Release | None) -> dict[st
     if previous is not None and previous.sha != release.sha:
         remote = History(ws.repo).remote_url(ws.config.release_refs.remote)
         compare = compare_url(remote, previous.sha, release.sha) if remote else None
-    return {"release_page": page, "compare": compare}
+    trace_page = ws.config.notify.trace_page
+    trace = trace_page.format(trace_id=release.trace_id) if trace_page and release.trace_id else None
+    return {"release_page": page, "compare": compare, "trace": trace}
 
 
 def _log_tail(ws: Workspace, release: Release) -> list[str]:
@@ -176,8 +178,7 @@ def unblock_items(ws: Workspace, lifted: list[Block]) -> tuple[str, list[tuple[s
 
 def _destination(destination: Destination) -> dict[str, Any]:
     """What delivery needs, frozen at queueing time: settings and env var names, never a secret's value."""
-    settings = destination.slack or destination.webhook
-    return {"name": destination.label, **(settings.model_dump() if settings else {})}
+    return {"name": destination.label, **destination.settings.model_dump()}
 
 
 # ---------------------------------------------------------------------------------------------- delivery
@@ -303,6 +304,34 @@ class WebhookAnnouncements(_Announcements):
 
         body = json.dumps(announcement, sort_keys=True, separators=(",", ":")).encode()
         send(destination["url"], _secret(destination["secret_env"]), announcement["id"], body)
+
+
+class GrafanaAnnotations(_Announcements):
+    """A deploy marker on Grafana's graphs (an annotation tagged app:… env:…); one attempt per run."""
+
+    kind = GRAFANA
+
+    def deliver(self, ws: Workspace, item: OutboxItem) -> None:
+        self.send_now(item.payload["destination"], item.payload["announcement"])
+
+    def send_now(self, destination: dict[str, Any], announcement: dict[str, Any]) -> None:
+        from conveyor.notify.grafana import annotation, send
+
+        send(destination["api_url"], _secret(destination["token_env"]), annotation(announcement, destination))
+
+
+class DatadogEvents(_Announcements):
+    """A Datadog event tagged app:… env:…, shown on graphs as a marker; one attempt per run."""
+
+    kind = DATADOG
+
+    def deliver(self, ws: Workspace, item: OutboxItem) -> None:
+        self.send_now(item.payload["destination"], item.payload["announcement"])
+
+    def send_now(self, destination: dict[str, Any], announcement: dict[str, Any]) -> None:
+        from conveyor.notify.datadog import event, send
+
+        send(destination["api_url"], _secret(destination["api_key_env"]), event(announcement, destination))
 
 
 def _secret(name: str) -> str:

@@ -139,12 +139,18 @@ def _witness(ws: Workspace, payload: dict[str, Any]) -> str | None:
 
 
 def _handlers() -> dict[str, Handler]:
-    from conveyor.pipeline.announce import SlackAnnouncements, WebhookAnnouncements
+    from conveyor.pipeline.announce import (
+        DatadogEvents,
+        GrafanaAnnotations,
+        SlackAnnouncements,
+        WebhookAnnouncements,
+    )
     from conveyor.pipeline.deployments import KIND as GITHUB_DEPLOYMENT
     from conveyor.pipeline.deployments import GitHubDeployments
     from conveyor.pipeline.release_pr import PR_COMMENT, RELEASE_PR, PullRequestComments, ReleasePullRequests
 
     return {GIT_REFS: GitRefs(), "slack": SlackAnnouncements(), "webhook": WebhookAnnouncements(),
+            "grafana": GrafanaAnnotations(), "datadog": DatadogEvents(),
             GITHUB_DEPLOYMENT: GitHubDeployments(), RELEASE_PR: ReleasePullRequests(),
             PR_COMMENT: PullRequestComments()}
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Any
 
+from conveyor import tracing
 from conveyor.config.models import Environment
 from conveyor.errors import ConveyorError, OperationFailed, Refused
 from conveyor.ledger.models import Block, Release
@@ -28,6 +29,7 @@ from conveyor.pipeline.copies import describe as describe_copy
 from conveyor.pipeline.events import Progress
 from conveyor.pipeline.guards import check_blocks, check_promotion_policy, describe_block
 from conveyor.pipeline.lease import LeaseKeeper
+from conveyor.pipeline.metrics import observe_step
 from conveyor.pipeline.workspace import Workspace
 from conveyor.targets.base import SWITCHED, Artifact, Outcome
 
@@ -163,14 +165,29 @@ def execute(ws: Workspace, plan: ReleasePlan, *, wait: bool, dry_run: bool) -> R
     if dry_run:
         return DryRun(plan.steps(app, live), checks)
     operation = f"{plan.kind} {plan.env.name} {plan.artifact.sha[:12]}"
-    try:
-        release = _execute_under_lease(ws, plan, operation, target, ignored_blocks, wait=wait)
-    finally:
-        from conveyor.pipeline.outbox import deliver
+    with tracing.operation(f"{plan.kind} {plan.env.name}", app=app, env=plan.env.name, kind=plan.kind,
+                           sha=plan.artifact.sha, digest=plan.artifact.digest, target=plan.spec["target"],
+                           forced=plan.forced) as span:
+        try:
+            release = _execute_under_lease(ws, plan, operation, target, ignored_blocks, wait=wait)
+        except BaseException as exc:
+            _trace_outcome(ws, span, getattr(exc, "release", None))
+            raise
+        finally:
+            from conveyor.pipeline.outbox import deliver
 
-        deliver(ws)  # this release's refs, and anything an earlier run still owes
+            deliver(ws)  # this release's refs, and anything an earlier run still owes
+        _trace_outcome(ws, span, release)
     ws.say(_timing(release, time.monotonic() - started))
     return release
+
+
+def _trace_outcome(ws: Workspace, span: tracing.Span, release: Release | None) -> None:
+    if release is None:
+        return
+    span.set(outcome=release.status, **{"release.number": release.number})
+    if release.status != "succeeded":
+        span.fail(ws.redactor.text(release.error or release.status))
 
 
 def _policy_overridden(plan: ReleasePlan) -> bool:
@@ -203,13 +220,23 @@ def _execute_under_lease(
     ws: Workspace, plan: ReleasePlan, operation: str, target: Any, ignored_blocks: list[Block], *, wait: bool
 ) -> Release:
     signals = _Signals()
+    waiting = tracing.start("lease", env=plan.env.name, wait=wait)  # a step of the trace: waiting for it
+    waited_from = time.monotonic()
     try:
         with _signals_raise(ws, signals), LeaseKeeper(ws, plan.env.name, operation, wait=wait) as lease:
+            waiting.end()
+            observe_step("lease", "ok", time.monotonic() - waited_from)
             return _record_and_run(ws, plan, target, ignored_blocks, lease, signals)
     except _Interrupted as exc:  # before anything was recorded (waiting for the lease)
+        waiting.fail(exc.cause)
         if exc.by_user:
             raise KeyboardInterrupt from None
         raise OperationFailed(f"{exc.cause} before anything was recorded") from None
+    except ConveyorError as exc:
+        waiting.fail(exc.message)  # refused by the lease (a no-op once the lease was taken)
+        raise
+    finally:
+        waiting.end()
 
 
 def _record_and_run(
@@ -228,7 +255,7 @@ def _record_and_run(
         previous_number=live.number if live else None,
         source_release_id=plan.source.id if plan.source else None, holder=lease.holder,
         committed_at=ws.repo.commit_time(plan.artifact.sha),
-        announce=lambda recorded: _started_items(ws, recorded, announced),
+        announce=lambda recorded: _started_items(ws, recorded, announced), trace_id=tracing.current_trace_id(),
     )
     if announced:
         from conveyor.pipeline.outbox import deliver
@@ -387,6 +414,9 @@ class _Recorder:
         self.ws = ws
         self.release = release
         self.switched = False  # the target reported that the new version took the traffic
+        self._step = ""  # the step under way, a span in the trace and a duration in the metrics
+        self._step_span = tracing.NULL
+        self._step_started = 0.0
 
     def event(self, step: str, status: str, message: str, data: dict[str, Any] | None = None, *,
               shown: bool = False) -> None:
@@ -410,7 +440,22 @@ class _Recorder:
         self.report("rollback-switch" if step == SWITCHED else step, message)
 
     def step(self, step: str, *, status: str | None = None, started: bool = False) -> None:
+        self._end_step("ok")
+        self._step, self._step_started = step, time.monotonic()
+        self._step_span = tracing.start(step, app=self.release.app, env=self.release.env, step=step,
+                                        **{"release.number": self.release.number})
         self.release = self.ws.ledger.update_release(self.release.id, step=step, status=status, started=started)
+
+    def _end_step(self, outcome: str, error: str = "") -> None:
+        """The step under way ended (the next began, or the release finished): its span and its duration."""
+        if not self._step:
+            return
+        if error:
+            self._step_span.fail(self.ws.redactor.text(error))
+        self._step_span.set(outcome=outcome)
+        self._step_span.end()
+        observe_step(self._step, outcome, time.monotonic() - self._step_started)
+        self._step, self._step_span = "", tracing.NULL
 
     def succeed(self, ws: Workspace) -> Release:
         return self.finish("succeeded", "")
@@ -437,6 +482,7 @@ class _Recorder:
 
         from conveyor.pipeline.outbox import owed
 
+        self._end_step("ok" if status == "succeeded" else status, error)
         if status != "succeeded":
             current = self.ws.ledger.get_release_by_id(self.release.id)
             if current is not None and current.status not in ("pending", "running"):

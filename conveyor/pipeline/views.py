@@ -40,6 +40,7 @@ def release_view(release: Release, holder_gone_since: datetime | None = None) ->
         "finished_at": _iso(release.finished_at),
         "holder_gone_since": _iso(holder_gone_since),
         "hosts": len(release.spec["hosts"]) if isinstance(release.spec.get("hosts"), list) else None,
+        "trace_id": release.trace_id or None,  # the operation's OpenTelemetry trace (null: tracing was off)
     }
 
 

@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conveyor import tracing
 from conveyor.errors import EXIT_FAILED, EXIT_REFUSED, ConveyorError
 from conveyor.pipeline.events import Progress
 from conveyor.pipeline.identity import Identity
@@ -71,6 +72,16 @@ class Wakeup:
                 self._callbacks.remove(callback)
 
         return unsubscribe
+
+
+def _log_step(operation: Operation, event: Progress, trace_id: str) -> None:
+    """One JSON line per step event of an operation (server/logs.py formats it); the message is the redacted
+    one the event stream carries."""
+    if event.status == "info" and not event.shown:
+        return  # the record's detail: the event stream has it, the log does not need it
+    log.info("step", extra={"operation_id": operation.id, "trace_id": trace_id or None, "app": operation.app,
+                            "env": operation.lane or None, "step": event.step, "step_status": event.status,
+                            "release": event.release, "detail": event.message})
 
 
 def replica_name() -> str:
@@ -184,19 +195,32 @@ class WorkerPool:
 
     def perform(self, operation: Operation) -> None:
         store, replica = self.server.store, self.server.replica
+        trace_id = ""
 
         def record(event: Progress) -> None:
             store.append_event(operation.id, asdict(event))
             self.server.events_woken.bump()
+            _log_step(operation, event, trace_id)
 
         beat = Heartbeat(f"operation-{operation.id}", self.ttl / BEATS_PER_TTL,
                          lambda: store.renew(operation.id, replica, self.ttl))
-        with beat:
+        # One trace per operation: the submitter's, when it sent a traceparent; the release's spans are its
+        # children (pipeline/release.py).
+        with beat, tracing.operation(f"operation {operation.kind}", parent=operation.traceparent,
+                                     app=operation.app, env=operation.lane or None, kind=operation.kind,
+                                     replica=replica, **{"operation.id": operation.id}) as span:
+            trace_id = span.trace_id
             # First thing, so a follower hears at once that its turn came, before the fetch and the config
             # read that every operation starts with.
             record(Progress("note", "info", f"operation #{operation.id} started on replica {replica}; fetching "
                             f"{operation.app}'s repo"))
             state, code, result, note = self._outcome(operation, record)
+            span.set(outcome=state, exit_code=code)
+            if state == "failed":
+                span.fail(str(((result or {}).get("error") or {}).get("message") or "failed"))
+        log.info("operation finished", extra={"operation_id": operation.id, "trace_id": trace_id or None,
+                                              "app": operation.app, "env": operation.lane or None,
+                                              "kind": operation.kind, "state": state})
         if state == "superseded":
             return  # already set aside with its note
         store.finish(operation.id, replica, state=state, exit_code=code, result=result, note=note)

@@ -30,7 +30,10 @@ from conveyor.pipeline.tokens import allows, authenticate, check_scopes, create_
 from conveyor.pipeline.worker import Server
 from conveyor.server import schemas as s
 from conveyor.server.limits import BoundedRequests
+from conveyor.server.logs import add_request_logs
+from conveyor.server.metrics import add_metrics
 from conveyor.server.webhooks import add_webhooks
+from conveyor.tracing import valid_traceparent
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorBody, "description": what}
@@ -72,8 +75,9 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
         return _error_response(status, kind, exc.message)
 
     class Caller:
-        def __init__(self, name: str, scopes: list[str], origin: str) -> None:
+        def __init__(self, name: str, scopes: list[str], origin: str, traceparent: str = "") -> None:
             self.name, self.scopes, self.origin = name, scopes, origin
+            self.traceparent = traceparent  # the caller's W3C trace context: its operations join that trace
 
         def need(self, scope: str) -> None:
             if not allows(self.scopes, scope):
@@ -94,7 +98,8 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
             raise ApiError(401, "unauthenticated", "that token is not valid (revoked, or never issued here)")
         client = request.client.host if request.client else "unknown"
         origin = "".join(ch for ch in (x_conveyor_origin or "") if ch.isprintable()).strip()
-        return Caller(token.name, token.scopes, origin or f"api from {client}")
+        return Caller(token.name, token.scopes, origin or f"api from {client}",
+                      valid_traceparent(request.headers.get("traceparent")))
 
     Auth = Annotated[Caller, Depends(caller)]
 
@@ -277,7 +282,7 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
                 params = queue_ops.complete_promotion(ws, params)
         lane = queue_ops.lane_of(kind, params)
         operation, ahead = server.store.submit(app=app, lane=lane, kind=kind, params=params, actor=who.name,
-                                               origin=who.origin)
+                                               origin=who.origin, traceparent=who.traceparent)
         server.submitted()
         return queue_ops.operation_view(operation, ahead)
 
@@ -372,6 +377,9 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
             raise ApiError(404, "not_found", f"no token named '{name}'")
         revoke_token(server.ledger, name)
         return {"removed": name}
+
+    add_metrics(api, server)
+    add_request_logs(api, server)
 
     from conveyor.server.web import add_dashboard
 

@@ -81,10 +81,12 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
           notify: Path | None = None, anonymous_read: bool = False, public_url: str | None = None) -> None:
     from conveyor.ledger import open_ledger
     from conveyor.ledger.server_store import EVENTS_CHANNEL, listen
+    from conveyor.server.logs import configure
 
     defaults = notify_defaults(notify)
     public_url = check_public_url(public_url)
     host, port = parse_bind(bind)
+    configure()
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
@@ -113,5 +115,8 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
         stop_listening.set()
         pool.drain(timeout=0)
         ledger.close()
+        from conveyor import tracing
+
+        tracing.flush()
     if not runner._draining:
         sys.exit(1)  # uvicorn stopped on its own: not the drain a signal asks for

@@ -1,7 +1,7 @@
 """Forge webhooks: accepted deliveries (deduplicated by id), pushes waiting for green CI, release PRs.
 
 Revision ID: 0011
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 # Written out in full rather than imported from schema.py: a migration must keep creating what it created.
 
 revision = "0011"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
