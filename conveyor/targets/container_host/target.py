@@ -441,7 +441,7 @@ class ContainerHost:
         report("restore", f"{problem}; re-applying {release_label}'s stored spec")
         return self.deploy(spec, release_label, report)
 
-    def retire(self, app: str, env: str, report: Reporter) -> None:
+    def retire(self, app: str, env: str, report: Reporter, spec: dict[str, Any] | None = None) -> None:
         """Remove app+env's listener from HAProxy, then its containers and its deploy record."""
         proxy = self._proxy()
         if proxy.listens(app, env):
