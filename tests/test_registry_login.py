@@ -40,8 +40,8 @@ def _recording(seen: dict[str, object]) -> RecordingRunner:
 @pytest.mark.parametrize("engine", ["podman", "docker"])
 def test_a_pull_with_a_login_reads_it_from_a_private_auth_file(engine: str) -> None:
     seen: dict[str, object] = {}
-    login = RegistryLogin("127.0.0.1:5999", "deployer", PASSWORD, insecure=True)
-    Engine(engine, engine, _recording(seen)).pull(IMAGE, login)
+    login = RegistryLogin("127.0.0.1:5999", "deployer", PASSWORD)
+    Engine(engine, engine, _recording(seen)).pull(IMAGE, login, insecure=True)
     argv = seen["argv"]
     assert PASSWORD not in " ".join(argv) and "deployer" not in " ".join(argv)  # type: ignore[arg-type]
     directory = str(seen["file"].parent)  # type: ignore[attr-defined]
@@ -59,7 +59,8 @@ def test_a_pull_with_a_login_reads_it_from_a_private_auth_file(engine: str) -> N
 def test_a_pull_without_a_login_has_no_auth_file() -> None:
     runner = RecordingRunner()
     Engine("podman", "podman", runner).pull(IMAGE)
-    assert runner.calls == [("podman", "pull", "-q", IMAGE)]
+    Engine("podman", "podman", runner).pull(IMAGE, insecure=True)  # an environment's plain-HTTP registry
+    assert runner.calls == [("podman", "pull", "-q", IMAGE), ("podman", "pull", "-q", "--tls-verify=false", IMAGE)]
 
 
 @pytest.fixture

@@ -58,7 +58,6 @@ class RegistryLogin:
     registry: str
     username: str
     password: str = field(repr=False)
-    insecure: bool = False  # plain HTTP (a local registry)
 
     def auth_file(self) -> str:
         """The auth file's text, in the format podman's --authfile and docker's config.json share."""
@@ -163,19 +162,20 @@ class Engine:
     def image_present(self, image: str) -> bool:
         return self._call(["image", "inspect", "--format", "{{.Id}}", image]).ok
 
-    def pull_args(self, image: str, login: RegistryLogin | None, auth_dir: str | None) -> list[str]:
-        """The pull's argv: with a login, its auth file and (podman) TLS as that registry wants it."""
-        if login is None or auth_dir is None:
-            return [self.binary, "pull", "-q", image]
-        if self.name == "docker":  # the daemon decides about TLS (its insecure-registries setting)
-            return [self.binary, "--config", auth_dir, "pull", "-q", image]
-        tls = ["--tls-verify=false"] if login.insecure else []
-        return [self.binary, "pull", "-q", "--authfile", os.path.join(auth_dir, AUTH_FILE), *tls, image]
+    def pull_args(self, image: str, login: RegistryLogin | None, auth_dir: str | None,
+                  insecure: bool = False) -> list[str]:
+        """The pull's argv: with a login, its auth file; `insecure` (podman) for a plain-HTTP registry the
+        engine's own registries.conf does not list. Docker's daemon decides TLS itself (insecure-registries)."""
+        if self.name == "docker":
+            config = ["--config", auth_dir] if login is not None and auth_dir is not None else []
+            return [self.binary, *config, "pull", "-q", image]
+        auth = ["--authfile", os.path.join(auth_dir, AUTH_FILE)] if login is not None and auth_dir is not None else []
+        return [self.binary, "pull", "-q", *auth, *(["--tls-verify=false"] if insecure else []), image]
 
-    def pull(self, image: str, login: RegistryLogin | None = None) -> None:
+    def pull(self, image: str, login: RegistryLogin | None = None, *, insecure: bool = False) -> None:
         try:
             with auth_directory(login) as auth_dir:
-                done = self.runner.run(self.pull_args(image, login, auth_dir), timeout=PULL_TIMEOUT)
+                done = self.runner.run(self.pull_args(image, login, auth_dir, insecure), timeout=PULL_TIMEOUT)
         except CommandTimedOut as exc:
             raise TargetError(f"could not pull {image}: no answer within {PULL_TIMEOUT:g}s") from exc
         if done.returncode != 0:
@@ -184,11 +184,11 @@ class Engine:
             reason = re.sub(r"^initializing source \S+?:\s+", "", reason)
             raise TargetError(f"could not pull {image}: {reason}")
 
-    def ensure_image(self, image: str, login: RegistryLogin | None = None) -> bool:
+    def ensure_image(self, image: str, login: RegistryLogin | None = None, *, insecure: bool = False) -> bool:
         """Pull unless present; True when pulled. A digest reference is immutable: present means done."""
         if self.image_present(image):
             return False
-        self.pull(image, login)
+        self.pull(image, login, insecure=insecure)
         return True
 
     # -- containers ---------------------------------------------------------------------------------
