@@ -90,7 +90,7 @@ class Heroku:
         """Release the spec's image as the task process type (quantity 0), unless it already has it: a
         one-off dyno runs the image of a process type, and this one serves nothing."""
         app = spec["heroku"]["app"]
-        formation = {f["type"]: (f.get("docker_image") or {}).get("id") for f in api.get(f"/apps/{app}/formation")}
+        formation = self._formation_images(api, app)
         if formation.get(kind) == spec["digest"]:
             return
         api.call("PATCH", f"/apps/{app}/formation", docker=True,
@@ -139,6 +139,11 @@ class Heroku:
     def _wanted_config(spec: dict[str, Any]) -> dict[str, str]:
         """The config vars the spec sets, secrets' values read by name now (never stored)."""
         return {**spec["config_vars"], **{name: os.environ.get(name, "") for name in spec["secrets"]}}
+
+    @staticmethod
+    def _formation_images(api: Any, app: str) -> dict[str, str | None]:
+        """Each process type of the app's formation and the image digest it runs."""
+        return {f["type"]: (f.get("docker_image") or {}).get("id") for f in api.get(f"/apps/{app}/formation")}
 
     @staticmethod
     def _newest_release(api: Any, app: str) -> dict[str, Any]:
@@ -200,8 +205,7 @@ class Heroku:
         if spec is None:
             return None
         api, heroku_app = self._api(spec), spec["heroku"]["app"]
-        formation = {f["type"]: (f.get("docker_image") or {}).get("id")
-                     for f in api.get(f"/apps/{heroku_app}/formation")}
+        formation = self._formation_images(api, heroku_app)
         config = api.get(f"/apps/{heroku_app}/config-vars")
         differences = [f"{kind} runs {formation.get(kind) or 'nothing'}" for kind in spec["process_types"]
                        if kind != "release" and formation.get(kind) != spec["digest"]]
@@ -228,7 +232,7 @@ class Heroku:
         api, app = self._api(spec), spec["heroku"]["app"]
         api.say = lambda line: report("heroku", line)
         kind = next(k for k in spec["process_types"] if k != "release")
-        formation = {f["type"]: (f.get("docker_image") or {}).get("id") for f in api.get(f"/apps/{app}/formation")}
+        formation = self._formation_images(api, app)
         if formation.get(kind) != spec["digest"]:
             raise OperationFailed(f"{app}'s {kind} process type runs {formation.get(kind) or 'nothing'}, not the "
                                   f"live release's {spec['digest']}: see `conveyor status` (drift)")
@@ -260,8 +264,8 @@ class Heroku:
                  body={"updates": [{"type": kind, "quantity": 0} for kind in kinds]})
         report("formation", f"{heroku_app}: {', '.join(kinds)} scaled to 0")
         current = api.get(f"/apps/{heroku_app}/config-vars")
-        managed = [k for k in filter(None, current.get(MANAGED, "").split(",")) if k in current]
-        removed = {name: None for name in [*managed, MANAGED] if name in current}
+        managed = [*filter(None, current.get(MANAGED, "").split(",")), MANAGED]
+        removed = {name: None for name in managed if name in current}
         if removed:
             api.call("PATCH", f"/apps/{heroku_app}/config-vars", body=removed)
             report("config", f"{heroku_app}: config vars removed: {', '.join(sorted(removed))}")
