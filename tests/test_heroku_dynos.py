@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from conveyor.targets.heroku.dynos import LogReading, OneOff
 
 STAMP = "2026-12-01T10:00:00.123456+00:00"
@@ -30,3 +32,25 @@ def test_the_command_is_quoted_for_herokus_shell() -> None:
     body = OneOff(["sh", "-c", "echo $HOME's"], "conveyor-task", 120.5, "performance-m", {"A": "1"}).body()
     assert body == {"command": "sh -c 'echo $HOME'\"'\"'s'", "type": "conveyor-task", "attach": False,
                     "time_to_live": 120, "size": "performance-m", "env": {"A": "1"}}
+
+
+def test_a_one_off_dyno_is_stopped_when_conveyor_is_stopped_before_it_ends() -> None:
+    from conveyor.targets.heroku.api import HerokuAPI
+    from conveyor.targets.heroku.dynos import run_one_off
+    from tests.fakes.heroku import FakeHeroku
+
+    fake = FakeHeroku("t0ken", "127.0.0.1:1", ("_", "t0ken")).start()
+    api = HerokuAPI(fake.url, "t0ken", "HEROKU_API_KEY", lambda _: None)
+    try:
+        app = fake.create_app("hello-staging")
+        app.formation["web"] = "sha256:" + "b" * 64
+
+        def interrupted(line: str) -> None:
+            raise KeyboardInterrupt  # Ctrl-C while the dyno's output streams
+
+        with pytest.raises(KeyboardInterrupt):
+            run_one_off(api, "hello-staging", OneOff(["rake", "backfill"], "web", 60), interrupted, lambda _: None)
+        assert len(app.one_off_ids) == 1 and app.stopped == app.one_off_ids
+    finally:
+        api.close()
+        fake.stop()

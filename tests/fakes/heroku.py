@@ -75,6 +75,8 @@ class FakeApp:
     quantities: dict[str, int] = field(default_factory=dict)  # process type -> dynos it runs
     one_offs: list[dict[str, Any]] = field(default_factory=list)  # one-off dynos that have not ended
     dyno_requests: list[dict[str, Any]] = field(default_factory=list)  # the bodies of POST /dynos, as sent
+    one_off_ids: list[str] = field(default_factory=list)  # every one-off dyno made, in order
+    stopped: list[str] = field(default_factory=list)  # the dyno ids or names a stop action named
     releases: list[dict[str, Any]] = field(default_factory=list)
     dynos: list[dict[str, Any]] = field(default_factory=list)
     reads: dict[str, int] = field(default_factory=dict)  # how often each release / dyno was read
@@ -161,6 +163,7 @@ class FakeHeroku:
         if key == ("GET", "dynos"):
             return 200, [self._read_dyno(app, dyno) for dyno in app.dynos] + [_public(d) for d in app.one_offs], {}
         if key == ("POST", "dynos") and len(rest) == 4 and rest[2:] == ["actions", "stop"]:
+            app.stopped.append(rest[1])
             app.one_offs = [d for d in app.one_offs if rest[1] not in (d["id"], d["name"])]
             return 202, {}, {}
         if key == ("POST", "dynos"):
@@ -293,6 +296,7 @@ class FakeHeroku:
                 "app": {"id": app.id, "name": app.name}, "created_at": NOW, "updated_at": NOW,
                 "_image": app.formation[kind]}
         app.one_offs.append(dyno)
+        app.one_off_ids.append(dyno["id"])
         return 201, _public(dyno), {}
 
     def _one_off_log(self, app: FakeApp, dyno: dict[str, Any]) -> list[str]:
