@@ -28,3 +28,18 @@ def lease_ttl() -> float:
 def ci_poll_interval() -> float:
     """Seconds between two reads of a commit's CI while `--wait-for-ci` waits (CONVEYOR_CI_POLL)."""
     return max(float(os.environ.get("CONVEYOR_CI_POLL", "5")), 0.05)
+
+
+def copy_chunk_bytes() -> int:
+    """Bytes per PATCH of an image copy between registries (CONVEYOR_COPY_CHUNK_MB, default 64): what a cut
+    link can cost at most, since a copy resumes from the last chunk the destination confirmed."""
+    from conveyor.errors import BadInput
+
+    text = os.environ.get("CONVEYOR_COPY_CHUNK_MB", "64")
+    try:
+        megabytes = float(text)
+    except ValueError:
+        megabytes = 0.0
+    if not megabytes > 0:
+        raise BadInput(f"CONVEYOR_COPY_CHUNK_MB={text!r}: give a positive number of megabytes")
+    return max(int(megabytes * 1024 * 1024), 64 * 1024)

@@ -34,11 +34,14 @@ def heroku(heroku_registry: AuthRegistry) -> Iterator[FakeHeroku]:
     fake.stop()
 
 
-def _heroku_environments(fake: FakeHeroku, registry_host: str, staging_version: str = "staging") -> object:
+def _heroku_environments(fake: FakeHeroku, registry_host: str, staging_version: str = "staging",
+                         tasks_as: str = "release-phase") -> object:
+    """Both environments on Heroku apps. With `release-phase` they run no tasks of conveyor's (the image's
+    release process is the release phase); with `one-off-dynos` the sample app's `migrate` task runs."""
     def target(app: str) -> str:
         return (f"    target: {{type: heroku, app: {app}, api_url: '{fake.url}', registry: '{registry_host}', "
-                "registry_insecure: true, release_phase: true, poll_interval: 0.02, timeout: 30}\n"
-                "    tasks: []\n")
+                f"registry_insecure: true, tasks_as: {tasks_as}, poll_interval: 0.02, timeout: 30}}\n"
+                + ("    tasks: []\n" if tasks_as == "release-phase" else ""))
 
     def change(text: str) -> str:
         head = text[: text.index("environments:")]
@@ -55,10 +58,11 @@ def heroku_app(app: App, heroku: FakeHeroku, heroku_registry: AuthRegistry) -> A
     return app
 
 
-def _ship(app: App, heroku: FakeHeroku, registry: AuthRegistry, version: str = "staging") -> tuple[str, str]:
+def _ship(app: App, heroku: FakeHeroku, registry: AuthRegistry, version: str = "staging",
+          tasks_as: str = "release-phase") -> tuple[str, str]:
     """Commit a Heroku config (with staging's APP_VERSION), build it; returns (sha, digest)."""
-    sha = app.reconfigure(_heroku_environments(heroku, registry.host, version), on="main",  # type: ignore[arg-type]
-                          message=f"heroku {version}")
+    change = _heroku_environments(heroku, registry.host, version, tasks_as)
+    sha = app.reconfigure(change, on="main", message=f"heroku {version}")  # type: ignore[arg-type]
     return sha, app.ok("build", sha, "--json").json()["digest"]
 
 
@@ -177,3 +181,116 @@ def test_promote_only_ships_the_chosen_digest_to_the_next_app(heroku_app: App, h
     assert heroku.apps["hello-staging"].formation["web"] == second_digest
     record = heroku_app.history("production")[0]
     assert record["kind"] == "promote" and record["digest"] == first_digest
+
+
+# ------------------------------------------------------------------ pre-deploy tasks as one-off dynos, run, retire
+
+MIGRATE = ["/bin/busybox", "sh", "-c", "echo migrating schema for $$APP_VERSION"]  # as conveyor.yml.in has it
+
+
+def _task_events(app: App, env: str, number: int) -> list[tuple[str, str]]:
+    from conveyor.ledger import open_ledger
+
+    ledger = open_ledger(app.ledger_url)
+    try:
+        release = ledger.get_release("hello", env, number)
+        assert release is not None
+        return [(e.step, e.message) for e in ledger.events(release_id=release.id) if e.step in ("task", "dyno")]
+    finally:
+        ledger.close()
+
+
+def test_pre_deploy_tasks_run_as_one_off_dynos_of_the_new_image(heroku_app: App, heroku: FakeHeroku,
+                                                                heroku_registry) -> None:
+    first, first_digest = _ship(heroku_app, heroku, heroku_registry, tasks_as="one-off-dynos")
+    heroku.behave(first_digest, one_off_output=["migrating schema for staging", "3 migrations applied"])
+    deployed = heroku_app.ok("deploy", "staging", first)
+    staging = heroku.apps["hello-staging"]
+    [sent] = staging.dyno_requests
+    command = "/bin/busybox sh -c 'echo migrating schema for $APP_VERSION'"
+    assert sent == {"command": command, "type": "conveyor-task", "attach": False, "time_to_live": 300,
+                    "env": {"APP_VERSION": "staging"}}  # the new release's config vars, on the dyno only
+    assert staging.formation == {"conveyor-task": first_digest, "web": first_digest}
+    assert staging.quantities["conveyor-task"] == 0 and staging.quantities["web"] == 1
+    assert "task: 3 migrations applied" in deployed.err
+    events = _task_events(heroku_app, "staging", 1)
+    assert ("task", "migrating schema for staging") in events and ("task", "3 migrations applied") in events
+    assert any(step == "dyno" and "one-off dyno run.1001 runs" in message for step, message in events)
+    assert not staging.one_offs  # the dyno ended; its log was read to its exit line, not to the stream's end
+
+
+def test_a_failing_task_fails_the_release_before_the_formation_changes(heroku_app: App, heroku: FakeHeroku,
+                                                                       heroku_registry) -> None:
+    first, first_digest = _ship(heroku_app, heroku, heroku_registry, tasks_as="one-off-dynos")
+    heroku_app.ok("deploy", "staging", first)
+    second, second_digest = _ship(heroku_app, heroku, heroku_registry, "staging-2", tasks_as="one-off-dynos")
+    heroku.behave(second_digest, one_off_output=["migrating", "ERROR: column email already exists"],
+                  one_off_status=3)
+    staging = heroku.apps["hello-staging"]
+    releases_before = len(staging.releases)
+    failed = heroku_app.run("deploy", "staging", second)
+    assert failed.code == 1 and "Traceback" not in failed.err
+    assert "task migrate exited with 3 (one-off dyno on hello-staging)" in failed.err
+    assert "ERROR: column email already exists" in failed.err
+    assert staging.formation["web"] == first_digest  # the serving type was never touched
+    assert staging.formation["conveyor-task"] == second_digest  # the task's image, scaled to 0
+    assert staging.config_vars["APP_VERSION"] == "staging"  # not staging-2: the config vars were not set either
+    assert len(staging.releases) == releases_before + 1  # only the task image's release
+    record = heroku_app.history("staging")[0]
+    assert record["number"] == 2 and record["status"] == "failed" and record["digest"] == second_digest
+    status = heroku_app.status()["staging"]
+    assert status["live"]["digest"] == first_digest and status["drift"] is False
+    assert ("task", "ERROR: column email already exists") in _task_events(heroku_app, "staging", 2)
+
+
+def test_release_phase_mode_refuses_tasks_of_conveyors(heroku_app: App, heroku: FakeHeroku, heroku_registry) -> None:
+    def with_tasks(text: str) -> str:
+        return _heroku_environments(heroku, heroku_registry.host)(text).replace("    tasks: []\n", "")  # type: ignore[operator]
+
+    sha = heroku_app.reconfigure(with_tasks, on="main")
+    refused = heroku_app.run("deploy", "staging", sha)
+    assert refused.code == 2 and "Traceback" not in refused.err
+    assert "with `tasks_as: release-phase` Heroku runs the image's own command" in refused.err
+    assert not heroku.apps["hello-staging"].releases
+
+
+def test_run_is_a_one_off_dyno_of_the_live_release(heroku_app: App, heroku: FakeHeroku, heroku_registry) -> None:
+    first, first_digest = _ship(heroku_app, heroku, heroku_registry)
+    heroku_app.ok("deploy", "staging", first)
+    heroku.behave(first_digest, one_off_output=["42 users"], one_off_status=0)
+    ran = heroku_app.run("run", "staging", "--", "/bin/busybox", "sh", "-c", "echo $((6*7)) users")
+    assert ran.code == 0, ran.err
+    assert ran.out.strip().splitlines() == ["42 users"]
+    staging = heroku.apps["hello-staging"]
+    assert staging.dyno_requests[-1] == {"command": "/bin/busybox sh -c 'echo $((6*7)) users'", "type": "web",
+                                         "attach": False, "time_to_live": 3600}
+    heroku.behave(first_digest, one_off_output=["no such table"], one_off_status=4)
+    failed = heroku_app.run("run", "staging", "--", "false")
+    assert failed.code == 4 and "no such table" in failed.out
+    staging.formation["web"] = "sha256:" + "0" * 64  # drift: the web type no longer runs the live release
+    drifted = heroku_app.run("run", "staging", "--", "true")
+    assert drifted.code == 1 and "not the live release's " + first_digest in drifted.err
+    assert len(staging.dyno_requests) == 2
+
+
+def test_retire_scales_the_formation_to_zero_and_removes_the_managed_config_vars(
+        heroku_app: App, heroku: FakeHeroku, heroku_registry) -> None:
+    first, _ = _ship(heroku_app, heroku, heroku_registry)
+    heroku_app.ok("deploy", "staging", first)
+    staging = heroku.apps["hello-staging"]
+    staging.config_vars["DATABASE_URL"] = "postgres://added-by-heroku"  # not conveyor's
+    assert staging.dynos
+
+    def without_staging(text: str) -> str:
+        changed = _heroku_environments(heroku, heroku_registry.host)(text)  # type: ignore[operator]
+        start = changed.index("  - name: staging\n")
+        return changed[:start] + changed[changed.index("  - name: production\n"):].replace(
+            "    policy: {require_promotion_from: staging}\n", "")
+
+    heroku_app.reconfigure(without_staging, on="main", build=False)
+    assert [row["env"] for row in heroku_app.ok("status", "--json").json()["retired_from_config"]] == ["staging"]
+    retired = heroku_app.ok("retire", "staging", "--reason", "staging moves to a review app")
+    assert "web scaled to 0" in retired.err
+    assert staging.quantities["web"] == 0 and not staging.dynos
+    assert staging.config_vars == {"DATABASE_URL": "postgres://added-by-heroku"}
+    assert heroku_app.ok("status", "--json").json()["retired_from_config"] == []  # recorded as retired

@@ -42,3 +42,16 @@ def test_bad_heroku_or_registry_settings_are_one_located_line(app: str, repo: st
         _parse(app, repo)
     assert caught.value.exit_code == 2 and message in caught.value.message
     assert "Traceback" not in caught.value.message
+
+
+def test_tasks_run_as_one_off_dynos_by_default_on_a_type_of_their_own() -> None:
+    staging = _parse().environment("staging")  # type: ignore[attr-defined]
+    assert staging.target.tasks_as == "one-off-dynos" and staging.target.task_process_type == "conveyor-task"
+    text = HEROKU.replace("APP", "hello-staging").replace("REPO", "r.example.com/hello")
+    with pytest.raises(BadInput) as caught:
+        parse_config(text.replace("app: hello-staging}", "app: hello-staging, task_process_type: web}"),
+                     "conveyor.yml")
+    assert "task_process_type 'web' must not be a serving process type" in caught.value.message
+    with pytest.raises(BadInput) as caught:
+        parse_config(text.replace("app: hello-staging}", "app: hello-staging, tasks_as: release}"), "conveyor.yml")
+    assert "environments[0].target.tasks_as" in caught.value.message

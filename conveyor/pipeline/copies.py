@@ -58,14 +58,14 @@ def source_settings(ws: Workspace, repository: str) -> RegistrySettings | None:
 def run_copy(ws: Workspace, copy: dict[str, Any], report: Reporter) -> str:
     """Copy one image as a spec's copy says; returns the summary. A digest that arrives different fails."""
     from conveyor.registry.copy import UploadJournal, copy_image
-    from conveyor.settings import conveyor_home
+    from conveyor.settings import conveyor_home, copy_chunk_bytes
 
     source = _registry(registry_fields(copy["from"], source_settings(ws, copy["from"])), ws)
     destination = _registry(copy["to"], ws)
     try:
         result = copy_image(source, destination, copy["digest"], tag=copy.get("tag"),
                             journal=UploadJournal(conveyor_home() / "uploads"),
-                            progress=lambda line: report(COPY_STEP, line))
+                            progress=lambda line: report(COPY_STEP, line), chunk_bytes=copy_chunk_bytes())
     finally:
         source.close()
         destination.close()

@@ -112,7 +112,7 @@ def retire(ws: Workspace, env: str, reason: str) -> Release:
     if live is None:
         raise BadInput(f"{app} has no live release in '{env}' to retire")
     with LeaseKeeper(ws, env, f"retire {env}", wait=False):
-        ws.target(live.spec["target"]).retire(app, env, _reporter(ws, live))
+        ws.target(live.spec["target"]).retire(app, env, _reporter(ws, live), spec=live.spec)
         _event(ws, live, "retired", "ok",
                f"{ws.identity.actor} retired {app}/{env} (was serving {env}#{live.number}): {reason}",
                {"actor": ws.identity.actor, "reason": reason})

@@ -94,5 +94,6 @@ class Target(Protocol):
         """`conveyor up`: make the stored spec serve again (restart the proxy, re-apply the spec if its
         workload is gone) without it being a new release."""
 
-    def retire(self, app: str, env: str, report: Reporter) -> None:
-        """`conveyor retire`: stop and remove everything that serves app/env here."""
+    def retire(self, app: str, env: str, report: Reporter, spec: dict[str, Any] | None = None) -> None:
+        """`conveyor retire`: stop and remove everything that serves app/env here. spec is the ledger's live
+        release's spec (a target that needs connection settings, such as Heroku, reads them from it)."""

@@ -7,20 +7,33 @@ Served (shapes as in the Platform API reference; only the fields listed are fill
   GET    /apps/{app}/config-vars            {KEY: value}
   PATCH  /apps/{app}/config-vars            values set, null deletes; makes a release (no release phase)
   GET    /apps/{app}/formation              [{id, type, quantity, size, command, docker_image: {id}}]
-  PATCH  /apps/{app}/formation              {"updates": [{"type", "docker_image"}]} (needs the
-                                            version=3.docker-releases Accept variant); makes a `pending`
-                                            release; a `release` type runs the release phase
+  PATCH  /apps/{app}/formation              {"updates": [{"type", "docker_image", "quantity"}]} (an image
+                                            needs the version=3.docker-releases Accept variant, and makes a
+                                            `pending` release; a `release` type runs the release phase;
+                                            a quantity alone scales, no release); a new type's quantity is
+                                            1 for web, else 0
   GET    /apps/{app}/releases               Range: version ..; order=desc, max=N
   GET    /apps/{app}/releases/{id|version}  id, version, status, current, description, output_stream_url
   GET    /streams/{release id}              the release phase's output, text
   GET    /apps/{app}/dynos                  [{id, name, type, state, release: {id, version}, command, size}]
-  POST   /apps/{app}/log-sessions           {"dyno", "lines"} → {id, logplex_url}; GET it → the log lines
+  POST   /apps/{app}/dynos                  a one-off dyno: {"command", "type", "attach", "size", "time_to_live",
+                                            "env"} → 201 {id, name: run.N, type: run, state: starting, …}; it
+                                            runs the image the current release gives `type` (422 for a type
+                                            the formation lacks or a size Heroku has not)
+  GET    /apps/{app}/dynos/{id|name}        one dyno; a one-off that has ended: 404
+  POST   /apps/{app}/dynos/{id}/actions/stop  stops a one-off (202)
+  POST   /apps/{app}/log-sessions           {"dyno", "lines", "tail"} → {id, logplex_url}; GET it → the log
+                                            lines; a one-off dyno's log is logplex's lines (`heroku[run.N]:
+                                            Starting process …`, `app[run.N]: …`, `heroku[run.N]: Process
+                                            exited with status N`, `State changed from up to complete`), and
+                                            with `tail` the stream then stays open, as a tailing session does
 Errors as Heroku sends them, {"id", "message"}: 401 unauthorized, 404 not_found, 422 invalid_params, and
 429 rate_limit with Retry-After (a test asks for them with throttle()).
 
-What a release phase prints and whether a dyno comes up are the test's choice, per image digest
-(behave()): the fake runs no containers. A release is `pending` for the first read after it is made,
-then its outcome; a new dyno is `starting` for the first read, then up or crashed.
+What a release phase prints, whether a dyno comes up, and what a one-off dyno prints and exits with are
+the test's choice, per image digest (behave()): the fake runs no containers. A release is `pending` for
+the first read after it is made, then its outcome; a new dyno is `starting` for the first read, then up or
+crashed; a one-off dyno has run to its end when its log session is opened.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from devstack import free_port
 API_ACCEPT = "application/vnd.heroku+json; version=3"
 DOCKER_RELEASES = "application/vnd.heroku+json; version=3.docker-releases"
 NOW = "2026-12-01T00:00:00Z"
+TAIL_HELD = 120.0  # a tailing stream outlasts any client read timeout a test uses
 
 
 @dataclass
@@ -48,6 +62,8 @@ class Behaviour:
     release_succeeds: bool = True
     dyno_state: str = "up"  # or crashed
     dyno_log: list[str] = field(default_factory=list)
+    one_off_output: list[str] | None = None  # None: one line naming the command
+    one_off_status: int = 0
 
 
 @dataclass
@@ -56,6 +72,11 @@ class FakeApp:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     config_vars: dict[str, str] = field(default_factory=dict)
     formation: dict[str, str] = field(default_factory=dict)  # process type -> docker image id (digest)
+    quantities: dict[str, int] = field(default_factory=dict)  # process type -> dynos it runs
+    one_offs: list[dict[str, Any]] = field(default_factory=list)  # one-off dynos that have not ended
+    dyno_requests: list[dict[str, Any]] = field(default_factory=list)  # the bodies of POST /dynos, as sent
+    one_off_ids: list[str] = field(default_factory=list)  # every one-off dyno made, in order
+    stopped: list[str] = field(default_factory=list)  # the dyno ids or names a stop action named
     releases: list[dict[str, Any]] = field(default_factory=list)
     dynos: list[dict[str, Any]] = field(default_factory=list)
     reads: dict[str, int] = field(default_factory=dict)  # how often each release / dyno was read
@@ -72,6 +93,8 @@ class FakeHeroku:
         self.requests: list[tuple[str, str]] = []
         self._throttled, self._throttled_path = 0, ""
         self._lock = threading.Lock()
+        self._logs: dict[str, tuple[list[str], bool]] = {}  # log session -> (its lines, whether it tails)
+        self.stopping = threading.Event()  # ends the tailing sessions still open
 
     @property
     def url(self) -> str:
@@ -94,6 +117,7 @@ class FakeHeroku:
         return self
 
     def stop(self) -> None:
+        self.stopping.set()
         self._server.shutdown()
         self._server.server_close()
 
@@ -133,8 +157,17 @@ class FakeHeroku:
             return self._update_formation(app, headers, body)
         if key == ("GET", "releases"):
             return (200, self._release(app, rest[1]), {}) if len(rest) > 1 else self._releases(app, headers)
+        if key == ("GET", "dynos") and len(rest) > 1:
+            dyno = next((d for d in app.dynos + app.one_offs if rest[1] in (d["id"], d["name"])), None)
+            return (200, _public(dyno), {}) if dyno else (404, _error("not_found", "Couldn't find that process."), {})
         if key == ("GET", "dynos"):
-            return 200, [self._read_dyno(app, dyno) for dyno in app.dynos], {}
+            return 200, [self._read_dyno(app, dyno) for dyno in app.dynos] + [_public(d) for d in app.one_offs], {}
+        if key == ("POST", "dynos") and len(rest) == 4 and rest[2:] == ["actions", "stop"]:
+            app.stopped.append(rest[1])
+            app.one_offs = [d for d in app.one_offs if rest[1] not in (d["id"], d["name"])]
+            return 202, {}, {}
+        if key == ("POST", "dynos"):
+            return self._one_off(app, body)
         if key == ("POST", "log-sessions"):
             return self._log_session(app, body)
         return 404, _error("not_found", "Not found."), {}
@@ -150,7 +183,8 @@ class FakeHeroku:
         return 200, dict(app.config_vars), {}
 
     def _formation(self, app: FakeApp) -> list[dict[str, Any]]:
-        return [{"id": f"{app.name}-{kind}", "type": kind, "quantity": 1, "size": "standard-1X",
+        return [{"id": f"{app.name}-{kind}", "type": kind, "quantity": app.quantities.get(kind, 0),
+                 "size": "standard-1X",
                  "command": None, "docker_image": {"id": image}, "app": {"id": app.id, "name": app.name},
                  "created_at": NOW, "updated_at": NOW} for kind, image in app.formation.items() if kind != "release"]
 
@@ -160,10 +194,20 @@ class FakeHeroku:
             return 422, _error("invalid_params", "docker_image can only be set with the "
                                "version=3.docker-releases API variant"), {}
         for update in updates:
-            if not self._registry_has(app.name, update.get("type", ""), update.get("docker_image", "")):
+            if "docker_image" not in update and update.get("type") not in app.formation:
+                return 404, _error("not_found", f"Couldn't find that formation ({update.get('type')})."), {}
+            if "docker_image" in update and not self._registry_has(app.name, update.get("type", ""),
+                                                                   update["docker_image"]):
                 return 422, _error("invalid_params", f"Couldn't find image {update.get('docker_image')} for "
                                    f"process type {update.get('type')} in the app's registry"), {}
-        images = {u["type"]: u["docker_image"] for u in updates}
+        for update in updates:
+            kind = update["type"]
+            default = 1 if kind == "web" else 0
+            app.quantities[kind] = int(update.get("quantity", app.quantities.get(kind, default)))
+        if not any("docker_image" in u for u in updates):  # scaling only: no release
+            app.dynos = [d for d in app.dynos if app.quantities.get(d["type"], 0) > 0]
+            return 200, self._formation(app), {}
+        images = {u["type"]: u["docker_image"] for u in updates if "docker_image" in u}
         release_image = images.get("release")
         release = self._new_release(app, "Deployed " + ", ".join(sorted(k for k in images if k != "release")),
                                     release_image)
@@ -201,7 +245,7 @@ class FakeHeroku:
         release["current"] = True
         app.formation.update(release.get("_images") or {})
         app.dynos = [self._new_dyno(app, kind, image, release) for kind, image in app.formation.items()
-                     if kind != "release"]
+                     if kind != "release" and app.quantities.get(kind, 0) > 0]
 
     def _new_dyno(self, app: FakeApp, kind: str, image: str, release: dict[str, Any]) -> dict[str, Any]:
         return {"id": str(uuid.uuid4()), "name": f"{kind}.1", "type": kind, "state": "starting",
@@ -234,26 +278,75 @@ class FakeHeroku:
             dyno["state"] = self.behaviours.get(dyno["_image"], Behaviour()).dyno_state
         return _public(dyno)
 
+    def _one_off(self, app: FakeApp, body: Any) -> tuple[int, Any, dict[str, str]]:
+        body = body or {}
+        app.dyno_requests.append(body)
+        kind = body.get("type") or "web"
+        if not isinstance(body.get("command"), str) or not body["command"]:
+            return 422, _error("invalid_params", "Command can't be blank."), {}
+        if kind not in app.formation:
+            return 422, _error("invalid_params", f"No such process type {kind} defined in Procfile."), {}
+        if body.get("size") not in (None, *SIZES):
+            return 422, _error("invalid_params", f"There is no dyno size named {body['size']}."), {}
+        current = next((r for r in reversed(app.releases) if r["current"]), None)
+        number = 1000 + len(app.dyno_requests)
+        dyno = {"id": str(uuid.uuid4()), "name": f"run.{number}", "type": "run", "state": "starting",
+                "command": body["command"], "size": body.get("size") or "standard-1X", "attach_url": None,
+                "release": {"id": current["id"], "version": current["version"]} if current else None,
+                "app": {"id": app.id, "name": app.name}, "created_at": NOW, "updated_at": NOW,
+                "_image": app.formation[kind]}
+        app.one_offs.append(dyno)
+        app.one_off_ids.append(dyno["id"])
+        return 201, _public(dyno), {}
+
+    def _one_off_log(self, app: FakeApp, dyno: dict[str, Any]) -> list[str]:
+        """What logplex has for a one-off dyno that ran to its end; the dyno is then gone."""
+        behaviour = self.behaviours.get(dyno["_image"], Behaviour())
+        output = behaviour.one_off_output if behaviour.one_off_output is not None else [f"ran {dyno['command']}"]
+        name, stamp = dyno["name"], "2026-12-01T00:00:00.000000+00:00"
+        app.one_offs = [d for d in app.one_offs if d is not dyno]
+        return ([f"{stamp} heroku[{name}]: Starting process with command `{dyno['command']}`",
+                 f"{stamp} heroku[{name}]: State changed from starting to up"]
+                + [f"{stamp} app[{name}]: {line}" for line in output]
+                + [f"{stamp} heroku[{name}]: Process exited with status {behaviour.one_off_status}",
+                   f"{stamp} heroku[{name}]: State changed from up to complete"])
+
     def _log_session(self, app: FakeApp, body: Any) -> tuple[int, Any, dict[str, str]]:
         name = (body or {}).get("dyno")
         dyno = next((d for d in app.dynos if d["name"] == name), None)
+        one_off = next((d for d in app.one_offs if d["name"] == name), None)
         session = str(uuid.uuid4())
-        lines = self.behaviours.get(dyno["_image"], Behaviour()).dyno_log if dyno else []
-        self._logs = getattr(self, "_logs", {})
-        self._logs[session] = lines[-int((body or {}).get("lines", 100)):]
+        if one_off is not None:
+            lines = self._one_off_log(app, one_off)
+        else:
+            lines = self.behaviours.get(dyno["_image"], Behaviour()).dyno_log if dyno else []
+        self._logs[session] = (lines[-int((body or {}).get("lines", 100)):], bool((body or {}).get("tail")))
         return 201, {"id": session, "logplex_url": f"{self.url}/log-sessions/{session}", "created_at": NOW,
                      "updated_at": NOW}, {}
 
     def _text(self, path: str) -> tuple[int, Any, dict[str, str]]:
         kind, _, ident = path.strip("/").partition("/")
         if kind == "log-sessions":
-            return 200, "".join(f"{line}\n" for line in getattr(self, "_logs", {}).get(ident, [])), {}
+            lines, tail = self._logs.get(ident, ([], False))
+            text = "".join(f"{line}\n" for line in lines)
+            return (200, Tailing(text), {}) if tail else (200, text, {})
         for app in self.apps.values():
             for release in app.releases:
                 if release["id"] == ident and release["_release_image"]:
                     lines = self.behaviours.get(release["_release_image"], Behaviour()).release_output
                     return 200, "".join(f"{line}\n" for line in lines), {}
         return 404, "", {}
+
+
+SIZES = ("eco", "basic", "standard-1X", "standard-2X", "performance-m", "performance-l")
+
+
+@dataclass(frozen=True)
+class Tailing:
+    """A tailing log session: its lines, then the stream stays open until the client hangs up (or the fake
+    stops), as logplex's does."""
+
+    text: str
 
 
 def _public(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -273,6 +366,9 @@ def _handler(fake: FakeHeroku) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
             status, payload, headers = fake.handle(self.command, urlparse(self.path).path, self.headers, body)
+            if isinstance(payload, Tailing):
+                self._tail(payload)
+                return
             if payload is None and status == 200:
                 status, payload = 404, _error("not_found", "Couldn't find that release.")
             text = payload if isinstance(payload, str) else json.dumps(payload)
@@ -285,6 +381,15 @@ def _handler(fake: FakeHeroku) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
+
+        def _tail(self, payload: Tailing) -> None:
+            # HTTP/1.0 without Content-Length: the body is whatever comes until the connection closes.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.end_headers()
+            self.wfile.write(payload.text.encode())
+            self.wfile.flush()
+            fake.stopping.wait(TAIL_HELD)
 
         do_GET = do_PATCH = do_POST = do_DELETE = _serve  # noqa: N815 - the http.server API
 

@@ -13,11 +13,14 @@ process's environment, and `docker inspect` shows it in the container's Config.E
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
 import re
 import secrets as random_tokens
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ PULL_TIMEOUT = 900.0
 # from a run that crashed (a container reads its secrets when it starts, well within this) and is removed.
 SECRET_PREFIX = "conveyor."
 STALE_SECRET_AGE = 600.0
+AUTH_FILE = "config.json"  # the name docker's --config DIR reads; podman's --authfile takes any path
 SECRET_LABEL = "conveyor.container"
 
 
@@ -45,6 +49,36 @@ class Container:
     running: bool = False
     exit_code: int = 0
     image: str = ""
+
+
+@dataclass(frozen=True)
+class RegistryLogin:
+    """How one pull logs in to the registry (host[:port]) its image is in; the password is never shown."""
+
+    registry: str
+    username: str
+    password: str = field(repr=False)
+
+    def auth_file(self) -> str:
+        """The auth file's text, in the format podman's --authfile and docker's config.json share."""
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return json.dumps({"auths": {self.registry: {"auth": token}}})
+
+
+@contextlib.contextmanager
+def auth_directory(login: RegistryLogin | None) -> Iterator[str | None]:
+    """A fresh directory (0700) holding the login's auth file (0600) for as long as one pull runs."""
+    if login is None:
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="conveyor-auth-")
+    try:
+        descriptor = os.open(os.path.join(directory, AUTH_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(login.auth_file())
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def summarise(stderr: str, limit: int = 400) -> str:
@@ -128,9 +162,20 @@ class Engine:
     def image_present(self, image: str) -> bool:
         return self._call(["image", "inspect", "--format", "{{.Id}}", image]).ok
 
-    def pull(self, image: str) -> None:
+    def pull_args(self, image: str, login: RegistryLogin | None, auth_dir: str | None,
+                  insecure: bool = False) -> list[str]:
+        """The pull's argv: with a login, its auth file; `insecure` (podman) for a plain-HTTP registry the
+        engine's own registries.conf does not list. Docker's daemon decides TLS itself (insecure-registries)."""
+        if self.name == "docker":
+            config = ["--config", auth_dir] if login is not None and auth_dir is not None else []
+            return [self.binary, *config, "pull", "-q", image]
+        auth = ["--authfile", os.path.join(auth_dir, AUTH_FILE)] if login is not None and auth_dir is not None else []
+        return [self.binary, "pull", "-q", *auth, *(["--tls-verify=false"] if insecure else []), image]
+
+    def pull(self, image: str, login: RegistryLogin | None = None, *, insecure: bool = False) -> None:
         try:
-            done = self.runner.run([self.binary, "pull", "-q", image], timeout=PULL_TIMEOUT)
+            with auth_directory(login) as auth_dir:
+                done = self.runner.run(self.pull_args(image, login, auth_dir, insecure), timeout=PULL_TIMEOUT)
         except CommandTimedOut as exc:
             raise TargetError(f"could not pull {image}: no answer within {PULL_TIMEOUT:g}s") from exc
         if done.returncode != 0:
@@ -139,11 +184,11 @@ class Engine:
             reason = re.sub(r"^initializing source \S+?:\s+", "", reason)
             raise TargetError(f"could not pull {image}: {reason}")
 
-    def ensure_image(self, image: str) -> bool:
+    def ensure_image(self, image: str, login: RegistryLogin | None = None, *, insecure: bool = False) -> bool:
         """Pull unless present; True when pulled. A digest reference is immutable: present means done."""
         if self.image_present(image):
             return False
-        self.pull(image)
+        self.pull(image, login, insecure=insecure)
         return True
 
     # -- containers ---------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
 from conveyor.runner import CommandTimedOut
 from conveyor.targets.base import SWITCHED, Artifact, LiveState, Outcome, Reporter, release_values
-from conveyor.targets.container_host.engine import Container, Engine
+from conveyor.targets.container_host.engine import Container, Engine, RegistryLogin
 from conveyor.targets.container_host.proxy import (
     CLIENT_TIMEOUT,
     HAProxy,
@@ -90,6 +90,7 @@ class ContainerHost:
                 {"name": task.name, "command": list(task.command), "timeout": task.timeout}
                 for task in app.tasks_for(env)
             ],
+            "pull_from": _own_registry(env, artifact),
         }
 
     # -- preflight ------------------------------------------------------------------------------------
@@ -98,6 +99,7 @@ class ContainerHost:
         """Everything that can be checked before the first side effect; returns what was checked."""
         _check_spec(spec)
         self._require_secrets(spec)
+        login = _pull_login(spec)
         engine = self._engine(spec["engine"])
         haproxy = haproxy_binary()
         proxy = self._proxy()
@@ -112,6 +114,8 @@ class ContainerHost:
             f"container engine: {engine.name} ({engine.binary})",
             f"haproxy: {haproxy}; state dir {proxy.dir} fits its socket paths",
             f"port {listen_address(bind, port)}: free, or this environment's own listener",
+            *([f"pulls from {login.registry} with the login in ${spec['pull_from']['password_env']}"]
+              if login else []),
         ]
 
     # -- tasks ----------------------------------------------------------------------------------------
@@ -138,7 +142,7 @@ class ContainerHost:
         self._require_secrets(spec)
         engine = self._engine(spec["engine"])
         image = spec["image"]
-        engine.ensure_image(image)
+        engine.ensure_image(image, _pull_login(spec), insecure=_pulls_insecure(spec))
         name = f"conveyor-{spec['app']}-{spec['env']}-run-{random_tokens.token_hex(3)}"
         labels = {L_APP: spec["app"], L_ENV: spec["env"], L_ROLE: "task", L_IMAGE: image}
         with engine.secrets_for(name, spec["secrets"], outlive=False) as stored:
@@ -161,7 +165,7 @@ class ContainerHost:
         self._require_secrets(spec)
         engine = self._engine(spec["engine"])
         image = spec["image"]
-        if engine.ensure_image(image):
+        if engine.ensure_image(image, _pull_login(spec), insecure=_pulls_insecure(spec)):
             report("pull", f"pulled {image}")
         name = f"conveyor-{spec['app']}-{spec['env']}-{_slug(role)}-{random_tokens.token_hex(3)}"
         with engine.secrets_for(name, spec["secrets"], outlive=False) as stored:
@@ -243,7 +247,7 @@ class ContainerHost:
                 report("cleanup", f"removed leftover container {leftover.name} ({leftover.status})")
 
         pull_started = time.monotonic()
-        if engine.ensure_image(image):
+        if engine.ensure_image(image, _pull_login(spec), insecure=_pulls_insecure(spec)):
             report("pull", f"pulled {image} in {time.monotonic() - pull_started:.1f}s")
         else:
             report("pull", f"{image} already present")
@@ -441,7 +445,7 @@ class ContainerHost:
         report("restore", f"{problem}; re-applying {release_label}'s stored spec")
         return self.deploy(spec, release_label, report)
 
-    def retire(self, app: str, env: str, report: Reporter) -> None:
+    def retire(self, app: str, env: str, report: Reporter, spec: dict[str, Any] | None = None) -> None:
         """Remove app+env's listener from HAProxy, then its containers and its deploy record."""
         proxy = self._proxy()
         if proxy.listens(app, env):
@@ -567,3 +571,29 @@ def _free_port(avoid: set[int]) -> int:
             return port
     raise TargetError("could not find a free local port for the new container")
 
+
+def _own_registry(env: Environment, artifact: Artifact) -> dict[str, Any] | None:
+    """Where the image is pulled from when that is the environment's own registry: its host, whether it is
+    plain HTTP, and the names of the env vars holding its login (their values are read at pull time)."""
+    own = env.registry
+    if own is None or own.image != artifact.repository:
+        return None
+    return {"registry": artifact.repository.split("/", 1)[0], "username_env": own.username_env,
+            "password_env": own.password_env, "insecure": own.insecure}
+
+
+def _pulls_insecure(spec: dict[str, Any]) -> bool:
+    return bool((spec.get("pull_from") or {}).get("insecure"))
+
+
+def _pull_login(spec: dict[str, Any]) -> RegistryLogin | None:
+    names = spec.get("pull_from")
+    if not names or not names["password_env"]:
+        return None
+    wanted = [name for name in (names["username_env"], names["password_env"]) if name]
+    missing = [name for name in wanted if not os.environ.get(name)]
+    if missing:
+        raise BadInput(f"{', '.join(missing)} not set (or empty): {spec['env']} pulls {spec['image']} with the "
+                       "registry login they hold")
+    username = os.environ[names["username_env"]] if names["username_env"] else ""
+    return RegistryLogin(names["registry"], username, os.environ[names["password_env"]])

@@ -24,9 +24,13 @@ class HerokuAPI:
         self._token_env = token_env
         self.say = say  # where a rate-limit wait is announced
         self._client = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {token}"})
+        # Output streams and log sessions are URLs of other hosts that carry their own access in the URL:
+        # they are read without the API token.
+        self._streams = httpx.Client(timeout=30.0)
 
     def close(self) -> None:
         self._client.close()
+        self._streams.close()
 
     def get(self, path: str, *, headers: dict[str, str] | None = None) -> Any:
         return self.call("GET", path, headers=headers)
@@ -45,13 +49,21 @@ class HerokuAPI:
 
     def lines(self, url: str) -> list[str]:
         """A text stream Heroku serves (release phase output, a log session), read to its end."""
+        lines: list[str] = []
+        self.follow(url, lambda line: bool(lines.append(line)))
+        return lines
+
+    def follow(self, url: str, stop: Callable[[str], bool], *, read_timeout: float = 30.0) -> bool:
+        """Hand each line of a text stream to `stop` as it arrives, until `stop` says so (True; the stream
+        is then closed: a tailing log session never ends by itself) or the stream ends (False)."""
+        timeout = httpx.Timeout(30.0, read=read_timeout)
         try:
-            with self._client.stream("GET", url, headers={"Accept": "text/plain"}) as response:
+            with self._streams.stream("GET", url, headers={"Accept": "text/plain"}, timeout=timeout) as response:
                 if response.status_code >= 400:
-                    return []
-                return [line for line in response.iter_lines()]
+                    return False
+                return any(stop(line) for line in response.iter_lines())
         except httpx.TransportError as exc:
-            raise InfrastructureMissing(f"Heroku's stream {url} broke off: {exc}") from None
+            raise InfrastructureMissing(f"Heroku's stream {_without_query(url)} broke off: {exc}") from None
 
     def _send(self, method: str, path: str, body: Any, headers: dict[str, str]) -> httpx.Response:
         try:
@@ -72,3 +84,8 @@ def _answer(response: httpx.Response, method: str, path: str, token_env: str) ->
     if response.status_code == 404:
         raise BadInput(f"Heroku: {message} ({method} {path})")
     raise OperationFailed(f"Heroku refused {method} {path} (HTTP {response.status_code}): {message}")
+
+
+def _without_query(url: str) -> str:
+    """A stream URL as it may be shown: a log session's query string is its access token."""
+    return url.split("?", 1)[0]

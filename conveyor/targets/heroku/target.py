@@ -24,12 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.config.models import AppConfig, Environment
-from conveyor.errors import BadInput, TargetError
+from conveyor.errors import BadInput, OperationFailed, TargetError
 from conveyor.targets.base import SWITCHED, Artifact, LiveState, Outcome, Reporter, release_values
+from conveyor.targets.heroku.dynos import OneOff, run_one_off
 from conveyor.targets.heroku.settings import TARGET_TYPE
 
 MANAGED = "CONVEYOR_MANAGED_VARS"  # the app's config var naming the keys conveyor set
 LOG_LINES = 20
+OUTAGE_STATES = {"crashed", "down"}
+RUN_TIME_TO_LIVE = 3600.0  # `conveyor run`: a one-off command (a console, a backfill) may take a while
 
 
 class Heroku:
@@ -38,22 +41,28 @@ class Heroku:
 
     def render(self, app: AppConfig, env: Environment, artifact: Artifact) -> dict[str, Any]:
         target = env.target
-        if env.tasks or (env.tasks is None and app.tasks):
-            raise BadInput(f"{env.name}: pre-deploy tasks do not run on a heroku target yet; set `tasks: []` and "
-                           "`release_phase: true` (the image's release process runs as Heroku's release phase)")
-        kinds = list(target.process_types) + (["release"] if target.release_phase else [])
-        repository = {kind: f"{target.registry}/{target.app}/{kind}" for kind in kinds}
+        tasks = app.tasks_for(env)
+        if tasks and target.tasks_as == "release-phase":
+            raise BadInput(f"{env.name}: with `tasks_as: release-phase` Heroku runs the image's own command as "
+                           "the release phase and takes no other: set `tasks: []`, or run the tasks as "
+                           "`tasks_as: one-off-dynos`")
+        kinds = list(target.process_types) + (["release"] if target.tasks_as == "release-phase" else [])
+        copied = kinds + ([target.task_process_type] if tasks else [])
+        repository = {kind: f"{target.registry}/{target.app}/{kind}" for kind in copied}
         return {
             **release_values(TARGET_TYPE, app.app, env.name, artifact),
             "heroku": {"app": target.app, "api_url": target.api_url, "token_env": target.token_env,
-                       "timeout": target.timeout, "poll_interval": target.poll_interval},
+                       "timeout": target.timeout, "poll_interval": target.poll_interval,
+                       "tasks_as": target.tasks_as, "task_process_type": target.task_process_type,
+                       "task_size": target.task_size},
             "process_types": kinds,
             "config_vars": dict(env.env),
             "secrets": list(env.secrets),  # names only: values are read from the environment at apply time
             "copies": [{"digest": artifact.digest, "tag": artifact.sha, "from": artifact.repository,
                         "to": {"repository": repository[kind], "insecure": target.registry_insecure,
-                               "username": "_", "password_env": target.token_env}} for kind in kinds],
-            "tasks": [],
+                               "username": "_", "password_env": target.token_env}} for kind in copied],
+            "tasks": [{"name": task.name, "command": list(task.command), "timeout": task.timeout}
+                      for task in tasks],
         }
 
     def preflight(self, spec: dict[str, Any]) -> list[str]:
@@ -64,7 +73,35 @@ class Heroku:
         return [f"Heroku app {app['name']} answers at {spec['heroku']['api_url']}"]
 
     def run_task(self, spec: dict[str, Any], task: dict[str, Any], report: Reporter) -> None:
-        raise TargetError("pre-deploy tasks do not run on a heroku target yet (use release_phase: true)")
+        """Run `task` in a one-off dyno of the spec's image, with the spec's config vars, before the
+        formation changes; its output is streamed through report; a non-zero exit raises."""
+        api, app = self._api(spec), spec["heroku"]["app"]
+        api.say = lambda line: report("heroku", line)
+        kind = spec["heroku"]["task_process_type"]
+        self._give_task_type_the_image(api, spec, kind, report)
+        one_off = OneOff(list(task["command"]), kind, float(task.get("timeout", 300)),
+                         spec["heroku"].get("task_size"), self._wanted_config(spec))
+        code, tail = run_one_off(api, app, one_off, lambda line: report("task", line),
+                                 lambda line: report("dyno", line))
+        if code != 0:
+            raise TargetError(f"task {task['name']} exited with {code} (one-off dyno on {app})", logs=tail)
+
+    def _give_task_type_the_image(self, api: Any, spec: dict[str, Any], kind: str, report: Reporter) -> None:
+        """Release the spec's image as the task process type (quantity 0), unless it already has it: a
+        one-off dyno runs the image of a process type, and this one serves nothing."""
+        app = spec["heroku"]["app"]
+        formation = self._formation_images(api, app)
+        if formation.get(kind) == spec["digest"]:
+            return
+        api.call("PATCH", f"/apps/{app}/formation", docker=True,
+                 body={"updates": [{"type": kind, "docker_image": spec["digest"], "quantity": 0}]})
+        release = self._newest_release(api, app)
+        report("formation", f"{app}: task process type {kind} set to {spec['digest']} (quantity 0; the serving "
+                            f"types are unchanged); Heroku made release v{release['version']}")
+        release, output = self._follow_release(api, spec, release, report)
+        if release["status"] != "succeeded":
+            raise TargetError(f"Heroku release v{release['version']} of {app} (the task image) {release['status']}",
+                              output)
 
     def deploy(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
         api, app = self._api(spec), spec["heroku"]["app"]
@@ -87,7 +124,7 @@ class Heroku:
         """Set the managed keys that differ and remove the ones no longer managed; True when any changed."""
         app = spec["heroku"]["app"]
         current = api.get(f"/apps/{app}/config-vars")
-        wanted = {**spec["config_vars"], **{name: os.environ.get(name, "") for name in spec["secrets"]}}
+        wanted = self._wanted_config(spec)
         before = set(filter(None, current.get(MANAGED, "").split(",")))
         wanted[MANAGED] = ",".join(sorted(wanted))
         changes: dict[str, str | None] = {k: v for k, v in wanted.items() if current.get(k) != v}
@@ -98,14 +135,28 @@ class Heroku:
         report("config", f"{app}: config vars set: {', '.join(sorted(changes))} (values not shown)")
         return True
 
+    @staticmethod
+    def _wanted_config(spec: dict[str, Any]) -> dict[str, str]:
+        """The config vars the spec sets, secrets' values read by name now (never stored)."""
+        return {**spec["config_vars"], **{name: os.environ.get(name, "") for name in spec["secrets"]}}
+
+    @staticmethod
+    def _formation_images(api: Any, app: str) -> dict[str, str | None]:
+        """Each process type of the app's formation and the image digest it runs."""
+        return {f["type"]: (f.get("docker_image") or {}).get("id") for f in api.get(f"/apps/{app}/formation")}
+
+    @staticmethod
+    def _newest_release(api: Any, app: str) -> dict[str, Any]:
+        return api.get(f"/apps/{app}/releases", headers={"Range": "version ..; order=desc, max=1"})[0]
+
     def _update_formation(self, api: Any, spec: dict[str, Any], report: Reporter) -> dict[str, Any]:
         app = spec["heroku"]["app"]
         updates = [{"type": kind, "docker_image": spec["digest"]} for kind in spec["process_types"]]
         api.call("PATCH", f"/apps/{app}/formation", body={"updates": updates}, docker=True)
-        newest = api.get(f"/apps/{app}/releases", headers={"Range": "version ..; order=desc, max=1"})
+        newest = self._newest_release(api, app)
         report("formation", f"{app}: formation set to {spec['digest']} ({', '.join(spec['process_types'])}); "
-                            f"Heroku made release v{newest[0]['version']}")
-        return newest[0]
+                            f"Heroku made release v{newest['version']}")
+        return newest
 
     def _follow_release(self, api: Any, spec: dict[str, Any], release: dict[str, Any],
                         report: Reporter) -> tuple[dict[str, Any], list[str]]:
@@ -154,8 +205,7 @@ class Heroku:
         if spec is None:
             return None
         api, heroku_app = self._api(spec), spec["heroku"]["app"]
-        formation = {f["type"]: (f.get("docker_image") or {}).get("id")
-                     for f in api.get(f"/apps/{heroku_app}/formation")}
+        formation = self._formation_images(api, heroku_app)
         config = api.get(f"/apps/{heroku_app}/config-vars")
         differences = [f"{kind} runs {formation.get(kind) or 'nothing'}" for kind in spec["process_types"]
                        if kind != "release" and formation.get(kind) != spec["digest"]]
@@ -174,18 +224,52 @@ class Heroku:
 
     def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter, *,
                     stdin: bool = False, tty: bool = False) -> int:
-        raise BadInput("`conveyor run` does not support heroku targets yet (use `heroku run`)")
+        """`conveyor run`: the command in a detached one-off dyno of the live release's image (the first
+        serving process type's, once the formation is seen to give it that digest); returns its exit status."""
+        if stdin or tty:
+            raise BadInput("run -i/-t does not attach to a Heroku dyno (Heroku's rendezvous protocol is not "
+                           "built): use `heroku run` for a console")
+        api, app = self._api(spec), spec["heroku"]["app"]
+        api.say = lambda line: report("heroku", line)
+        kind = next(k for k in spec["process_types"] if k != "release")
+        formation = self._formation_images(api, app)
+        if formation.get(kind) != spec["digest"]:
+            raise OperationFailed(f"{app}'s {kind} process type runs {formation.get(kind) or 'nothing'}, not the "
+                                  f"live release's {spec['digest']}: see `conveyor status` (drift)")
+        one_off = OneOff(list(command), kind, RUN_TIME_TO_LIVE, spec["heroku"].get("task_size"))
+        code, _ = run_one_off(api, app, one_off, lambda line: report("output", line),
+                              lambda line: report("dyno", line))
+        return code
 
     def probe(self, spec: dict[str, Any]) -> str | None:
+        """An outage is a serving dyno that crashed or is down; one starting is Heroku restarting it (every
+        release restarts every dyno, the task image's too), and one-off dynos serve nothing."""
         api, app = self._api(spec), spec["heroku"]["app"]
-        down = [f"{d['name']} {d['state']}" for d in api.get(f"/apps/{app}/dynos") if d["state"] != "up"]
+        down = [f"{d['name']} {d['state']}" for d in api.get(f"/apps/{app}/dynos")
+                if d["type"] in spec["process_types"] and d["state"] in OUTAGE_STATES]
         return f"{app}: {', '.join(down)}" if down else None
 
     def restore(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
         return self.deploy(spec, release_label, report)
 
-    def retire(self, app: str, env: str, report: Reporter) -> None:
-        raise BadInput("retire does not remove Heroku apps: delete or scale the app on Heroku itself")
+    def retire(self, app: str, env: str, report: Reporter, spec: dict[str, Any] | None = None) -> None:
+        """Scale the spec's process types to 0 and remove the config vars conveyor manages; the Heroku app
+        itself (its add-ons, its other config vars, its releases) is Heroku's to delete."""
+        if spec is None:
+            raise BadInput(f"{app}/{env}: no stored spec says which Heroku app serves it")
+        api, heroku_app = self._api(spec), spec["heroku"]["app"]
+        api.say = lambda line: report("heroku", line)
+        kinds = [k for k in spec["process_types"] if k != "release"]
+        api.call("PATCH", f"/apps/{heroku_app}/formation",
+                 body={"updates": [{"type": kind, "quantity": 0} for kind in kinds]})
+        report("formation", f"{heroku_app}: {', '.join(kinds)} scaled to 0")
+        current = api.get(f"/apps/{heroku_app}/config-vars")
+        managed = [*filter(None, current.get(MANAGED, "").split(",")), MANAGED]
+        removed = {name: None for name in managed if name in current}
+        if removed:
+            api.call("PATCH", f"/apps/{heroku_app}/config-vars", body=removed)
+            report("config", f"{heroku_app}: config vars removed: {', '.join(sorted(removed))}")
+        report("retire", f"the Heroku app {heroku_app} itself is left to delete on Heroku")
 
     def _api(self, spec: dict[str, Any]) -> Any:
         from conveyor.targets.heroku.api import HerokuAPI

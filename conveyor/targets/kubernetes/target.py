@@ -282,7 +282,7 @@ class Kubernetes:
         raise BadInput("conveyor up is not supported on kubernetes yet: `conveyor rollback ENV --to N` "
                        "re-applies a release's stored manifests")
 
-    def retire(self, app: str, env: str, report: Reporter) -> None:
+    def retire(self, app: str, env: str, report: Reporter, spec: dict[str, Any] | None = None) -> None:
         raise BadInput("conveyor retire is not supported on kubernetes yet: delete the environment's "
                        "objects with kubectl")
 

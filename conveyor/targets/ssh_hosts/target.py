@@ -247,7 +247,7 @@ class SSHHosts:
                    for host, value in results.items() if value is not None]
         return "; ".join(outages) or None
 
-    def retire(self, app: str, env: str, report: Reporter) -> None:
+    def retire(self, app: str, env: str, report: Reporter, spec: dict[str, Any] | None = None) -> None:
         raise BadInput("retire is not available on an ssh-hosts target yet: remove the containers on each host")
 
     # -- hosts ----------------------------------------------------------------------------------------
