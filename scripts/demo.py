@@ -6,7 +6,8 @@ runs only `conveyor` commands, exactly as a person or CI would.
 
     scripts/demo.sh           run the demo (state in .demo/)
     scripts/demo.sh --server  the same job through a `conveyor server` the demo starts: every command is
-                              sent to its API (CONVEYOR_SERVER, CONVEYOR_TOKEN) and the CLI follows it
+                              sent to its API (CONVEYOR_SERVER, CONVEYOR_TOKEN) and the CLI follows it;
+                              a server is left running afterwards with its dashboard open to a read token
     scripts/demo.sh down      stop the app containers, the proxy and the registry it left running
 """
 
@@ -89,28 +90,51 @@ def down() -> None:
     print("demo: stopped")
 
 
+def run_server(bind: str, log: Path) -> tuple[subprocess.Popen[str], str]:
+    """`conveyor server` in the background, once it says where it listens: (the process, its URL)."""
+    with log.open("w") as out:
+        server = subprocess.Popen([CONVEYOR, "server", "--bind", bind], stderr=out, text=True,
+                                  start_new_session=True)  # outlives the demo when it is left running
+    (STATE / "server.pid").write_text(str(server.pid))
+    line = ""
+    with log.open() as lines:  # its first plain line says where it listens, once it does
+        while "listening on " not in line and server.poll() is None:
+            line = lines.readline() or (time.sleep(0.05) or "")
+    if "listening on " not in line:
+        sys.exit(f"demo: conveyor server did not start: {log.read_text()}")
+    print(line, end="")
+    return server, line.split("listening on ", 1)[1].split()[0]
+
+
+def create_token(name: str, scope: str) -> str:
+    print(f"$ conveyor server token create {name} --scope {scope}", flush=True)
+    return subprocess.run([CONVEYOR, "server", "token", "create", name, "--scope", scope], text=True,
+                          capture_output=True, check=True).stdout.strip()
+
+
 def start_server(app: Path) -> subprocess.Popen[str]:
     """`conveyor server` on a free port with its own state, an admin token, and the app registered by its
     git remote; from here on every conveyor command of the demo goes through its API."""
     print("\n$ conveyor server --bind 127.0.0.1:0 &", flush=True)
-    log = STATE / "server.log"
-    with log.open("w") as out:
-        server = subprocess.Popen([CONVEYOR, "server", "--bind", "127.0.0.1:0"], stderr=out, text=True)
-    (STATE / "server.pid").write_text(str(server.pid))
-    line = ""
-    with log.open() as lines:  # its first line says where it listens, once it does
-        while "listening on " not in line and server.poll() is None:
-            line = lines.readline() or (time.sleep(0.05) or "")
-    print(line, end="")
-    if "listening on " not in line:
-        sys.exit(f"demo: conveyor server did not start: {log.read_text()}")
-    url = line.split("listening on ", 1)[1].split()[0]
-    print("$ conveyor server token create demo --scope admin", flush=True)
-    token = subprocess.run([CONVEYOR, "server", "token", "create", "demo", "--scope", "admin"], text=True,
-                           stdout=subprocess.PIPE, check=True).stdout.strip()
-    CLIENT_ENV.update({"CONVEYOR_SERVER": url, "CONVEYOR_TOKEN": token})
+    server, url = run_server("127.0.0.1:0", STATE / "server.log")
+    CLIENT_ENV.update({"CONVEYOR_SERVER": url, "CONVEYOR_TOKEN": create_token("demo", "admin")})
     conveyor("apps", "add", "hello", "--repo", str(STATE / "remote.git"), cwd=app)
     return server
+
+
+def leave_dashboard_running() -> None:
+    """A server left running on the demo's ledger, and a read token for its dashboard in a file only this
+    user can read (a token is a password: it is not printed)."""
+    print("\n$ conveyor server --bind 127.0.0.1:0 &   # left running: the dashboard", flush=True)
+    _, url = run_server("127.0.0.1:0", STATE / "dashboard.log")
+    token_file = STATE / "dashboard-token"
+    token_file.touch(mode=0o600)
+    token_file.write_text(create_token("newcomer", "read") + "\n")
+    CLIENT_ENV["CONVEYOR_SERVER"] = url
+    print(f"\ndashboard  {url}/  (sign in with the token in {token_file.relative_to(ROOT)})")
+    print("watch a deploy live there while you run, in another shell:")
+    print(f"  CONVEYOR_SERVER={url} CONVEYOR_TOKEN=$(cat {STATE.relative_to(ROOT)}/admin-token) \\\n"
+          f"    .venv/bin/conveyor --app hello deploy staging main --reason 'watching it live'")
 
 
 def announce_to_demo_slack(app: Path) -> FakeSlack:
@@ -186,6 +210,9 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=60)
         print("".join((STATE / "server.log").read_text().splitlines(True)[1:]), end="")
+        admin_file = STATE / "admin-token"
+        admin_file.touch(mode=0o600)
+        admin_file.write_text(CLIENT_ENV["CONVEYOR_TOKEN"] + "\n")
     print("\n$ git ls-remote origin   # the refs conveyor pushed")
     print(git(app, "ls-remote", "origin"))
 
@@ -193,10 +220,15 @@ def main() -> None:
     staging_page, production_page = fetch(staging), fetch(production)
     print(f"\nstaging    {staging}  serves {'v2' if '>v2<' in staging_page else 'UNEXPECTED'}")
     print(f"production {production}  serves {'v1' if '>v1<' in production_page else 'UNEXPECTED'}")
-    registry.stop()
     slack.close()
     if ">v2<" not in staging_page or ">v1<" not in production_page:
+        registry.stop()
         sys.exit("demo: an environment does not serve the version it should")
+    if through_server:
+        leave_dashboard_running()  # the registry stays up too, so a deploy from the dashboard can pull
+        print("\ndemo: done. `scripts/demo.sh down` stops the app, the proxy, the registry and the server.")
+        return
+    registry.stop()
     print("\ndemo: done. `scripts/demo.sh down` stops the app and the proxy.")
 
 
