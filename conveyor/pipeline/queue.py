@@ -16,6 +16,7 @@ from conveyor.pipeline.outcome import build_result, error_kind, failure, release
 
 if TYPE_CHECKING:
     from conveyor.ledger.server_store import Operation, ServerStore
+    from conveyor.pipeline.worker import Server
     from conveyor.pipeline.workspace import Workspace
 
 KINDS = ("build", "deploy", "promote", "rollback")
@@ -55,6 +56,23 @@ def complete_promotion(ws: Workspace, params: dict[str, Any]) -> dict[str, Any]:
         return params
     source, target = stage_pair(ws, params.get("source"), None, "promote")
     return {**params, "source": source, "target": target}
+
+
+def submit(server: Server, app: str, kind: str, params: dict[str, Any], *, actor: str, origin: str,
+           traceparent: str = "") -> tuple[Operation, int]:
+    """Queue an operation (the API's, the dashboard's and a trigger's alike): its parameters completed, in its
+    lane, the workers woken. Returns it and how many wait ahead of it."""
+    params = normalise(kind, params)
+    if kind == "promote" and not params.get("target"):
+        ws = server.workspace(app)
+        try:
+            params = complete_promotion(ws, params)
+        finally:
+            ws.close()
+    operation, ahead = server.store.submit(app=app, lane=lane_of(kind, params), kind=kind, params=params,
+                                           actor=actor, origin=origin, traceparent=traceparent)
+    server.submitted()
+    return operation, ahead
 
 
 def lapsed(store: ServerStore, limit: int) -> list[Operation]:

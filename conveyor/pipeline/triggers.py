@@ -133,13 +133,10 @@ def _submit_deploy(server: Server, store: HooksStore, pending: PendingTrigger) -
 
 
 def submit(server: Server, app: str, kind: str, params: dict[str, Any], *, actor: str, origin: str) -> int:
-    """Queue an operation as the API does (pipeline/queue.py), waking the workers."""
+    """Queue an operation as the API does (pipeline/queue.py: submit), waking the workers."""
     from conveyor.pipeline import queue as queue_ops
 
-    params = queue_ops.normalise(kind, params)
-    operation, _ = server.store.submit(app=app, lane=queue_ops.lane_of(kind, params), kind=kind, params=params,
-                                       actor=actor, origin=origin)
-    server.submitted()
+    operation, _ = queue_ops.submit(server, app, kind, params, actor=actor, origin=origin)
     return int(operation.id)
 
 

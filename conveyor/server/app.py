@@ -276,14 +276,8 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
     def submit(app: str, kind: str, params: dict[str, Any], who: Caller) -> dict[str, Any]:
         if server.store.get_app(app) is None:
             raise ApiError(404, "not_found", f"no app named '{app}' is registered")
-        params = queue_ops.normalise(kind, params)
-        if kind == "promote" and not params.get("target"):
-            with workspace(app) as ws:
-                params = queue_ops.complete_promotion(ws, params)
-        lane = queue_ops.lane_of(kind, params)
-        operation, ahead = server.store.submit(app=app, lane=lane, kind=kind, params=params, actor=who.name,
-                                               origin=who.origin, traceparent=who.traceparent)
-        server.submitted()
+        operation, ahead = queue_ops.submit(server, app, kind, params, actor=who.name, origin=who.origin,
+                                            traceparent=who.traceparent)
         return queue_ops.operation_view(operation, ahead)
 
     @api.post("/api/apps/{app}/build", response_model=s.OperationOut, status_code=202, tags=["operations"])

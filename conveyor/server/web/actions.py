@@ -126,19 +126,10 @@ def perform(server: Server, app: str, action: str, fields: dict[str, str], ident
 
 
 def _submit(server: Server, app: str, kind: str, params: dict[str, Any], identity: Identity) -> int:
-    """The JSON API's submission, word for word: normalised, the promotion pair named, in its lane."""
+    """The JSON API's submission (pipeline/queue.py: submit)."""
     from conveyor.pipeline import queue as queue_ops
 
-    params = queue_ops.normalise(kind, params)
-    if kind == "promote" and not params.get("target"):
-        ws = server.workspace(app)
-        try:
-            params = queue_ops.complete_promotion(ws, params)
-        finally:
-            ws.close()
-    operation, _ = server.store.submit(app=app, lane=queue_ops.lane_of(kind, params), kind=kind, params=params,
-                                       actor=identity.actor, origin=identity.origin)
-    server.submitted()
+    operation, _ = queue_ops.submit(server, app, kind, params, actor=identity.actor, origin=identity.origin)
     return int(operation.id)
 
 
