@@ -8,7 +8,9 @@ A deploy is held "running" by the sample's pre-deploy task connecting to a socke
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +19,7 @@ from playwright.sync_api import expect
 from tests.browser import PHONE, browser_page_fixture, chromium_fixture, csrf_of, shot, sign_in  # noqa: F401
 from tests.e2e import App
 from tests.server import ServerProcess
-from tests.test_records import held_task, wait_for_task
+from tests.test_records import held_task, service_containers, wait_for_task
 
 
 @pytest.fixture
@@ -38,7 +40,7 @@ def dash_both(ledger_app: App) -> Iterator[ServerProcess]:
 
 
 def tile(page: Any, env: str, app: str = "hello") -> Any:
-    return page.locator(f"tr.app[data-app={app}] td.tile[data-env={env}]")
+    return page.locator(f"tr[data-app={app}] td[data-env={env}]")
 
 
 def history(server: ServerProcess, env: str) -> list[dict[str, Any]]:
@@ -59,10 +61,10 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
 
     sign_in(page, server, server.token("viewer", "read"))
-    apps = page.locator("tr.app")
+    apps = page.locator("tr[data-app]")
     expect(apps).to_have_count(1)
-    expect(page.locator("tr.app td.tile")).to_have_count(2)
-    assert page.locator("tr.app td.tile").evaluate_all(
+    expect(page.locator("tr[data-app] td[data-env]")).to_have_count(2)
+    assert page.locator("tr[data-app] td[data-env]").evaluate_all(
         "tiles => tiles.map(t => t.dataset.env)") == ["staging", "production"]  # the config's order
     expect(tile(page, "staging")).to_contain_text("#2")
     expect(tile(page, "staging")).to_contain_text(v2[:7])
@@ -70,7 +72,7 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     expect(tile(page, "production")).to_contain_text("#1")
     expect(tile(page, "production")).to_contain_text(v1[:7])
     expect(tile(page, "production")).to_contain_text("promote")
-    waiting = page.locator("tr.app td.waiting")
+    waiting = page.locator("tr[data-app] td.w")
     expect(waiting).to_contain_text("1 commit waiting")
     expect(waiting).to_contain_text("Sample Dev")  # who wrote what waits
     shot(page, "overview")
@@ -106,6 +108,43 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     started = [line for line in lines if f"operation #{number} started" in line]
     assert len(started) == 1, lines  # followed from where the page opened: nothing shown twice
     shot(log_page, "operation", test=page.test_name)
+
+
+def test_the_overview_flags_drift_and_an_outage_from_the_servers_own_checks(app: App, browser_page: Any,
+                                                                            tmp_path: Path) -> None:
+    """The server checks every live release's target in the background (here every second) and the tiles
+    show the cached verdict, in words; the open page gets a changed verdict without a reload."""
+    server = ServerProcess.start(app, CONVEYOR_SERVER_CHECK_EVERY="1")
+    try:
+        server.add_app()
+        server.cli_ok("deploy", "staging", "v1")
+        server.cli_ok("promote", "staging", "production")
+        page = browser_page
+        sign_in(page, server, server.token("viewer", "read"))
+        row = page.locator("tr[data-app=hello]")
+        expect(row.locator("th")).to_contain_text("checked")  # both answered, so no tile is flagged
+        expect(tile(page, "staging")).to_contain_text("live")
+        expect(row.locator("[data-testid=check]")).to_have_count(0)
+        page.evaluate("window.notReloaded = true")
+
+        # Drift: someone deploys v2 to staging around this server (a CLI on a ledger of its own, the same
+        # targets); the server's ledger still says staging#1 (v1).
+        app.ok("deploy", "staging", "v2", CONVEYOR_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere.db'}")
+        assert app.serves("staging") == "v2"
+        staging = tile(page, "staging")
+        expect(staging.locator("i")).to_have_text("drift")
+        expect(staging.locator("[data-testid=check]")).to_contain_text("not staging#1")
+
+        # An outage: production's live container is removed for real.
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *service_containers("production")], check=True,
+                       capture_output=True)
+        production = tile(page, "production")
+        expect(production.locator("i")).to_have_text("outage")
+        expect(production.locator("[data-testid=check]")).to_contain_text("outage")
+        assert page.evaluate("window.notReloaded") is True  # both arrived on the open page
+        shot(page, "overview-drift-outage")
+    finally:
+        server.stop()
 
 
 # ------------------------------------------------------------------------------------ 2. app page
@@ -228,7 +267,7 @@ def test_anonymous_read_is_a_server_option_and_shows_no_actions(app: App, browse
         server.add_app()
         page = browser_page
         page.goto(server.url + "/")
-        expect(page.locator("tr.app[data-app=hello]")).to_have_count(1)
+        expect(page.locator("tr[data-app=hello]")).to_have_count(1)
         page.goto(server.url + "/apps/hello")
         expect(page.locator("[data-testid=actions]")).to_have_count(0)
         refused = page.request.post(f"{server.url}/apps/hello/actions/lock",
@@ -241,7 +280,7 @@ def test_anonymous_read_is_a_server_option_and_shows_no_actions(app: App, browse
         try:
             bare = no_js.new_page()
             bare.goto(server.url + "/")
-            expect(bare.locator("tr.app[data-app=hello] td.tile")).to_have_count(2)
+            expect(bare.locator("tr[data-app=hello] td[data-env]")).to_have_count(2)
             expect(bare.locator("[data-testid=operations]")).to_contain_text("Nothing is running")
             shot(bare, "overview-no-js-phone", test=page.test_name)
         finally:

@@ -12,18 +12,20 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from conveyor.ledger.dashboard import TileRelease, blocks_in_force, env_heads, last_progress
+from conveyor.ledger.dashboard import EnvHeads, TileRelease, blocks_in_force, env_heads, last_progress
 from conveyor.pipeline.apps import mirror_path
 
 if TYPE_CHECKING:
     from conveyor.ledger.models import Block, Lease
     from conveyor.ledger.server_store import Operation
     from conveyor.ledger.store import Ledger
+    from conveyor.pipeline.live_checks import LiveChecks, Verdict
 
 _FIELD = "\x1f"
 WAITING_SHOWN = 20  # commits listed per stage pair; the count and the authors cover all of them
@@ -68,16 +70,22 @@ class Tile:
     lease: Lease | None
     blocks: list[Block]
     operations: list[dict[str, Any]]  # queued and running ones for this env
+    check: Verdict | None = None  # the server's latest check of the live release's target, if any yet
 
     @property
     def state(self) -> str:
-        """One word a tile is labelled with (colour is never the only sign)."""
+        """One word a tile is labelled with (colour is never the only sign). An outage outranks a lock:
+        it is what people need to see first; drift is a warning under the others."""
         if self.lease is not None or any(op["state"] == "running" for op in self.operations):
             return "deploying"
+        if self.check is not None and self.check.word == "outage":
+            return "outage"
         if self.blocks:
             return "locked"
         if self.latest is not None and self.latest.status in ("failed", "interrupted"):
             return "failed"
+        if self.check is not None and self.check.word == "drift":
+            return "drift"
         return "live" if self.live is not None else "empty"
 
 
@@ -192,16 +200,58 @@ def build_activity(ledger: Ledger) -> Activity:
     return Activity([b for b in blocks_in_force(ledger) if b.scope == "org"], unfinished_operations(ledger))
 
 
-def build_overview(ledger: Ledger, facts: CommitFacts) -> Overview:
+class RowMemo:
+    """Each app's last AppRow and what it was built from. The server's HeadsCache hands back the same
+    EnvHeads objects until a release of that app+env is written, and the checks the same Verdict until the
+    next check, so comparing the inputs is cheap, and an overview after one deploy builds one row anew."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[tuple[Any, ...], AppRow]] = {}
+
+    def row(self, app: str, inputs: tuple[Any, ...], build: Callable[[], AppRow]) -> AppRow:
+        known = self._rows.get(app)
+        if known is None or known[0] != inputs:
+            known = (inputs, build())
+            self._rows[app] = known
+        return known[1]
+
+    def keep_only(self, apps: set[str]) -> None:
+        for gone in set(self._rows) - apps:
+            del self._rows[gone]
+
+
+def build_overview(ledger: Ledger, facts: CommitFacts, *, heads: dict[tuple[str, str], EnvHeads] | None = None,
+                   checks: LiveChecks | None = None, memo: RowMemo | None = None) -> Overview:
+    """`heads` from a HeadsCache and `memo` when the caller keeps them (the server does); `checks` the
+    server's cached target checks (none: tiles show no check)."""
     started = time.perf_counter()
-    heads = env_heads(ledger)
+    heads = env_heads(ledger) if heads is None else heads
     order = stage_order(ledger, heads)
     blocks = blocks_in_force(ledger)
     leases = {(le.app, le.env): le for le in ledger.list_leases()}
     unfinished = unfinished_operations(ledger)
-    rows = [_app_row(app, stages, heads, blocks, leases, unfinished, facts) for app, stages in order.items()]
-    rows.sort(key=lambda row: (-row.staleness, row.name))
     org = [b for b in blocks if b.scope == "org"]
+    blocks_of: dict[str, list[Block]] = {}
+    for b in blocks:
+        if b.scope != "org":
+            blocks_of.setdefault(b.app, []).append(b)
+    ops_of: dict[str, list[dict[str, Any]]] = {}
+    for op in unfinished:
+        ops_of.setdefault(op["app"], []).append(op)
+    memo = memo or RowMemo()
+    rows = []
+    for app, stages in order.items():
+        mine = org + blocks_of.get(app, [])
+        ops = ops_of.get(app, [])
+        lives = [heads.get((app, env)) for env in stages]
+        verdicts = tuple(checks.verdict(app, env, h.live.id) if checks is not None and h and h.live else None
+                         for env, h in zip(stages, lives, strict=True))
+        inputs = (tuple(stages), tuple(lives), tuple(mine), tuple(leases.get((app, env)) for env in stages),
+                  tuple((op["id"], op["env"], op["state"]) for op in ops), verdicts)
+        rows.append(memo.row(app, inputs, lambda app=app, stages=stages, mine=mine, ops=ops, verdicts=verdicts:
+                             _app_row(app, stages, heads, mine, leases, ops, facts, verdicts)))
+    memo.keep_only(set(order))
+    rows.sort(key=lambda row: (-row.staleness, row.name))
     return Overview(rows, org, unfinished, took_ms=(time.perf_counter() - started) * 1000)
 
 
@@ -222,17 +272,17 @@ def unfinished_operations(ledger: Ledger, app: str | None = None) -> list[dict[s
 
 def _app_row(app: str, stages: list[str], heads: dict[tuple[str, str], Any], blocks: list[Block],
              leases: dict[tuple[str, str], Lease], unfinished: list[dict[str, Any]],
-             facts: CommitFacts) -> AppRow:
+             facts: CommitFacts, verdicts: tuple[Verdict | None, ...]) -> AppRow:
     lives = {env: heads[(app, env)].live if (app, env) in heads else None for env in stages}
     subjects = facts.subjects(app, sorted({r.sha for r in lives.values() if r is not None}))
     tiles = []
-    for env in stages:
+    for env, check in zip(stages, verdicts, strict=True):
         head = heads.get((app, env))
         live = head.live if head else None
         latest = head.latest if head and head.latest and (live is None or head.latest.id != live.id) else None
         tiles.append(Tile(env, live, subjects.get(live.sha, "") if live else "", latest, leases.get((app, env)),
                           [b for b in blocks if _holds(b, app, env)],
-                          [op for op in unfinished if op["app"] == app and op["env"] == env]))
+                          [op for op in unfinished if op["app"] == app and op["env"] == env], check))
     waiting = []
     for earlier, later in zip(stages, stages[1:], strict=False):
         newer, older = lives[earlier], lives[later]

@@ -81,9 +81,8 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
           notify: Path | None = None, anonymous_read: bool = False, public_url: str | None = None) -> None:
     from conveyor.ledger import open_ledger
     from conveyor.ledger.server_store import EVENTS_CHANNEL, listen
-    from conveyor.server.logs import configure
-
     from conveyor.pipeline.live_checks import LiveChecks, check_interval
+    from conveyor.server.logs import configure
 
     defaults = notify_defaults(notify)
     check_every = check_interval()
