@@ -186,6 +186,10 @@ def test_promote_and_rollback_from_the_app_page_run_as_the_signed_in_token(dash:
     assert (rolled["number"], rolled["kind"], rolled["actor"], rolled["reason"]) == \
         (3, "rollback", "alice", "v2 misbehaves")
     assert server.app.serves("production") == "v1"
+    page.goto(f"{server.url}/apps/hello/releases/production/3")  # the rollback's record
+    expect(page.locator("[data-testid=not-undone]")).to_contain_text("ran in production#2")
+    expect(page.locator("[data-testid=commits]")).to_contain_text("removes")
+    shot(page, "release-rollback")
 
     # A failed operation offers to run the same again, through the same confirmation.
     assert server.cli("deploy", "staging", "no-such-ref").code == 2
@@ -209,6 +213,40 @@ def test_promote_and_rollback_from_the_app_page_run_as_the_signed_in_token(dash:
     page.goto(f"{server.url}/delivery")
     expect(page.locator("[data-testid=window-90] svg.chart")).to_have_count(1)
     shot(page, "delivery")
+
+
+def test_a_queued_operation_is_cancelled_from_the_app_page_as_the_signed_in_token(dash: ServerProcess,
+                                                                                  browser_page: Any) -> None:
+    server, app, page = dash, dash.app, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    with held_task(app) as (listener, accepted):
+        sha = server.push()
+        follower = server.cli_start("deploy", "staging", sha)
+        wait_for_task(listener, accepted)  # that deploy runs, held at its pre-deploy task
+        running = server.api("GET", "/api/operations?limit=1")[1]["operations"][0]
+        status, queued = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": "v2"})
+        assert status == 202 and queued["state"] == "queued", queued
+        sign_in(page, server, server.token("alice", "operate:hello"))
+        page.goto(f"{server.url}/apps/hello")
+        expect(page.locator(f"[data-testid=queued][data-operation='{running['id']}'] "
+                            "[data-testid=cancel]")).to_have_count(0)  # only a queued one offers it
+        page.locator(f"[data-testid=queued][data-operation='{queued['id']}'] [data-testid=cancel]").click()
+        plan = page.locator("[data-testid=plan]")
+        expect(plan).to_contain_text(f"take #{queued['id']} (deploy hello → staging, queued by admin")
+        expect(plan).to_contain_text("record it as cancelled by alice")
+        shot(page, "confirm-cancel")
+        page.click("[data-testid=confirm]")
+        expect(page.locator("[data-testid=op-state]")).to_contain_text("cancelled")
+        cancelled = server.operation(queued["id"])
+        assert cancelled["state"] == "cancelled" and cancelled["note"] == "cancelled by alice while queued"
+        shot(page, "operation-cancelled")
+
+        refused = page.request.post(f"{server.url}/apps/hello/actions/cancel", form={
+            "operation": str(running["id"]), "confirm": "yes", "csrf": csrf_of(page)})
+        assert refused.status == 409 and "only a queued operation can be cancelled" in refused.text()
+        accepted[0].close()
+        assert follower.wait(timeout=180) == 0
+    assert [r["sha"] for r in history(server, "staging")][:1] == [sha]  # the cancelled deploy never ran
 
 
 # ------------------------------------------------------------------------- 6. sign-in, CSRF, scopes

@@ -86,6 +86,7 @@ class LiveChecks:
         self._targets: dict[tuple[str, str], tuple[Target, threading.Lock]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._heads: Any = None  # a HeadsCache: woken often, a round re-reads only what changed
 
     def verdict(self, app: str, env: str, release_id: int) -> Verdict | None:
         """The latest verdict on that very release (one on an earlier release says nothing about it)."""
@@ -118,11 +119,12 @@ class LiveChecks:
 
     def check_due(self, pool: ThreadPoolExecutor) -> None:
         """Check each live release with no verdict yet or one older than `every`, CONCURRENCY at a time."""
-        from conveyor.ledger.dashboard import env_heads
+        from conveyor.ledger.dashboard import HeadsCache
 
+        self._heads = self._heads or HeadsCache()
         now = time.time()
         due = []
-        for (app, env), heads in env_heads(self.server.ledger).items():
+        for (app, env), heads in self._heads.heads(self.server.ledger).items():
             if heads.live is None:
                 self._verdicts.pop((app, env), None)
                 continue

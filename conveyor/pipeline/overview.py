@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 _FIELD = "\x1f"
 WAITING_SHOWN = 20  # commits listed per stage pair; the count and the authors cover all of them
 GIT_TIMEOUT = 30.0
+GIT_WORKERS = 4  # git processes at once while a server learns its mirrors (a cold start: 500 apps)
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,13 @@ class Waiting:
     commits: list[Commit]  # newest first, at most WAITING_SHOWN
     authors: list[str]
     oldest: datetime | None
+    counted: bool = True  # False while the server's git is still counting them
 
     @property
     def staleness(self) -> float:
         """Horizon's idea: more commits, more people waiting and older work all make a stage pair staler.
         One point per commit, two per distinct author, one per day the oldest commit has waited."""
-        if not self.count:
+        if not self.count or not self.counted:
             return 0.0
         days = (datetime.now(UTC) - self.oldest).total_seconds() / 86400 if self.oldest else 0.0
         return self.count + 2 * len(self.authors) + max(days, 0.0)
@@ -114,32 +116,86 @@ class Overview:
 
 
 class CommitFacts:
-    """Subjects and waiting commits read from an app's mirror, kept by SHA (thread-safe, bounded)."""
+    """Subjects and waiting commits read from an app's mirror, kept by SHA (thread-safe, bounded).
 
-    def __init__(self, home: Path, limit: int = 50_000) -> None:
+    With `on_learned` (the server), a page never waits on git: what is not known yet is asked by a
+    background thread, GIT_WORKERS at a time, and the page says "counting" until then; `on_learned` is
+    called once something new is known (the server wakes its live streams, so open pages fill in), and
+    `learned(app)` counts what was learned for an app (part of what its overview row is built from).
+    Without it (a CLI, a test) git is asked on the spot."""
+
+    def __init__(self, home: Path, limit: int = 50_000, on_learned: Callable[[], None] | None = None) -> None:
         self.home = home
         self.limit = limit
         self._subjects: dict[tuple[str, str], str] = {}
         self._ranges: dict[tuple[str, str | None, str], tuple[int, list[Commit], list[str]]] = {}
         self._lock = threading.Lock()
+        self._on_learned = on_learned
+        self._asked: set[Any] = set()
+        self._learned: dict[str, int] = {}
+        self._learned_total = 0
+        self._pool: Any = None
+
+    def learned(self, app: str) -> int:
+        return self._learned.get(app, 0)
+
+    def learned_total(self) -> int:
+        return self._learned_total
 
     def subjects(self, app: str, shas: list[str]) -> dict[str, str]:
         missing = [sha for sha in shas if (app, sha) not in self._subjects]
         if missing:
-            found = self._git_subjects(app, missing)
-            with self._lock:
-                self._trim(self._subjects)
-                self._subjects.update({(app, sha): found.get(sha, "") for sha in missing})
+            if self._later(("subjects", app, tuple(missing)), lambda: self._learn_subjects(app, missing)):
+                return {sha: self._subjects.get((app, sha), "") for sha in shas}
+            self._learn_subjects(app, missing)
         return {sha: self._subjects.get((app, sha), "") for sha in shas}
 
-    def waiting(self, app: str, older: str | None, newer: str) -> tuple[int, list[Commit], list[str]]:
+    def waiting(self, app: str, older: str | None, newer: str) -> tuple[int, list[Commit], list[str]] | None:
+        """The commits in newer and not in older: (count, commits, authors), or None while being counted."""
         key = (app, older, newer)
         if key not in self._ranges:
-            value = self._git_range(app, older, newer)
-            with self._lock:
-                self._trim(self._ranges)
-                self._ranges[key] = value
+            if self._later(("range", *key), lambda: self._learn_range(app, older, newer)):
+                return self._ranges.get(key)
+            self._learn_range(app, older, newer)
         return self._ranges[key]
+
+    def _later(self, key: Any, learn: Callable[[], None]) -> bool:
+        """Hand `learn` to the background (once per key); False when there is no background."""
+        if self._on_learned is None:
+            return False
+        with self._lock:
+            if key in self._asked:
+                return True
+            self._asked.add(key)
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(GIT_WORKERS, thread_name_prefix="commit-facts")
+        self._pool.submit(self._learn_then_tell, key, learn)
+        return True
+
+    def _learn_then_tell(self, key: Any, learn: Callable[[], None]) -> None:
+        try:
+            learn()
+        finally:
+            with self._lock:
+                self._asked.discard(key)
+                self._learned[key[1]] = self._learned.get(key[1], 0) + 1
+                self._learned_total += 1
+            assert self._on_learned is not None
+            self._on_learned()
+
+    def _learn_subjects(self, app: str, missing: list[str]) -> None:
+        found = self._git_subjects(app, missing)
+        with self._lock:
+            self._trim(self._subjects)
+            self._subjects.update({(app, sha): found.get(sha, "") for sha in missing})
+
+    def _learn_range(self, app: str, older: str | None, newer: str) -> None:
+        value = self._git_range(app, older, newer)
+        with self._lock:
+            self._trim(self._ranges)
+            self._ranges[(app, older, newer)] = value
 
     def _trim(self, cache: dict[Any, Any]) -> None:
         if len(cache) >= self.limit:
@@ -247,7 +303,7 @@ def build_overview(ledger: Ledger, facts: CommitFacts, *, heads: dict[tuple[str,
         verdicts = tuple(checks.verdict(app, env, h.live.id) if checks is not None and h and h.live else None
                          for env, h in zip(stages, lives, strict=True))
         inputs = (tuple(stages), tuple(lives), tuple(mine), tuple(leases.get((app, env)) for env in stages),
-                  tuple((op["id"], op["env"], op["state"]) for op in ops), verdicts)
+                  tuple((op["id"], op["env"], op["state"]) for op in ops), verdicts, facts.learned(app))
         rows.append(memo.row(app, inputs, lambda app=app, stages=stages, mine=mine, ops=ops, verdicts=verdicts:
                              _app_row(app, stages, heads, mine, leases, ops, facts, verdicts)))
     memo.keep_only(set(order))
@@ -288,7 +344,11 @@ def _app_row(app: str, stages: list[str], heads: dict[tuple[str, str], Any], blo
         newer, older = lives[earlier], lives[later]
         if newer is None or (older is not None and older.sha == newer.sha):
             continue
-        count, commits, authors = facts.waiting(app, older.sha if older else None, newer.sha)
+        known = facts.waiting(app, older.sha if older else None, newer.sha)
+        if known is None:
+            waiting.append(Waiting(earlier, later, 0, [], [], None, counted=False))
+            continue
+        count, commits, authors = known
         if count:
             waiting.append(Waiting(earlier, later, count, commits[:WAITING_SHOWN], authors, commits[-1].committed))
     return AppRow(app, tiles, waiting)

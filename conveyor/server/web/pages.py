@@ -91,7 +91,7 @@ def seconds(value: float | None) -> str:
 def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
     jinja = templates()
     sessions = Sessions(server.ledger, signing_key(server.home))
-    facts = CommitFacts(server.home)
+    facts = CommitFacts(server.home, on_learned=server.events_woken.bump)
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @api.exception_handler(NotAllowed)
@@ -139,8 +139,10 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
         return jinja.get_template("_overview_apps.html").render(
             view=view, rows_html=rows.html(view.apps, checks=server.checks is not None))
 
-    live_cache = LiveCache(server, activity=lambda: jinja.get_template("_overview_ops.html").render(
-        activity=build_activity(server.ledger)), apps=render_apps)
+    def render_activity() -> str:
+        return jinja.get_template("_overview_ops.html").render(activity=build_activity(server.ledger))
+
+    live_cache = LiveCache(server, facts.learned_total, activity=render_activity, apps=render_apps)
 
     # ------------------------------------------------------------------------------------ sign-in
 
@@ -325,8 +327,9 @@ class LiveCache:
     the ledger's change marker (a few index-only reads) and the minute, so "5 min ago" and blocks that
     expire are at most a minute old; an operation's new event re-renders only the small activity part."""
 
-    def __init__(self, server: Server, **renderers: Callable[[], str]) -> None:
+    def __init__(self, server: Server, learned: Callable[[], int], **renderers: Callable[[], str]) -> None:
         self._server = server
+        self._learned = learned  # how much git has told the overview so far (CommitFacts)
         self._renderers = renderers
         self._keys: dict[str, Any] = {}
         self._html: dict[str, str] = {}
@@ -336,7 +339,8 @@ class LiveCache:
         from conveyor.ledger.dashboard import change_marker
 
         checks = self._server.checks
-        return change_marker(self._server.ledger), int(time.time() // 60), checks.generation if checks else 0
+        return (change_marker(self._server.ledger), int(time.time() // 60),
+                (checks.generation if checks else 0, self._learned()))
 
     @staticmethod
     def part_key(part: str, key: Any) -> Any:
@@ -403,7 +407,7 @@ class RowCache:
 
 def row_key(row: AppRow, now: float) -> tuple[Any, ...]:
     """Everything an app's row shows, with its times as the row words them ("5 min ago")."""
-    waiting = tuple((w.source, w.count, tuple(w.authors), ago(w.oldest, now)) for w in row.waiting)
+    waiting = tuple((w.source, w.counted, w.count, tuple(w.authors), ago(w.oldest, now)) for w in row.waiting)
     return tuple(_tile_key(t, now) for t in row.tiles) + waiting
 
 
