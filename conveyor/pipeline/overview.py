@@ -55,11 +55,14 @@ class Waiting:
 
     @property
     def staleness(self) -> float:
+        return self.staleness_at(time.time())
+
+    def staleness_at(self, now: float) -> float:
         """Horizon's idea: more commits, more people waiting and older work all make a stage pair staler.
         One point per commit, two per distinct author, one per day the oldest commit has waited."""
         if not self.count or not self.counted:
             return 0.0
-        days = (datetime.now(UTC) - self.oldest).total_seconds() / 86400 if self.oldest else 0.0
+        days = (now - self.oldest.timestamp()) / 86400 if self.oldest else 0.0
         return self.count + 2 * len(self.authors) + max(days, 0.0)
 
 
@@ -99,7 +102,10 @@ class AppRow:
 
     @property
     def staleness(self) -> float:
-        return max((w.staleness for w in self.waiting), default=0.0)
+        return self.staleness_at(time.time())
+
+    def staleness_at(self, now: float) -> float:
+        return max((w.staleness_at(now) for w in self.waiting), default=0.0)
 
     def waiting_after(self, env: str) -> Waiting | None:
         """The commits waiting between `env` and the stage after it, if any."""
@@ -307,7 +313,8 @@ def build_overview(ledger: Ledger, facts: CommitFacts, *, heads: dict[tuple[str,
         rows.append(memo.row(app, inputs, lambda app=app, stages=stages, mine=mine, ops=ops, verdicts=verdicts:
                              _app_row(app, stages, heads, mine, leases, ops, facts, verdicts)))
     memo.keep_only(set(order))
-    rows.sort(key=lambda row: (-row.staleness, row.name))
+    now = time.time()
+    rows.sort(key=lambda row: (-row.staleness_at(now), row.name))
     return Overview(rows, org, unfinished, took_ms=(time.perf_counter() - started) * 1000)
 
 
