@@ -249,6 +249,35 @@ def test_a_queued_operation_is_cancelled_from_the_app_page_as_the_signed_in_toke
     assert [r["sha"] for r in history(server, "staging")][:1] == [sha]  # the cancelled deploy never ran
 
 
+def test_lock_and_unlock_from_the_app_page_are_recorded_as_the_signed_in_token(dash: ServerProcess,
+                                                                               browser_page: Any) -> None:
+    server, page = dash, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    sign_in(page, server, server.token("bob", "block"))
+    page.goto(f"{server.url}/apps/hello")
+    staging = page.locator("[data-testid=env][data-env=staging]")
+    expect(staging.locator("[data-testid=deploy]")).to_have_count(0)  # "block" does not operate
+    staging.locator("input[name=reason]").fill("db maintenance")
+    staging.locator("[data-testid=lock]").click()
+    expect(page.locator("[data-testid=plan]")).to_contain_text("lock hello/staging")
+    expect(page.locator("[data-testid=plan]")).to_contain_text("db maintenance")
+    page.click("[data-testid=confirm]")
+    expect(staging.locator("[data-testid=block]")).to_contain_text("locked (env) by bob: “db maintenance”")
+    blocks = server.api("GET", "/api/apps/hello/blocks")[1]
+    assert [(b["actor"], b["reason"], b["env"]) for b in blocks] == [("bob", "db maintenance", "staging")]
+    page.goto(f"{server.url}/")
+    expect(tile(page, "staging").locator("i")).to_have_text("locked")
+    expect(tile(page, "staging")).to_contain_text("locked by bob: “db maintenance”")
+    shot(page, "overview-locked")
+
+    page.goto(f"{server.url}/apps/hello")
+    staging.locator("[data-testid=unlock]").click()
+    expect(page.locator("[data-testid=plan]")).to_contain_text("lift the env lock on hello/staging")
+    page.click("[data-testid=confirm]")
+    expect(staging.locator("[data-testid=block]")).to_have_count(0)
+    assert server.api("GET", "/api/apps/hello/blocks")[1] == []
+
+
 # ------------------------------------------------------------------------- 6. sign-in, CSRF, scopes
 
 

@@ -69,9 +69,9 @@ def judge(target: Target, release: Any) -> tuple[str, str]:
     except Exception as exc:
         return "answering", f"answers; what serves is unknown ({exc})"
     if state is None:
-        return "drift", f"the target serves no known release, not {release.env}#{release.number}"
-    if state.image != release.image:
-        return "drift", f"the target serves {state.image}, not {release.env}#{release.number}"
+        return "drift", f"not {release.env}#{release.number}: the target serves no release it knows of"
+    if state.image != release.image:  # the label first: a tile shortens what follows
+        return "drift", f"not {release.env}#{release.number}: the target serves {state.image}"
     return "answering", "answers, serving the live release"
 
 
