@@ -7,7 +7,9 @@ A deploy is held "running" by the sample's pre-deploy task connecting to a socke
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from playwright.sync_api import expect
 from tests.browser import PHONE, browser_page_fixture, chromium_fixture, csrf_of, shot, sign_in  # noqa: F401
 from tests.e2e import App
 from tests.server import ServerProcess
-from tests.test_records import held_task, service_containers, wait_for_task
+from tests.test_records import held_task, ledger_events, service_containers, wait_for_task, wait_until_lease_expired
 
 
 @pytest.fixture
@@ -276,6 +278,32 @@ def test_lock_and_unlock_from_the_app_page_are_recorded_as_the_signed_in_token(d
     page.click("[data-testid=confirm]")
     expect(staging.locator("[data-testid=block]")).to_have_count(0)
     assert server.api("GET", "/api/apps/hello/blocks")[1] == []
+
+
+def test_a_dead_holders_stuck_state_is_cleared_from_the_app_page(dash: ServerProcess, browser_page: Any) -> None:
+    server, app, page = dash, dash.app, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    with held_task(app) as (listener, accepted):
+        victim = app.start("deploy", "staging", "HEAD", CONVEYOR_LEASE_TTL="2")  # a CLI on the same ledger
+        wait_for_task(listener, accepted)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        wait_until_lease_expired(app, "staging")
+        sign_in(page, server, server.token("carol", "block"))
+        page.goto(f"{server.url}/apps/hello")
+        staging = page.locator("[data-testid=env][data-env=staging]")
+        expect(staging).to_contain_text("holder gone since")
+        shot(page, "app-stuck")
+        staging.locator("input[aria-label='recover reason']").fill("deploy box rebooted")
+        staging.locator("[data-testid=recover]").click()
+        expect(page.locator("[data-testid=plan]")).to_contain_text("take over staging's lease if its holder is gone")
+        page.click("[data-testid=confirm]")
+        expect(staging.locator("[data-testid=recover]")).to_have_count(0)
+        expect(staging).not_to_contain_text("holder gone since")
+    latest = history(server, "staging")[0]
+    assert (latest["number"], latest["status"]) == (2, "interrupted")
+    recorded = ledger_events(app, "staging", "recover")[-1].message
+    assert "deploy box rebooted" in recorded and "carol" in recorded
 
 
 # ------------------------------------------------------------------------- 6. sign-in, CSRF, scopes
