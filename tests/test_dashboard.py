@@ -306,6 +306,39 @@ def test_a_dead_holders_stuck_state_is_cleared_from_the_app_page(dash: ServerPro
     assert "deploy box rebooted" in recorded and "carol" in recorded
 
 
+def test_the_app_pages_history_pages_on_25_at_a_time(dash: ServerProcess, browser_page: Any) -> None:
+    """30 releases of staging: one real deploy, then 29 more recorded through the ledger's own API with its
+    commit, artifact and spec (paging is a view of the ledger; 29 real deploys would only cost minutes)."""
+    from conveyor.ledger import open_ledger
+
+    server, page = dash, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    ledger = open_ledger(server.app.ledger_url)
+    try:
+        real = ledger.get_release("hello", "staging", 1)
+        assert real is not None
+        for number in range(2, 31):
+            made = ledger.create_release(
+                app="hello", env="staging", kind="deploy", sha=real.sha, digest=real.digest, image=real.image,
+                spec=real.spec, config_digest=real.config_digest, actor="ci", origin="test",
+                reason=f"release {number}", forced=False, previous_number=number - 1, source_release_id=None)
+            ledger.update_release(made.id, status="succeeded", finished=True)
+    finally:
+        ledger.close()
+    sign_in(page, server, server.token("viewer", "read"))
+    page.goto(f"{server.url}/apps/hello")
+    rows = page.locator("[data-testid=history-row]")
+    expect(rows).to_have_count(25)
+    expect(rows.first).to_contain_text("staging#30")
+    expect(rows.last).to_contain_text("staging#6")
+    page.click("[data-testid=older]")
+    expect(rows).to_have_count(5)
+    expect(rows.first).to_contain_text("staging#5")
+    expect(rows.last).to_contain_text("staging#1")
+    expect(page.locator("[data-testid=older]")).to_have_count(0)
+    shot(page, "app-history-page-2")
+
+
 # ------------------------------------------------------------------------- 6. sign-in, CSRF, scopes
 
 
