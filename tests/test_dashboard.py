@@ -116,6 +116,8 @@ def test_the_overview_flags_drift_and_an_outage_from_the_servers_own_checks(app:
                                                                             tmp_path: Path) -> None:
     """The server checks every live release's target in the background (here every second) and the tiles
     show the cached verdict, in words; the open page gets a changed verdict without a reload."""
+    bad = app.run("server", "--bind", "127.0.0.1:0", CONVEYOR_SERVER_CHECK_EVERY="soon")
+    assert bad.code == 2 and "CONVEYOR_SERVER_CHECK_EVERY='soon'" in bad.err and "Traceback" not in bad.err
     server = ServerProcess.start(app, CONVEYOR_SERVER_CHECK_EVERY="1")
     try:
         server.add_app()
