@@ -7,8 +7,12 @@ A deploy is held "running" by the sample's pre-deploy task connecting to a socke
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +21,7 @@ from playwright.sync_api import expect
 from tests.browser import PHONE, browser_page_fixture, chromium_fixture, csrf_of, shot, sign_in  # noqa: F401
 from tests.e2e import App
 from tests.server import ServerProcess
-from tests.test_records import held_task, wait_for_task
+from tests.test_records import held_task, ledger_events, service_containers, wait_for_task, wait_until_lease_expired
 
 
 @pytest.fixture
@@ -38,7 +42,7 @@ def dash_both(ledger_app: App) -> Iterator[ServerProcess]:
 
 
 def tile(page: Any, env: str, app: str = "hello") -> Any:
-    return page.locator(f"tr.app[data-app={app}] td.tile[data-env={env}]")
+    return page.locator(f"tr[data-app={app}] td[data-env={env}]")
 
 
 def history(server: ServerProcess, env: str) -> list[dict[str, Any]]:
@@ -59,10 +63,10 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     v1, v2 = app.git("rev-parse", "v1"), app.git("rev-parse", "v2")
 
     sign_in(page, server, server.token("viewer", "read"))
-    apps = page.locator("tr.app")
+    apps = page.locator("tr[data-app]")
     expect(apps).to_have_count(1)
-    expect(page.locator("tr.app td.tile")).to_have_count(2)
-    assert page.locator("tr.app td.tile").evaluate_all(
+    expect(page.locator("tr[data-app] td[data-env]")).to_have_count(2)
+    assert page.locator("tr[data-app] td[data-env]").evaluate_all(
         "tiles => tiles.map(t => t.dataset.env)") == ["staging", "production"]  # the config's order
     expect(tile(page, "staging")).to_contain_text("#2")
     expect(tile(page, "staging")).to_contain_text(v2[:7])
@@ -70,7 +74,7 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     expect(tile(page, "production")).to_contain_text("#1")
     expect(tile(page, "production")).to_contain_text(v1[:7])
     expect(tile(page, "production")).to_contain_text("promote")
-    waiting = page.locator("tr.app td.waiting")
+    waiting = page.locator("tr[data-app] td.w")
     expect(waiting).to_contain_text("1 commit waiting")
     expect(waiting).to_contain_text("Sample Dev")  # who wrote what waits
     shot(page, "overview")
@@ -106,6 +110,45 @@ def test_the_overview_shows_every_stage_and_a_cli_deploy_live_to_its_end(dash_bo
     started = [line for line in lines if f"operation #{number} started" in line]
     assert len(started) == 1, lines  # followed from where the page opened: nothing shown twice
     shot(log_page, "operation", test=page.test_name)
+
+
+def test_the_overview_flags_drift_and_an_outage_from_the_servers_own_checks(app: App, browser_page: Any,
+                                                                            tmp_path: Path) -> None:
+    """The server checks every live release's target in the background (here every second) and the tiles
+    show the cached verdict, in words; the open page gets a changed verdict without a reload."""
+    bad = app.run("server", "--bind", "127.0.0.1:0", CONVEYOR_SERVER_CHECK_EVERY="soon")
+    assert bad.code == 2 and "CONVEYOR_SERVER_CHECK_EVERY='soon'" in bad.err and "Traceback" not in bad.err
+    server = ServerProcess.start(app, CONVEYOR_SERVER_CHECK_EVERY="1")
+    try:
+        server.add_app()
+        server.cli_ok("deploy", "staging", "v1")
+        server.cli_ok("promote", "staging", "production")
+        page = browser_page
+        sign_in(page, server, server.token("viewer", "read"))
+        row = page.locator("tr[data-app=hello]")
+        expect(row.locator("th")).to_contain_text("checked")  # both answered, so no tile is flagged
+        expect(tile(page, "staging")).to_contain_text("live")
+        expect(row.locator("[data-testid=check]")).to_have_count(0)
+        page.evaluate("window.notReloaded = true")
+
+        # Drift: someone deploys v2 to staging around this server (a CLI on a ledger of its own, the same
+        # targets); the server's ledger still says staging#1 (v1).
+        app.ok("deploy", "staging", "v2", CONVEYOR_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere.db'}")
+        assert app.serves("staging") == "v2"
+        staging = tile(page, "staging")
+        expect(staging.locator("i")).to_have_text("drift")
+        expect(staging.locator("[data-testid=check]")).to_contain_text("not staging#1")
+
+        # An outage: production's live container is removed for real.
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *service_containers("production")], check=True,
+                       capture_output=True)
+        production = tile(page, "production")
+        expect(production.locator("i")).to_have_text("outage")
+        expect(production.locator("[data-testid=check]")).to_contain_text("outage")
+        assert page.evaluate("window.notReloaded") is True  # both arrived on the open page
+        shot(page, "overview-drift-outage")
+    finally:
+        server.stop()
 
 
 # ------------------------------------------------------------------------------------ 2. app page
@@ -147,6 +190,10 @@ def test_promote_and_rollback_from_the_app_page_run_as_the_signed_in_token(dash:
     assert (rolled["number"], rolled["kind"], rolled["actor"], rolled["reason"]) == \
         (3, "rollback", "alice", "v2 misbehaves")
     assert server.app.serves("production") == "v1"
+    page.goto(f"{server.url}/apps/hello/releases/production/3")  # the rollback's record
+    expect(page.locator("[data-testid=not-undone]")).to_contain_text("ran in production#2")
+    expect(page.locator("[data-testid=commits]")).to_contain_text("removes")
+    shot(page, "release-rollback")
 
     # A failed operation offers to run the same again, through the same confirmation.
     assert server.cli("deploy", "staging", "no-such-ref").code == 2
@@ -170,6 +217,128 @@ def test_promote_and_rollback_from_the_app_page_run_as_the_signed_in_token(dash:
     page.goto(f"{server.url}/delivery")
     expect(page.locator("[data-testid=window-90] svg.chart")).to_have_count(1)
     shot(page, "delivery")
+
+
+def test_a_queued_operation_is_cancelled_from_the_app_page_as_the_signed_in_token(dash: ServerProcess,
+                                                                                  browser_page: Any) -> None:
+    server, app, page = dash, dash.app, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    with held_task(app) as (listener, accepted):
+        sha = server.push()
+        follower = server.cli_start("deploy", "staging", sha)
+        wait_for_task(listener, accepted)  # that deploy runs, held at its pre-deploy task
+        running = server.api("GET", "/api/operations?limit=1")[1]["operations"][0]
+        status, queued = server.api("POST", "/api/apps/hello/deploy", {"env": "staging", "ref": "v2"})
+        assert status == 202 and queued["state"] == "queued", queued
+        sign_in(page, server, server.token("alice", "operate:hello"))
+        page.goto(f"{server.url}/apps/hello")
+        expect(page.locator(f"[data-testid=queued][data-operation='{running['id']}'] "
+                            "[data-testid=cancel]")).to_have_count(0)  # only a queued one offers it
+        page.locator(f"[data-testid=queued][data-operation='{queued['id']}'] [data-testid=cancel]").click()
+        plan = page.locator("[data-testid=plan]")
+        expect(plan).to_contain_text(f"take #{queued['id']} (deploy hello → staging, queued by admin")
+        expect(plan).to_contain_text("record it as cancelled by alice")
+        shot(page, "confirm-cancel")
+        page.click("[data-testid=confirm]")
+        expect(page.locator("[data-testid=op-state]")).to_contain_text("cancelled")
+        cancelled = server.operation(queued["id"])
+        assert cancelled["state"] == "cancelled" and cancelled["note"] == "cancelled by alice while queued"
+        shot(page, "operation-cancelled")
+
+        refused = page.request.post(f"{server.url}/apps/hello/actions/cancel", form={
+            "operation": str(running["id"]), "confirm": "yes", "csrf": csrf_of(page)})
+        assert refused.status == 409 and "only a queued operation can be cancelled" in refused.text()
+        accepted[0].close()
+        assert follower.wait(timeout=180) == 0
+    assert [r["sha"] for r in history(server, "staging")][:1] == [sha]  # the cancelled deploy never ran
+
+
+def test_lock_and_unlock_from_the_app_page_are_recorded_as_the_signed_in_token(dash: ServerProcess,
+                                                                               browser_page: Any) -> None:
+    server, page = dash, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    sign_in(page, server, server.token("bob", "block"))
+    page.goto(f"{server.url}/apps/hello")
+    staging = page.locator("[data-testid=env][data-env=staging]")
+    expect(staging.locator("[data-testid=deploy]")).to_have_count(0)  # "block" does not operate
+    staging.locator("input[name=reason]").fill("db maintenance")
+    staging.locator("[data-testid=lock]").click()
+    expect(page.locator("[data-testid=plan]")).to_contain_text("lock hello/staging")
+    expect(page.locator("[data-testid=plan]")).to_contain_text("db maintenance")
+    page.click("[data-testid=confirm]")
+    expect(staging.locator("[data-testid=block]")).to_contain_text("locked (env) by bob: “db maintenance”")
+    blocks = server.api("GET", "/api/apps/hello/blocks")[1]
+    assert [(b["actor"], b["reason"], b["env"]) for b in blocks] == [("bob", "db maintenance", "staging")]
+    page.goto(f"{server.url}/")
+    expect(tile(page, "staging").locator("i")).to_have_text("locked")
+    expect(tile(page, "staging")).to_contain_text("locked by bob: “db maintenance”")
+    shot(page, "overview-locked")
+
+    page.goto(f"{server.url}/apps/hello")
+    staging.locator("[data-testid=unlock]").click()
+    expect(page.locator("[data-testid=plan]")).to_contain_text("lift the env lock on hello/staging")
+    page.click("[data-testid=confirm]")
+    expect(staging.locator("[data-testid=block]")).to_have_count(0)
+    assert server.api("GET", "/api/apps/hello/blocks")[1] == []
+
+
+def test_a_dead_holders_stuck_state_is_cleared_from_the_app_page(dash: ServerProcess, browser_page: Any) -> None:
+    server, app, page = dash, dash.app, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    with held_task(app) as (listener, accepted):
+        victim = app.start("deploy", "staging", "HEAD", CONVEYOR_LEASE_TTL="2")  # a CLI on the same ledger
+        wait_for_task(listener, accepted)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        wait_until_lease_expired(app, "staging")
+        sign_in(page, server, server.token("carol", "block"))
+        page.goto(f"{server.url}/apps/hello")
+        staging = page.locator("[data-testid=env][data-env=staging]")
+        expect(staging).to_contain_text("holder gone since")
+        shot(page, "app-stuck")
+        staging.locator("input[aria-label='recover reason']").fill("deploy box rebooted")
+        staging.locator("[data-testid=recover]").click()
+        expect(page.locator("[data-testid=plan]")).to_contain_text("take over staging's lease if its holder is gone")
+        page.click("[data-testid=confirm]")
+        expect(staging.locator("[data-testid=recover]")).to_have_count(0)
+        expect(staging).not_to_contain_text("holder gone since")
+    latest = history(server, "staging")[0]
+    assert (latest["number"], latest["status"]) == (2, "interrupted")
+    recorded = ledger_events(app, "staging", "recover")[-1].message
+    assert "deploy box rebooted" in recorded and "carol" in recorded
+
+
+def test_the_app_pages_history_pages_on_25_at_a_time(dash: ServerProcess, browser_page: Any) -> None:
+    """30 releases of staging: one real deploy, then 29 more recorded through the ledger's own API with its
+    commit, artifact and spec (paging is a view of the ledger; 29 real deploys would only cost minutes)."""
+    from conveyor.ledger import open_ledger
+
+    server, page = dash, browser_page
+    server.cli_ok("deploy", "staging", "v1")
+    ledger = open_ledger(server.app.ledger_url)
+    try:
+        real = ledger.get_release("hello", "staging", 1)
+        assert real is not None
+        for number in range(2, 31):
+            made = ledger.create_release(
+                app="hello", env="staging", kind="deploy", sha=real.sha, digest=real.digest, image=real.image,
+                spec=real.spec, config_digest=real.config_digest, actor="ci", origin="test",
+                reason=f"release {number}", forced=False, previous_number=number - 1, source_release_id=None)
+            ledger.update_release(made.id, status="succeeded", finished=True)
+    finally:
+        ledger.close()
+    sign_in(page, server, server.token("viewer", "read"))
+    page.goto(f"{server.url}/apps/hello")
+    rows = page.locator("[data-testid=history-row]")
+    expect(rows).to_have_count(25)
+    expect(rows.first).to_contain_text("staging#30")
+    expect(rows.last).to_contain_text("staging#6")
+    page.click("[data-testid=older]")
+    expect(rows).to_have_count(5)
+    expect(rows.first).to_contain_text("staging#5")
+    expect(rows.last).to_contain_text("staging#1")
+    expect(page.locator("[data-testid=older]")).to_have_count(0)
+    shot(page, "app-history-page-2")
 
 
 # ------------------------------------------------------------------------- 6. sign-in, CSRF, scopes
@@ -228,7 +397,7 @@ def test_anonymous_read_is_a_server_option_and_shows_no_actions(app: App, browse
         server.add_app()
         page = browser_page
         page.goto(server.url + "/")
-        expect(page.locator("tr.app[data-app=hello]")).to_have_count(1)
+        expect(page.locator("tr[data-app=hello]")).to_have_count(1)
         page.goto(server.url + "/apps/hello")
         expect(page.locator("[data-testid=actions]")).to_have_count(0)
         refused = page.request.post(f"{server.url}/apps/hello/actions/lock",
@@ -241,7 +410,7 @@ def test_anonymous_read_is_a_server_option_and_shows_no_actions(app: App, browse
         try:
             bare = no_js.new_page()
             bare.goto(server.url + "/")
-            expect(bare.locator("tr.app[data-app=hello] td.tile")).to_have_count(2)
+            expect(bare.locator("tr[data-app=hello] td[data-env]")).to_have_count(2)
             expect(bare.locator("[data-testid=operations]")).to_contain_text("Nothing is running")
             shot(bare, "overview-no-js-phone", test=page.test_name)
         finally:

@@ -9,11 +9,12 @@ spec is left out (it is the heavy column and no tile shows it).
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, func, or_, select, tuple_
 
 from conveyor.ledger.models import Block
 from conveyor.ledger.schema import blocks, events, operation_events, operations, release_counters, releases
@@ -67,15 +68,46 @@ def heads_query() -> Any:
                   .label("live_id"), newest().label("latest_id"))
 
 
-def env_heads(ledger: Ledger) -> dict[tuple[str, str], EnvHeads]:
-    """Every app+env's live release and latest attempt: two queries in all."""
+def env_heads(ledger: Ledger, only: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], EnvHeads]:
+    """Every app+env's live release and latest attempt (or only those named): two queries in all."""
+    query = heads_query()
+    if only is not None:
+        query = query.where(tuple_(release_counters.c.app, release_counters.c.env).in_(only))
     with ledger._read() as conn:
-        found = conn.execute(heads_query()).all()
+        found = conn.execute(query).all()
         wanted = {i for row in found for i in (row.live_id, row.latest_id) if i is not None}
         rows = conn.execute(select(*(releases.c[name] for name in TILE_COLUMNS))
                             .where(releases.c.id.in_(wanted))).all() if wanted else []
     by_id = {row[0]: TileRelease(*row) for row in rows}  # by position: TILE_COLUMNS is the field order
     return {(row.app, row.env): EnvHeads(by_id.get(row.live_id), by_id.get(row.latest_id)) for row in found}
+
+
+class HeadsCache:
+    """env_heads kept current from the hash chain: every write of a release row (recorded, and each
+    change of status or step) appends an event naming its app+env in the same transaction, and chained
+    writes are serialised, so the events after the last one seen name every app+env whose heads may have
+    moved. A view re-reads those only: one deploy costs one app+env's seeks, not 1,500."""
+
+    def __init__(self) -> None:
+        self._heads: dict[tuple[str, str], EnvHeads] = {}
+        self._seen: int | None = None
+        self._lock = threading.Lock()
+
+    def heads(self, ledger: Ledger) -> dict[tuple[str, str], EnvHeads]:
+        """The current heads; the dict returned is never changed afterwards (a change makes a new one)."""
+        with self._lock:
+            with ledger._read() as conn:
+                newest = conn.execute(select(func.max(events.c.id))).scalar() or 0
+                moved = [] if self._seen is None or newest == self._seen else [
+                    (row.app, row.env) for row in conn.execute(
+                        select(events.c.app, events.c.env).where(events.c.id > self._seen,
+                                                                 events.c.release_id.is_not(None)).distinct())]
+            if self._seen is None:
+                self._heads = env_heads(ledger)
+            elif moved:
+                self._heads = {**self._heads, **env_heads(ledger, moved)}
+            self._seen = newest
+            return self._heads
 
 
 def blocks_in_force(ledger: Ledger) -> list[Block]:

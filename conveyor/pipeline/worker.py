@@ -32,6 +32,7 @@ from conveyor.pipeline.outcome import error_kind, failure, release_result
 if TYPE_CHECKING:
     from conveyor.ledger.server_store import Operation
     from conveyor.ledger.store import Ledger
+    from conveyor.pipeline.live_checks import LiveChecks
     from conveyor.pipeline.workspace import Workspace
 
 log = logging.getLogger("conveyor.server")
@@ -102,6 +103,7 @@ class Server:
         self.queue_woken = Wakeup()
         self.events_woken = Wakeup()
         self.pool: WorkerPool | None = None
+        self.checks: LiveChecks | None = None  # the overview's cached target checks (pipeline/live_checks.py)
 
     def running(self) -> list[int]:
         """The operations this replica's workers are performing now."""

@@ -81,9 +81,11 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
           notify: Path | None = None, anonymous_read: bool = False, public_url: str | None = None) -> None:
     from conveyor.ledger import open_ledger
     from conveyor.ledger.server_store import EVENTS_CHANNEL, listen
+    from conveyor.pipeline.live_checks import LiveChecks, check_interval
     from conveyor.server.logs import configure
 
     defaults = notify_defaults(notify)
+    check_every = check_interval()
     public_url = check_public_url(public_url)
     host, port = parse_bind(bind)
     configure()
@@ -91,6 +93,10 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
     except OSError as exc:
         raise BadInput(f"cannot listen on {bind}: {exc.strerror or exc}") from None
+    # Accepted connections inherit this (Linux). asyncio sets it only on sockets created with proto
+    # IPPROTO_TCP, which create_server's are not: without it a keep-alive client waits out a delayed ACK
+    # (~40 ms) on every response written in two parts (head, then body).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     ledger = open_ledger()
     server = Server(ledger, home, notify_defaults=defaults, public_url=public_url)
     pool = WorkerPool(server, workers=workers, ttl=ttl)
@@ -105,6 +111,9 @@ def serve(*, bind: str, workers: int, ttl: float, home: Path, say: Callable[[str
                             timeout_keep_alive=5, timeout_graceful_shutdown=5, lifespan="off", access_log=False)
     runner = DrainingServer(config, pool, say)
     start_poller(server, stop_listening)
+    if check_every:
+        server.checks = LiveChecks(server, check_every)
+        server.checks.start(stop_listening)
     pool.start()
     bound = sock.getsockname()
     say(f"conveyor server listening on http://{bound[0]}:{bound[1]} (replica {server.replica}, {workers} "

@@ -30,6 +30,7 @@ ACTIONS = {
     "unlock": Action("Unlock", "block", False),
     "recover": Action("Recover", "block", False),
     "flush": Action("Retry undelivered", "block", False),
+    "cancel": Action("Cancel a queued operation", "operate:{app}", False),
 }
 
 
@@ -62,6 +63,11 @@ def _params(action: str, fields: dict[str, str]) -> dict[str, Any]:
 
 def plan(server: Server, app: str, action: str, fields: dict[str, str], identity: Identity) -> Plan:
     """What the action would do, as its confirmation shows it; nothing is changed."""
+    if action == "cancel":
+        try:
+            return Plan(_cancel_plan(server, app, fields, identity), [], "")
+        except ConveyorError as exc:
+            return Plan([], [], exc.message)
     try:
         ws = server.workspace(app, identity=identity, fetch=ACTIONS[action].queued)
     except ConveyorError as exc:
@@ -111,8 +117,36 @@ def _describe(ws: Workspace, action: str, fields: dict[str, str]) -> list[str]:
     return ["retry every undelivered outbox item of the app now", f"reason: {reason}"]
 
 
+def _queued_operation(server: Server, app: str, fields: dict[str, str]) -> Any:
+    """The operation a cancel form names: one of this app's, still queued."""
+    from conveyor.errors import Refused
+
+    number = fields.get("operation", "").strip()
+    found = server.store.get_operation(int(number)) if number.isdigit() and len(number) < 19 else None
+    if found is None or found.app != app:
+        raise BadInput(f"no operation #{number} of {app}")
+    if found.state != "queued":
+        raise Refused(f"operation #{found.id} is {found.state}: only a queued operation can be cancelled")
+    return found
+
+
+def _cancel_plan(server: Server, app: str, fields: dict[str, str], identity: Identity) -> list[str]:
+    op = _queued_operation(server, app, fields)
+    where = f" → {op.lane}" if op.lane else ""
+    return [f"take #{op.id} ({op.kind} {app}{where}, queued by {op.actor} via {op.origin} at "
+            f"{op.created_at:%Y-%m-%d %H:%M:%S} UTC) out of the queue: it never runs",
+            f"record it as cancelled by {identity.actor}",
+            "nothing else changes: what is running carries on, and the operations queued after it move up",
+            "if it has started by the time you confirm, nothing is cancelled (a running operation cannot be)"]
+
+
 def perform(server: Server, app: str, action: str, fields: dict[str, str], identity: Identity) -> Outcome:
     try:
+        if action == "cancel":
+            from conveyor.pipeline import queue as queue_ops
+
+            op = _queued_operation(server, app, fields)
+            return Outcome(operation=int(queue_ops.cancel(server.store, op.id, identity.actor).id))
         if ACTIONS[action].queued:
             return Outcome(operation=_submit(server, app, action, _params(action, fields), identity))
         ws = server.workspace(app, identity=identity)

@@ -28,8 +28,17 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from conveyor.errors import ConveyorError
+from conveyor.ledger.dashboard import HeadsCache
 from conveyor.pipeline.identity import Identity
-from conveyor.pipeline.overview import CommitFacts, build_activity, build_overview, unfinished_operations
+from conveyor.pipeline.overview import (
+    AppRow,
+    CommitFacts,
+    RowMemo,
+    Tile,
+    build_activity,
+    build_overview,
+    unfinished_operations,
+)
 from conveyor.pipeline.worker import Server
 from conveyor.server.web import actions
 from conveyor.server.web.session import COOKIE, MAX_AGE, Person, Sessions, signing_key
@@ -53,12 +62,14 @@ def templates() -> Environment:
     return env
 
 
-def ago(moment: datetime | str | None) -> str:
+def ago(moment: datetime | str | float | None, now: float | None = None) -> str:
+    """How long ago, to the minute (a float is a time.time() stamp)."""
     if not moment:
         return ""
     if isinstance(moment, str):  # the views' ISO times
         moment = datetime.fromisoformat(moment)
-    delta = (datetime.now(UTC) - moment).total_seconds()
+    stamp = moment if isinstance(moment, float) else moment.timestamp()
+    delta = (time.time() if now is None else now) - stamp
     for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
         if delta >= size:
             return f"{int(delta // size)} {unit} ago"
@@ -80,7 +91,7 @@ def seconds(value: float | None) -> str:
 def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
     jinja = templates()
     sessions = Sessions(server.ledger, signing_key(server.home))
-    facts = CommitFacts(server.home)
+    facts = CommitFacts(server.home, on_learned=server.events_woken.bump)
     api.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @api.exception_handler(NotAllowed)
@@ -120,9 +131,18 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
             response.headers["Vary"] = "Accept-Encoding"
         return response
 
-    live_cache = LiveCache(server, activity=lambda: jinja.get_template("_overview_ops.html").render(
-        activity=build_activity(server.ledger)), apps=lambda: jinja.get_template("_overview_apps.html").render(
-        view=build_overview(server.ledger, facts)))
+    heads, memo, rows = HeadsCache(), RowMemo(), RowCache(jinja.get_template("_overview_row.html"))
+
+    def render_apps() -> str:
+        view = build_overview(server.ledger, facts, heads=heads.heads(server.ledger), checks=server.checks,
+                              memo=memo)
+        return jinja.get_template("_overview_apps.html").render(
+            view=view, rows_html=rows.html(view.apps, checks=server.checks is not None))
+
+    def render_activity() -> str:
+        return jinja.get_template("_overview_ops.html").render(activity=build_activity(server.ledger))
+
+    live_cache = LiveCache(server, facts.learned_total, activity=render_activity, apps=render_apps)
 
     # ------------------------------------------------------------------------------------ sign-in
 
@@ -307,8 +327,9 @@ class LiveCache:
     the ledger's change marker (a few index-only reads) and the minute, so "5 min ago" and blocks that
     expire are at most a minute old; an operation's new event re-renders only the small activity part."""
 
-    def __init__(self, server: Server, **renderers: Callable[[], str]) -> None:
+    def __init__(self, server: Server, learned: Callable[[], int], **renderers: Callable[[], str]) -> None:
         self._server = server
+        self._learned = learned  # how much git has told the overview so far (CommitFacts)
         self._renderers = renderers
         self._keys: dict[str, Any] = {}
         self._html: dict[str, str] = {}
@@ -317,12 +338,15 @@ class LiveCache:
     def key(self) -> Any:
         from conveyor.ledger.dashboard import change_marker
 
-        return change_marker(self._server.ledger), int(time.time() // 60)
+        checks = self._server.checks
+        return (change_marker(self._server.ledger), int(time.time() // 60),
+                (checks.generation if checks else 0, self._learned()))
 
     @staticmethod
     def part_key(part: str, key: Any) -> Any:
-        marker, minute = key
-        return key if part == "activity" else (marker[:1] + marker[2:], minute)
+        """The activity part shows the operations' newest events; the grid shows the rest and the checks."""
+        marker, minute, checked = key
+        return (marker, minute) if part == "activity" else (marker[:1] + marker[2:], minute, checked)
 
     def html(self, part: str, key: Any) -> str:
         wanted = self.part_key(part, key)
@@ -353,3 +377,44 @@ async def _changes(server: Server, live: LiveCache) -> AsyncIterator[ServerSentE
                 await asyncio.wait_for(woken.wait(), timeout=LIVE_LOOK)
     finally:
         unsubscribe()
+
+
+class RowCache:
+    """Each app's rendered overview row, kept while what it shows stays the same: after one deploy the
+    grid re-renders that app's row, not 500 of them. The same row object (RowMemo) in the same minute is
+    the same HTML; in a new minute only rows whose worded times ("5 min ago") changed are rendered again.
+    Used under LiveCache's lock (one rendering at a time)."""
+
+    def __init__(self, template: Any) -> None:
+        self._template = template
+        self._rows: dict[str, tuple[Any, Any, str]] = {}
+
+    def html(self, apps: list[AppRow], *, checks: bool) -> str:
+        now = time.time()
+        quick_key = (checks, int(now // 60))
+        kept: dict[str, tuple[Any, Any, str]] = {}
+        for row in apps:
+            known = self._rows.get(row.name)
+            if known is None or known[0][0] is not row or known[0][1] != quick_key:
+                full = (checks, row_key(row, now))
+                html = known[2] if known is not None and known[1] == full else self._template.render(
+                    row=row, checks=checks)
+                known = ((row, quick_key), full, html)
+            kept[row.name] = known
+        self._rows = kept  # apps gone from the view are dropped
+        return "".join(html for _, _, html in kept.values())
+
+
+def row_key(row: AppRow, now: float) -> tuple[Any, ...]:
+    """Everything an app's row shows, with its times as the row words them ("5 min ago")."""
+    waiting = tuple((w.source, w.counted, w.count, tuple(w.authors), ago(w.oldest, now)) for w in row.waiting)
+    return tuple(_tile_key(t, now) for t in row.tiles) + waiting
+
+
+def _tile_key(t: Tile, now: float) -> tuple[Any, ...]:
+    live, latest, lease, check = t.live, t.latest, t.lease, t.check
+    return (t.env, t.state, t.subject, live and (live.id, ago(live.finished_at, now)),
+            latest and (latest.id, latest.status),
+            lease and (lease.actor, lease.operation, ago(lease.acquired_at, now)),
+            tuple((b.id, ago(b.created_at, now)) for b in t.blocks),
+            check and (check.word, check.detail, ago(check.checked_at, now)))
