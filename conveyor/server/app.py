@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
@@ -60,6 +61,9 @@ def create_app(server: Server, *, anonymous_read: bool = False) -> FastAPI:
     api = FastAPI(title="conveyor", version="1", openapi_url="/api/openapi.json", docs_url=None, redoc_url=None,
                   responses=ERRORS)
     api.add_middleware(BoundedRequests)
+    # Big pages (the overview of hundreds of apps, long histories) go gzipped to a client that takes it;
+    # Starlette's middleware leaves event streams alone.
+    api.add_middleware(GZipMiddleware, minimum_size=16_384, compresslevel=5)
     bearer = HTTPBearer(auto_error=False, description="A token from `conveyor server token create`.")
 
     @api.exception_handler(ApiError)

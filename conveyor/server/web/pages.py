@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gzip
 import json
 import threading
 import time
@@ -122,15 +121,6 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
                                                else "", anonymous_read=anonymous_read, **values)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
-    def compressed(request: Request, response: HTMLResponse) -> HTMLResponse:
-        """Big pages (the overview of hundreds of apps) go gzipped to a browser that takes it."""
-        if len(response.body) > 16_384 and "gzip" in request.headers.get("accept-encoding", ""):
-            response.body = gzip.compress(response.body, compresslevel=5)
-            response.headers["Content-Encoding"] = "gzip"
-            response.headers["Content-Length"] = str(len(response.body))
-            response.headers["Vary"] = "Accept-Encoding"
-        return response
-
     heads, memo, rows = HeadsCache(), RowMemo(), RowCache(jinja.get_template("_overview_row.html"))
 
     def render_apps() -> str:
@@ -185,8 +175,8 @@ def add_pages(api: FastAPI, server: Server, *, anonymous_read: bool) -> None:
     def overview(request: Request) -> Response:
         person = reader(request)
         key = live_cache.key()
-        return compressed(request, page("overview.html", person, activity_html=live_cache.html("activity", key),
-                                        apps_html=live_cache.html("apps", key)))
+        return page("overview.html", person, activity_html=live_cache.html("activity", key),
+                    apps_html=live_cache.html("apps", key))
 
     @api.get("/live", include_in_schema=False)
     async def live(request: Request) -> EventSourceResponse:
