@@ -57,21 +57,17 @@ def check_interval() -> float:
 def judge(target: Target, release: Any) -> tuple[str, str]:
     """The verdict on one live release: an outage (it does not answer) outweighs drift (something else
     serves); the same two questions `conveyor status` asks, from the release's stored spec."""
-    spec = release.spec
-    try:
-        outage = target.probe(spec)
-    except Exception as exc:  # the probe itself failing is an outage of what it needs
-        outage = f"cannot check that {release.env}#{release.number} answers: {exc}"
+    from conveyor.pipeline.views import target_outage, target_serving
+
+    outage = target_outage(target, release)
     if outage:
         return "outage", outage
-    try:
-        state = target.live(release.app, release.env, spec)
-    except Exception as exc:
-        return "answering", f"answers; what serves is unknown ({exc})"
-    if state is None:
-        return "drift", f"not {release.env}#{release.number}: the target serves no release it knows of"
-    if state.image != release.image:  # the label first: a tile shortens what follows
-        return "drift", f"not {release.env}#{release.number}: the target serves {state.image}"
+    serving, drift, _ = target_serving(target, release.app, release.env, release)
+    if drift is None:  # the target could not say what serves
+        return "answering", f"answers; what serves is {serving}"
+    if drift:  # the label first: a tile shortens what follows
+        what = "no release it knows of" if serving is None else serving
+        return "drift", f"not {release.env}#{release.number}: the target serves {what}"
     return "answering", "answers, serving the live release"
 
 

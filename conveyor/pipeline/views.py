@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conveyor.ledger.models import Block, Lease, Release
 from conveyor.pipeline.workspace import Workspace
+
+if TYPE_CHECKING:
+    from conveyor.targets.base import Target
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -137,8 +140,14 @@ def _serving(ws: Workspace, kind: str, app: str, env: str, live: Release | None)
 def _serving_hosts(ws: Workspace, kind: str, app: str, env: str,
                    live: Release | None) -> tuple[str | None, bool | None, list[dict[str, Any]] | None]:
     """What serves, whether that drifts from the ledger's live release, and for a fleet the same per host."""
+    return target_serving(ws.target(kind), app, env, live)
+
+
+def target_serving(target: Target, app: str, env: str,
+                   live: Release | None) -> tuple[str | None, bool | None, list[dict[str, Any]] | None]:
+    """_serving_hosts, asked of a target the caller holds (the server's overview checks hold their own)."""
     try:
-        state = ws.target(kind).live(app, env, live.spec if live else None)
+        state = target.live(app, env, live.spec if live else None)
     except Exception as exc:  # status must still show the ledger when the target is unreachable
         return f"unknown ({exc})", None, None
     if state is None:
@@ -153,8 +162,13 @@ def _outage(ws: Workspace, live: Release | None) -> str | None:
     """Why the live release does not answer, or None when it does (or nothing is deployed)."""
     if live is None:
         return None
+    return target_outage(ws.target(live.spec["target"]), live)
+
+
+def target_outage(target: Target, live: Release) -> str | None:
+    """_outage, asked of a target the caller holds."""
     try:
-        return ws.target(live.spec["target"]).probe(live.spec)
+        return target.probe(live.spec)
     except Exception as exc:  # the probe itself failing is an outage of what it needs
         return f"cannot check that {live.env}#{live.number} answers: {exc}"
 
