@@ -58,8 +58,9 @@ class Runner(Protocol):
     def stream(self, argv: Sequence[str]) -> Stream:
         """Start argv with its output (stdout and stderr together) readable line by line as it comes."""
 
-    def attached(self, argv: Sequence[str]) -> int:
-        """Run argv on the caller's own terminal (stdin, stdout and stderr inherited); its exit code."""
+    def attached(self, argv: Sequence[str], *, tty: bool = False) -> int:
+        """Run argv on the caller's own terminal (stdin, stdout and stderr inherited); its exit code. `tty`:
+        the program wants a terminal (a runner reaching another machine must allocate one there)."""
 
     def detach(self, argv: Sequence[str], *, env: Mapping[str, str], log: str) -> int:
         """Start a daemon that outlives conveyor (its own session, stdin from /dev/null, output appended to
@@ -98,7 +99,7 @@ class LocalRunner:
             raise _missing(command, exc) from None
         return _LocalStream(command, process)
 
-    def attached(self, argv: Sequence[str]) -> int:
+    def attached(self, argv: Sequence[str], *, tty: bool = False) -> int:
         command = list(argv)
         try:
             return subprocess.run(command).returncode
@@ -158,20 +159,22 @@ class RecordingRunner:
 
     answer: Answer = field(default=lambda argv: None)
     calls: list[tuple[str, ...]] = field(default_factory=list)
+    inputs: list[str | None] = field(default_factory=list)  # what each call got on stdin
 
-    def _reply(self, argv: Sequence[str]) -> Completed:
+    def _reply(self, argv: Sequence[str], input: str | None = None) -> Completed:
         key = tuple(argv)
         self.calls.append(key)
+        self.inputs.append(input)
         return self.answer(key) or Completed(key, 0, "", "")
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None,
             merge_stderr: bool = False) -> Completed:
-        return self._reply(argv)
+        return self._reply(argv, input)
 
     def stream(self, argv: Sequence[str]) -> Stream:
         return _RecordedStream(self._reply(argv))
 
-    def attached(self, argv: Sequence[str]) -> int:
+    def attached(self, argv: Sequence[str], *, tty: bool = False) -> int:
         return self._reply(argv).returncode
 
     def detach(self, argv: Sequence[str], *, env: Mapping[str, str], log: str) -> int:

@@ -53,7 +53,8 @@ def test_the_local_runner_runs_argv_as_given_and_maps_outside_failures() -> None
         runner.run(["sleep", "60"], timeout=0.5)  # sleep cannot end before its 60 s
 
 
-def test_a_container_starts_with_exactly_these_arguments_and_secrets_go_by_name() -> None:
+def test_a_container_starts_with_exactly_these_arguments_and_secrets_go_by_name(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from conveyor.targets.container_host.engine import SECRET_LABEL, Engine
 
     def answer(argv: tuple[str, ...]) -> Completed | None:
@@ -65,13 +66,16 @@ def test_a_container_starts_with_exactly_these_arguments_and_secrets_go_by_name(
 
     runner = RecordingRunner(answer)
     engine = Engine("podman", "/usr/bin/podman", runner)
+    monkeypatch.setenv("DB_PASSWORD", "s3cret-value")
     started = engine.run_detached("reg/app@sha256:ab", name="c1", labels={"conveyor.app": "app"},
                                   env={"APP_VERSION": "v1"}, secret_names=["DB_PASSWORD"], init=True, publish=4000)
     assert started == "f00dcafe"
     create, run = runner.calls[1], runner.calls[2]
-    assert create[:6] == ("/usr/bin/podman", "secret", "create", "--label", f"{SECRET_LABEL}=c1", "--env")
-    secret = create[6]
-    assert create[7:] == ("DB_PASSWORD",)  # podman reads the value from the environment: it is in no argv
+    assert create[:5] == ("/usr/bin/podman", "secret", "create", "--label", f"{SECRET_LABEL}=c1")
+    secret = create[5]
+    assert create[6:] == ("-",)  # podman reads the value on its stdin: it is in no argv
+    assert runner.inputs[1] == "s3cret-value"
+    assert not any("s3cret-value" in argument for call in runner.calls for argument in call)
     assert run == ("/usr/bin/podman", "run", "-d", "--name", "c1", "--init", "--label", "conveyor.app=app",
                    "-p", "127.0.0.1:4000:4000", "-e", "APP_VERSION=v1",
                    "--secret", f"{secret},type=env,target=DB_PASSWORD", "reg/app@sha256:ab")

@@ -3,12 +3,16 @@
 Only argument lists are passed (never a shell). Engine settings specific to a machine (ulimits, runtime,
 cgroup manager, network mode, storage) are the engine's own configuration, read by the engine from its
 config files or the environment; nothing here sets them. Secret values never appear in an argument list.
-With podman each secret becomes a podman secret (`podman secret create --env`, which reads the value from
-this process's environment) created right before the container starts and removed with the container,
-passed as `--secret NAME,type=env,target=VAR`; podman 5.3 and later mask its value in `podman inspect`
-(older ones, Debian 12's 4.3 among them, still show it in Config.Env). With
-docker (whose secrets need swarm) a secret is passed as `-e NAME`: docker reads the value from this
-process's environment, and `docker inspect` shows it in the container's Config.Env.
+With podman each secret becomes a podman secret (`podman secret create NAME -`, which reads the value on
+its stdin, so it crosses an SSH connection to a fleet host the same way) created right before the
+container starts and removed with the container, passed as `--secret NAME,type=env,target=VAR`; podman 5.3
+and later mask its value in `podman inspect` (older ones, Debian 12's 4.3 among them, still show it in
+Config.Env). With docker (whose secrets need swarm) a secret is passed as `-e NAME`: docker reads the value
+from this process's environment, and `docker inspect` shows it in the container's Config.Env; a remote
+host does not have that environment, so a fleet refuses docker with secrets.
+
+Every call goes through a Machine (this one, or a fleet host over SSH): its runner runs the argv, and a
+registry login's auth file is written there.
 """
 
 from __future__ import annotations
@@ -19,14 +23,14 @@ import json
 import os
 import re
 import secrets as random_tokens
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from conveyor.errors import InfrastructureMissing, TargetError
-from conveyor.runner import CommandTimedOut, Completed, LocalRunner, Runner
+from conveyor.errors import BadInput, InfrastructureMissing, TargetError
+from conveyor.runner import CommandTimedOut, Completed, Runner
+from conveyor.targets.container_host.machine import LocalMachine, Machine
 
 ENGINES = ("podman", "docker")
 # Short engine calls (inspect, ps, stop) should answer in well under a second; this bounds a hung engine.
@@ -66,19 +70,15 @@ class RegistryLogin:
 
 
 @contextlib.contextmanager
-def auth_directory(login: RegistryLogin | None) -> Iterator[str | None]:
-    """A fresh directory (0700) holding the login's auth file (0600) for as long as one pull runs."""
+def auth_directory(login: RegistryLogin | None, machine: Machine | None = None) -> Iterator[str | None]:
+    """A fresh directory (0700) on the machine holding the login's auth file (0600) while one pull runs."""
     if login is None:
         yield None
         return
-    directory = tempfile.mkdtemp(prefix="conveyor-auth-")
-    try:
-        descriptor = os.open(os.path.join(directory, AUTH_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            out.write(login.auth_file())
-        yield directory
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+    where = machine or LocalMachine()
+    with where.private_dir() as directory:
+        where.write_text(Path(directory) / AUTH_FILE, login.auth_file(), private=True)
+        yield str(directory)
 
 
 def summarise(stderr: str, limit: int = 400) -> str:
@@ -94,31 +94,35 @@ def summarise(stderr: str, limit: int = 400) -> str:
 class Engine:
     """One container engine CLI (podman or docker); every call goes through `runner` (argv in, result out)."""
 
-    def __init__(self, name: str, binary: str, runner: Runner | None = None) -> None:
+    def __init__(self, name: str, binary: str, runner: Runner | None = None, *,
+                 machine: Machine | None = None) -> None:
         self.name = name
         self.binary = binary
-        self.runner: Runner = runner or LocalRunner()
+        self.machine: Machine = machine or LocalMachine(runner)
+        self.runner: Runner = runner or self.machine.runner
 
     @classmethod
-    def detect(cls, configured: str = "auto", runner: Runner | None = None) -> Engine:
+    def detect(cls, configured: str = "auto", runner: Runner | None = None, *,
+               machine: Machine | None = None) -> Engine:
         """The configured engine, or for `auto` podman when installed, else a docker whose daemon answers."""
         if configured not in ("auto", *ENGINES):
             raise InfrastructureMissing(
                 f"unknown container engine '{configured}' (use auto, podman or docker)"
             )
+        where = machine or LocalMachine(runner)
         if configured in ("auto", "podman"):
-            podman = shutil.which("podman")
+            podman = where.which("podman")
             if podman:
-                return cls("podman", podman, runner)
+                return cls("podman", podman, machine=where)
             if configured == "podman":
                 raise InfrastructureMissing("podman is not installed (or not on PATH); install it or set "
                                             "target.engine")
-        docker = shutil.which("docker")
+        docker = where.which("docker")
         if docker:
             # The docker CLI alone is no engine: it is only usable when its daemon answers.
-            problem = cls._docker_daemon_problem(docker, runner or LocalRunner())
+            problem = cls._docker_daemon_problem(docker, where.runner)
             if problem is None:
-                return cls("docker", docker, runner)
+                return cls("docker", docker, machine=where)
             if configured == "docker":
                 raise InfrastructureMissing(f"docker is installed but its daemon does not answer: {problem}")
         elif configured == "docker":
@@ -147,10 +151,11 @@ class Engine:
         except CommandTimedOut as exc:
             raise TargetError(f"{self.name} {args[0]} did not finish within {timeout:g}s") from exc
 
-    def _run(self, args: Sequence[str], what: str, timeout: float = CALL_TIMEOUT) -> Completed:
-        """The engine with these arguments, which must succeed."""
+    def _run(self, args: Sequence[str], what: str, timeout: float = CALL_TIMEOUT, *,
+             input: str | None = None) -> Completed:
+        """The engine with these arguments, which must succeed; `input` goes to its stdin."""
         try:
-            done = self.runner.run([self.binary, *args], timeout=timeout)
+            done = self.runner.run([self.binary, *args], timeout=timeout, input=input)
         except CommandTimedOut as exc:
             raise TargetError(f"{what}: {self.name} did not finish within {timeout:g}s") from exc
         if done.returncode != 0:
@@ -174,7 +179,7 @@ class Engine:
 
     def pull(self, image: str, login: RegistryLogin | None = None, *, insecure: bool = False) -> None:
         try:
-            with auth_directory(login) as auth_dir:
+            with auth_directory(login, self.machine) as auth_dir:
                 done = self.runner.run(self.pull_args(image, login, auth_dir, insecure), timeout=PULL_TIMEOUT)
         except CommandTimedOut as exc:
             raise TargetError(f"could not pull {image}: no answer within {PULL_TIMEOUT:g}s") from exc
@@ -259,6 +264,7 @@ class Engine:
         They are removed when the block fails, at its end unless `outlive` (a serving container: podman
         reads them again for `podman exec`), else with the container (`remove`). docker: {} (`-e NAME`)."""
         if self.name != "podman" or not names:
+            self.check_secrets_reach(names)
             yield {}
             return
         self._remove_orphaned_secrets()
@@ -266,9 +272,9 @@ class Engine:
         try:
             for var in names:
                 secret = f"{SECRET_PREFIX}{int(time.time())}.{random_tokens.token_hex(6)}"
-                # --env: podman reads the value from our environment; it never appears in an argument list.
-                self._run(["secret", "create", "--label", f"{SECRET_LABEL}={container}", "--env", secret, var],
-                          f"could not hand secret {var} to podman")
+                # "-": podman reads the value on stdin; it never appears in an argument list.
+                self._run(["secret", "create", "--label", f"{SECRET_LABEL}={container}", secret, "-"],
+                          f"could not hand secret {var} to podman", input=os.environ.get(var, ""))
                 created[var] = secret
             yield created
         except BaseException:
@@ -276,6 +282,13 @@ class Engine:
             raise
         if not outlive:
             self._remove_secrets(list(created.values()))
+
+    def check_secrets_reach(self, names: Sequence[str]) -> None:
+        """docker's `-e NAME` reads a secret from the environment of the process that starts the container:
+        a remote host does not have it, so docker with secrets is refused there before anything starts."""
+        if names and self.name == "docker" and not self.machine.shares_environment:
+            raise BadInput(f"host {self.machine.name}: docker would start the container without its secrets "
+                           f"({', '.join(names)}): a remote host cannot see them; use podman there")
 
     def _conveyor_secrets(self) -> dict[str, str]:
         """{secret name: the container it was made for} of every podman secret conveyor created."""

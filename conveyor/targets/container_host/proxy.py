@@ -29,14 +29,11 @@ with every app+env's current upstream.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
-import shutil
-import signal
+import secrets as random_tokens
 import socket
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -44,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.errors import BadInput, InfrastructureMissing, TargetError
-from conveyor.runner import LocalRunner, Runner
+from conveyor.targets.container_host.machine import LocalMachine, Machine, alive
 
 SLOTS = ("blue", "green")
 # The idle slot's address in a generated config: it is in maintenance there, so it is never dialled.
@@ -65,6 +62,7 @@ MAX_SOCKET_PATH = 107 - len(".4194304.tmp")
 NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 BIND = re.compile(r"\[?[A-Za-z0-9.:*-]*\]?")
 MISSING = "haproxy is not installed (apt-get install haproxy)"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 def site_name(app: str, env: str) -> str:
@@ -86,8 +84,8 @@ def split_upstream(upstream: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def haproxy_binary() -> str:
-    found = shutil.which("haproxy")
+def haproxy_binary(machine: Machine | None = None) -> str:
+    found = (machine or LocalMachine()).which("haproxy")
     if found is None:
         raise InfrastructureMissing(MISSING)
     return found
@@ -115,9 +113,10 @@ class HAProxy:
     upstreams), haproxy.pid (the master's pid), master.sock (master CLI), haproxy.sock (runtime API of the
     current worker), haproxy.log (HAProxy's stderr: failed requests, server state changes, alerts)."""
 
-    def __init__(self, state_dir: Path, runner: Runner | None = None) -> None:
+    def __init__(self, state_dir: Path, machine: Machine | None = None) -> None:
         self.dir = Path(state_dir)
-        self.runner: Runner = runner or LocalRunner()  # HAProxy's own process: its config check and its start
+        # Where HAProxy runs: its files, its sockets, its process (this machine, or a fleet host).
+        self.machine: Machine = machine or LocalMachine()
 
     @property
     def config_file(self) -> Path:
@@ -147,37 +146,24 @@ class HAProxy:
 
     def sites(self) -> dict[str, dict[str, Any]]:
         """Every app+env this HAProxy serves: name -> {app, env, bind, port, upstream}."""
-        try:
-            data = json.loads(self.state_file.read_text())
-        except FileNotFoundError:
+        text = self.machine.read_text(self.state_file)
+        if text is None:
             return {}
-        except (OSError, ValueError) as exc:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
             raise TargetError(f"cannot read {self.state_file}: {exc}") from exc
         sites = data.get("sites") if isinstance(data, dict) else None
         return dict(sites) if isinstance(sites, dict) else {}
 
     def _write_sites(self, sites: dict[str, dict[str, Any]]) -> None:
-        _write_atomically(self.state_file, json.dumps({"sites": sites}, indent=2, sort_keys=True) + "\n")
+        self.machine.write_text(self.state_file, json.dumps({"sites": sites}, indent=2, sort_keys=True) + "\n")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Serialises changes (and starts) across conveyor processes sharing this state dir."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.dir / "proxy.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            deadline = time.monotonic() + LOCK_TIMEOUT
-            while True:
-                try:
-                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise TargetError(f"another conveyor process held {self.dir / 'proxy.lock'} for "
-                                          f"{LOCK_TIMEOUT:g}s") from None
-                    time.sleep(0.05)
+        with self.machine.locked(self.dir / "proxy.lock", LOCK_TIMEOUT):
             yield
-        finally:
-            os.close(descriptor)  # closing releases the lock
 
     # -- config -------------------------------------------------------------------------------------
 
@@ -186,10 +172,12 @@ class HAProxy:
 
     def _check(self, binary: str, text: str) -> None:
         """Refuse a config HAProxy would refuse, before a running HAProxy is asked to load it."""
-        with tempfile.NamedTemporaryFile("w", dir=self.dir, prefix=".check-", suffix=".cfg") as candidate:
-            candidate.write(text)
-            candidate.flush()
-            done = self.runner.run([binary, "-c", "-q", "-f", candidate.name], timeout=30)
+        candidate = self.dir / f".check-{random_tokens.token_hex(4)}.cfg"
+        self.machine.write_text(candidate, text)
+        try:
+            done = self.machine.runner.run([binary, "-c", "-q", "-f", str(candidate)], timeout=30)
+        finally:
+            self.machine.remove(candidate)
         if done.returncode != 0:
             problem = _alert(done.stderr or done.stdout) or f"exit code {done.returncode}"
             raise TargetError(f"haproxy refused the generated config: {problem}")
@@ -201,7 +189,7 @@ class HAProxy:
             sock.settimeout(timeout)
             chunks: list[bytes] = []
             try:
-                sock.connect(str(path))
+                sock.connect(self.machine.unix_socket(path))
                 sock.sendall(command.encode() + b"\n")
                 # The CLI answers a non-interactive client once it has finished sending, then closes.
                 sock.shutdown(socket.SHUT_WR)
@@ -224,8 +212,6 @@ class HAProxy:
 
     def answering(self) -> bool:
         """Whether this state dir's HAProxy runs and has a worker serving."""
-        if not self.master_socket.exists():
-            return False
         try:
             return bool(self.processes().workers)
         except TargetError:
@@ -240,7 +226,7 @@ class HAProxy:
     def ensure_running(self) -> None:
         """Start HAProxy from proxy.json unless it runs; when it runs, make it serve every app+env in
         proxy.json (a change cut short may have left one out) and let proxy.json follow what it serves."""
-        binary = haproxy_binary()
+        binary = haproxy_binary(self.machine)
         with self._locked():
             if self.answering():
                 self._reconcile(binary)
@@ -265,31 +251,34 @@ class HAProxy:
 
     def _start(self, binary: str) -> None:
         self.check_paths()
-        with contextlib.suppress(OSError, ValueError):
-            _reap(int(self.pid_file.read_text().strip()))  # a master of ours that died: collect it
+        with contextlib.suppress(ValueError):
+            self.machine.reap(int((self.machine.read_text(self.pid_file) or "").strip()))  # ours, died: collect it
         lingering = self.master_pid()
         if lingering is not None:
             # Ours, but its master CLI does not answer (yet): starting a second one would fight it.
             deadline = time.monotonic() + START_TIMEOUT
-            while time.monotonic() < deadline and not self.answering() and _alive(lingering):
+            while time.monotonic() < deadline and not self.answering() and alive(self.machine, lingering):
                 time.sleep(0.1)
             if self.answering():
                 return
-            if _alive(lingering):
+            if alive(self.machine, lingering):
                 raise TargetError(f"haproxy (pid {lingering}) runs but its master CLI at {self.master_socket} "
                                   f"does not answer; stop it and deploy again (log: {self.log_file})")
         sites = self.sites()
         text = self.render(sites)
         self._check(binary, text)
-        _write_atomically(self.config_file, text)
+        self.machine.write_text(self.config_file, text)
         # A minimal environment: HAProxy needs none of the deploying process's variables (secrets among them).
-        environment = {"PATH": os.environ.get("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/bin")}
+        path = os.environ.get("PATH", DEFAULT_PATH) if self.machine.shares_environment else DEFAULT_PATH
+        environment = {"PATH": path}
         command = [binary, "-W", "-S", f"{self.master_socket},mode,600", "-f", str(self.config_file)]
-        offset = _size(self.log_file)
-        pid = self.runner.detach(command, env=environment, log=str(self.log_file))  # outlives this process
+        offset = self._log_size()
+        pid = self.machine.runner.detach(command, env=environment, log=str(self.log_file))  # outlives us
         deadline = time.monotonic() + START_TIMEOUT
         while not self.answering():
-            code = _reap(pid)
+            code = self.machine.reap(pid)
+            if code is None and not alive(self.machine, pid):
+                code = -1  # not our child (a fleet host's): gone, with a code only its parent saw
             if code is not None:
                 raise TargetError(f"haproxy exited with code {code} while starting: "
                                   f"{self._log_alert(offset)} (log: {self.log_file})")
@@ -314,16 +303,16 @@ class HAProxy:
     def master_pid(self) -> int | None:
         """The master's pid from the pid file, when that process is alive and is this state dir's HAProxy."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
+            pid = int((self.machine.read_text(self.pid_file) or "").strip())
+        except (TargetError, ValueError):
             return None
         try:
-            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
+            arguments = (self.machine.read_text(Path(f"/proc/{pid}/cmdline")) or "").split("\0")
+        except TargetError:
             return None
         # A pid file outlives its process; the pid may have been reused by an unrelated one.
-        mine = any(argument.startswith(str(self.master_socket).encode()) for argument in arguments)
-        return pid if mine and _alive(pid) else None
+        mine = any(argument.startswith(str(self.master_socket)) for argument in arguments)
+        return pid if mine and alive(self.machine, pid) else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop this HAProxy at once (SIGTERM to the master, which stops its workers; SIGKILL if it lingers)."""
@@ -334,18 +323,16 @@ class HAProxy:
         with contextlib.suppress(TargetError):
             found = self.processes()
             workers = found.workers + found.old_workers
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+        self.machine.signal(pid, "TERM")
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _alive(pid):
-            _reap(pid)
+        while time.monotonic() < deadline and alive(self.machine, pid):
+            self.machine.reap(pid)
             time.sleep(0.05)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        _reap(pid)
+        if alive(self.machine, pid):
+            self.machine.signal(pid, "KILL")
+        self.machine.reap(pid)
         # Workers end with their master; wait for that so their ports are free when stop() returns.
-        while time.monotonic() < deadline and any(_alive(worker) for worker in workers):
+        while time.monotonic() < deadline and any(alive(self.machine, worker) for worker in workers):
             time.sleep(0.05)
 
     # -- app+envs -----------------------------------------------------------------------------------
@@ -372,7 +359,7 @@ class HAProxy:
         deploy of the same app+env)."""
         with self._locked():
             ours = self.answering() and listen_address(bind, port) in self.listens(app, env)
-            return ours or port_free(bind, port)
+            return ours or self.machine.port_free(bind, port)
 
     def switch(self, app: str, env: str, bind: str, port: int, upstream: str) -> None:
         """Proxy app+env's `bind:port` to `upstream`: at runtime when that listener exists, else by adding it
@@ -382,7 +369,7 @@ class HAProxy:
         _bind(bind, port)  # refuse a bind the config could not carry before anything changes
         wanted = {"app": app, "env": env, "bind": bind, "port": int(port),
                   "upstream": listen_address(host, upstream_port)}
-        binary = haproxy_binary()
+        binary = haproxy_binary(self.machine)
         with self._locked():
             if not self.answering():
                 raise TargetError(f"haproxy is not running (master CLI {self.master_socket})")
@@ -398,7 +385,7 @@ class HAProxy:
     def remove(self, app: str, env: str) -> None:
         """Stop serving app+env: its listener goes (a seamless reload); with no app+env left, HAProxy stops."""
         name = site_name(app, env)
-        binary = haproxy_binary()
+        binary = haproxy_binary(self.machine)
         with self._locked():
             sites = self.sites()
             if name not in sites:
@@ -487,10 +474,10 @@ class HAProxy:
         """Serve `sites` through a new config and a seamless reload; proxy.json follows once it serves."""
         text = self.render(sites)
         self._check(binary, text)
-        previous = self.config_file.read_text() if self.config_file.exists() else None
+        previous = self.machine.read_text(self.config_file)
         before = self.processes()
-        offset = _size(self.log_file)
-        _write_atomically(self.config_file, text)
+        offset = self._log_size()
+        self.machine.write_text(self.config_file, text)
         try:
             # The master re-executes itself and closes this connection without an answer.
             with contextlib.suppress(TargetError):
@@ -499,7 +486,7 @@ class HAProxy:
         except BaseException:
             # The previous worker keeps serving the previous config: the file says so again.
             if previous is not None:
-                _write_atomically(self.config_file, previous)
+                self.machine.write_text(self.config_file, previous)
             raise
         # The new worker serves `sites` from here on, whatever follows.
         self._write_sites(sites)
@@ -530,28 +517,32 @@ class HAProxy:
         for name, site in sites.items():
             host = dial_host(str(site["bind"]))
             while True:
-                try:
-                    with socket.create_connection((host, int(site["port"])), timeout=1.0):
-                        pass
-                    if self.slots(name) is not None:
-                        break
+                if not self.machine.accepts(host, int(site["port"])):
+                    problem = "its listener does not accept connections"
+                elif self.slots(name) is not None:
+                    break
+                else:
                     problem = "the current worker does not serve it"
-                except OSError as exc:
-                    problem = str(exc)
                 if time.monotonic() > deadline:
                     raise TargetError(f"haproxy does not answer on {listen_address(host, int(site['port']))} "
                                       f"for {name}: {problem} (log: {self.log_file})")
                 time.sleep(0.05)
 
+    def _log_size(self) -> int:
+        try:
+            return len(self.machine.read_text(self.log_file) or "")
+        except TargetError:
+            return 0
+
     def _log_alert(self, offset: int) -> str:
         """The last ALERT HAProxy logged since `offset` (what made a start or reload fail)."""
         try:
-            with open(self.log_file, errors="replace") as log:
-                log.seek(offset)
-                text = log.read()
-        except OSError:
+            text = self.machine.read_text(self.log_file)
+        except TargetError:
+            text = None
+        if text is None:
             return "no log"
-        return _alert(text) or "no alert logged"
+        return _alert(text[offset:]) or "no alert logged"
 
 
 
@@ -693,65 +684,3 @@ def dial_host(bind: str) -> str:
 
 def _quoted(path: Path) -> str:
     return f"'{path}'"  # single quotes: HAProxy expands no environment variables inside them
-
-
-def port_free(bind: str, port: int) -> bool:
-    """Whether a server could listen on bind:port now (SO_REUSEADDR, as servers set, ignores TIME_WAIT)."""
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((bind.strip("[]"), port))
-        except OSError:
-            return False
-    return True
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Replace `path` in one rename: a reader (or a restarting HAProxy) sees the old file or the new one,
-    never half of one or none. The temporary name is unique per writer, so two writers (processes or
-    threads) never write into each other's temporary file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _reap(pid: int) -> int | None:
-    """The exit code of our child `pid` once it has exited (collecting it), else None.
-
-    An HAProxy started by another process is not our child: nothing to collect there.
-    """
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    return os.waitstatus_to_exitcode(status) if done else None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (exited, not yet reaped by its parent) still answers signal 0; it serves nothing.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True

@@ -14,7 +14,6 @@ import os
 import queue
 import re
 import secrets as random_tokens
-import socket
 import threading
 import time
 from collections import deque
@@ -25,6 +24,7 @@ from conveyor.errors import BadInput, InfrastructureMissing, TargetError
 from conveyor.runner import CommandTimedOut
 from conveyor.targets.base import SWITCHED, Artifact, LiveState, Outcome, Reporter, release_values
 from conveyor.targets.container_host.engine import Container, Engine, RegistryLogin
+from conveyor.targets.container_host.machine import LocalMachine, Machine
 from conveyor.targets.container_host.proxy import (
     CLIENT_TIMEOUT,
     HAProxy,
@@ -53,16 +53,18 @@ class ContainerHost:
     """Implements `conveyor.targets.base.Target` for one machine running podman or docker and HAProxy.
 
     `state_dir` identifies the proxy: one HAProxy serves every app+env deployed with the same state dir.
+    `machine` is where all of it runs: this one, or a fleet host over SSH (the ssh-hosts target).
     """
 
     type = TARGET_TYPE
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, machine: Machine | None = None) -> None:
         self.state_dir = Path(state_dir)
+        self.machine: Machine = machine or LocalMachine()
         self._engines: dict[str, Engine] = {}
 
     def close(self) -> None:
-        """Nothing is held open between calls: every engine and proxy call is its own process or socket."""
+        self.machine.close()
 
     # -- render ---------------------------------------------------------------------------------------
 
@@ -101,7 +103,8 @@ class ContainerHost:
         self._require_secrets(spec)
         login = _pull_login(spec)
         engine = self._engine(spec["engine"])
-        haproxy = haproxy_binary()
+        engine.check_secrets_reach(spec["secrets"])
+        haproxy = haproxy_binary(self.machine)
         proxy = self._proxy()
         proxy.check_paths()  # before any task runs: HAProxy is only started at the switch
         bind, port = spec["bind"], int(spec["port"])
@@ -150,7 +153,7 @@ class ContainerHost:
                                    secret_names=spec["secrets"], init=bool(spec["init"]), command=command,
                                    detach=False, stdin=stdin, tty=tty, stored_secrets=stored)
             try:
-                return engine.runner.attached([engine.binary, *args])
+                return engine.runner.attached([engine.binary, *args], tty=tty)
             finally:
                 with contextlib.suppress(TargetError):
                     engine.remove(name)
@@ -252,7 +255,7 @@ class ContainerHost:
         else:
             report("pull", f"{image} already present")
 
-        port = _free_port(avoid={int(spec["port"])})
+        port = self.machine.free_port(avoid={int(spec["port"])})
         name = f"conveyor-{app}-{env}-{_slug(release_label)}-{random_tokens.token_hex(3)}"
         labels = {**own, L_RELEASE: release_label, L_PORT: str(port), L_IMAGE: image}
         environment = {**spec["env_vars"], spec["port_env"]: str(port)}
@@ -267,7 +270,7 @@ class ContainerHost:
             return self._failed(report, f"container failed to start: {exc.message}", logs)
 
         try:
-            problem = _wait_healthy(engine, name, port, spec["health"])
+            problem = _wait_healthy(self.machine, engine, name, port, spec["health"])
         except BaseException:
             # Interrupted (^C) or the engine failed mid-wait: the proxy was not touched, so the new
             # container serves nothing; do not leave it behind.
@@ -419,9 +422,9 @@ class ContainerHost:
         if not proxy.answering():
             return f"HAProxy ({proxy.dir}) is not running: nothing answers on {stable}"
         health = spec["health"]
-        url = f"http://{listen_address(dial_host(spec['bind']), int(spec['port']))}{health['path']}"
         try:
-            answer = httpx.get(url, timeout=PROBE_TIMEOUT)
+            with self.machine.http(dial_host(spec["bind"]), int(spec["port"])) as client:
+                answer = client.get(health["path"], timeout=PROBE_TIMEOUT)
             if answer.status_code == int(health["expect_status"]):
                 return None
             problem = f"GET {health['path']} on {stable} answers {answer.status_code}"
@@ -457,18 +460,22 @@ class ContainerHost:
         for container in engine.list({L_APP: app, L_ENV: env}):
             engine.remove(container.id)
             report("retire", f"removed {container.name}")
-        self._record_path(app, env).unlink(missing_ok=True)
+        self.machine.remove(self._record_path(app, env))
 
     # -- helpers --------------------------------------------------------------------------------------
+
+    def engine(self, configured: str) -> Engine:
+        """The engine this target uses for a spec's `engine` setting, on its machine."""
+        return self._engine(configured)
 
     def _engine(self, configured: str) -> Engine:
         # Detection may ask docker's daemon (a second or more when it hangs): once per configured name.
         if configured not in self._engines:
-            self._engines[configured] = Engine.detect(configured)
+            self._engines[configured] = Engine.detect(configured, machine=self.machine)
         return self._engines[configured]
 
     def _proxy(self) -> HAProxy:
-        return HAProxy(self.state_dir)
+        return HAProxy(self.state_dir, self.machine)
 
     @staticmethod
     def _require_secrets(spec: dict[str, Any]) -> None:
@@ -502,36 +509,31 @@ class ContainerHost:
         self, spec: dict[str, Any], engine: Engine, upstream: str, name: str, label: str
     ) -> None:
         """What `live()` needs without a spec: which engine serves this app+env, and what it was told."""
-        path = self._record_path(spec["app"], spec["env"])
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"engine": engine.name, "bind": spec["bind"],
                   "port": spec["port"], "upstream": upstream, "container": name, "release": label,
                   "image": spec["image"]}
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        temporary.replace(path)  # atomic: a reader never sees half a file
+        self.machine.write_text(self._record_path(spec["app"], spec["env"]), json.dumps(record, indent=2) + "\n")
 
     def _read_record(self, app: str, env: str) -> dict[str, Any]:
         try:
-            data = json.loads(self._record_path(app, env).read_text())
-        except (OSError, ValueError):
+            data = json.loads(self.machine.read_text(self._record_path(app, env)) or "{}")
+        except (TargetError, ValueError):
             return {}
         return data if isinstance(data, dict) else {}
 
 
-def _wait_healthy(engine: Engine, name: str, port: int, health: dict[str, Any]) -> str | None:
+def _wait_healthy(machine: Machine, engine: Engine, name: str, port: int, health: dict[str, Any]) -> str | None:
     """None once GET path answers the expected status; else why not (timeout, or the container exited)."""
     import httpx
 
     path, expected = str(health["path"]), int(health["expect_status"])
     timeout, interval = float(health["timeout"]), float(health["interval"])
-    url = f"http://127.0.0.1:{port}{path}"
     deadline = time.monotonic() + timeout
     last = "got no answer"
-    with httpx.Client() as client:
+    with machine.http("127.0.0.1", port) as client:
         while True:
             try:
-                response = client.get(url, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+                response = client.get(path, timeout=max(0.2, min(2.0, deadline - time.monotonic())))
                 if response.status_code == expected:
                     return None
                 last = f"answered {response.status_code}"
@@ -560,16 +562,6 @@ def _slug(text: str) -> str:
 
 def _port_of(upstream: str | None) -> str | None:
     return upstream.rsplit(":", 1)[1] if upstream and ":" in upstream else None
-
-
-def _free_port(avoid: set[int]) -> int:
-    for _ in range(20):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in avoid:
-            return port
-    raise TargetError("could not find a free local port for the new container")
 
 
 def _own_registry(env: Environment, artifact: Artifact) -> dict[str, Any] | None:
