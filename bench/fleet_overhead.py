@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devstack import Registry, commit_sample_version, engine_environment, free_port, git, make_sample_repo  # noqa: E402
-from tests.fleet import AGENT, Fleet, cleanup_leftovers  # noqa: E402
+from tests.fleet import Fleet, cleanup_leftovers  # noqa: E402
 
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
 FLEETS = {"one": (1, "1", 8081), "six-p1": (6, "1", 8082), "six-p2": (6, "2", 8083), "six-p3": (6, "3", 8084)}
@@ -45,7 +45,6 @@ def config(registry: str, local_port: int, fleet: Fleet) -> str:
       hosts: [{hosts}]
       known_hosts: {fleet.known_hosts}
       identity_env: FLEET_SSH_KEY
-      agent: {AGENT}
       port: {port}
       parallel: "{parallel}"
       drain_seconds: 0
@@ -69,6 +68,19 @@ def deploy(repo: Path, env: str, sha: str) -> tuple[float, float]:
         return (release.finished_at - release.started_at).total_seconds(), max(waits or [0.0])
     finally:
         ledger.close()
+
+
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every core since boot, from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def share_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
 
 
 def main() -> None:
@@ -110,9 +122,16 @@ def main() -> None:
               f"(conveyor's own time: one-host fleet {remote:.2f}s, local container host {local:.2f}s)")
 
         for name in ("six-p1", "six-p2", "six-p3"):
-            times = [deploy(repo, name, shas[index % 2])[0] for index in range(args.rollouts)]
+            times, busy = [], []
+            for index in range(args.rollouts):
+                before = cpu_ticks()
+                times.append(deploy(repo, name, shas[index % 2])[0])
+                busy.append(share_busy(before, cpu_ticks()))
+            # The six "hosts" are namespaces of this one machine: their podman, conmon and sshd share its
+            # cores, so a rollout cannot run faster than those cores allow, however many hosts go at once.
             print(f"rollout of 6 hosts at parallel {FLEETS[name][1]}: median {statistics.median(times):.2f}s "
-                  f"({', '.join(f'{t:.2f}s' for t in times)})")
+                  f"({', '.join(f'{t:.2f}s' for t in times)}); this machine's {os.cpu_count()} cores "
+                  f"{statistics.median(busy):.0%} busy meanwhile")
     finally:
         fleet.destroy()
         ids = subprocess.run(["podman", "ps", "-aq", "--filter", "label=conveyor.app=hello"], capture_output=True,

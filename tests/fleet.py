@@ -1,11 +1,12 @@
 """Real hosts for the ssh-hosts target, on this machine: one network namespace per host, each with its own
-sshd (its own host key and authorized_keys), its own podman settings and storage, and its own HAProxy (the
-host agent starts it under the host's own CONVEYOR_HOME).
+sshd (its own host key and authorized_keys), its own podman settings and storage, and its own HAProxy (which
+conveyor starts over SSH under the host's own home directory).
 
 Layout, for host N (1-based): namespace `cvhN`, a veth pair `cvvN` (root side, 198.18.N.1/24) and `eth0`
-(inside, 198.18.N.2/24). sshd listens on 198.18.N.2:22. The namespaces share the filesystem, so every host
-runs this checkout's conveyor-host-agent; the key's authorized_keys options give each host its environment
-(CONVEYOR_HOME, CONTAINERS_CONF, …), as a real host's login environment would.
+(inside, 198.18.N.2/24). sshd listens on 198.18.N.2:22. The namespaces share the filesystem; the key's
+authorized_keys options give each host its own environment (HOME, CONTAINERS_CONF, …), as a real host's login
+environment would. A host's PATH is sshd's own, with no Python environment on it: nothing of conveyor is
+installed on a host.
 
 The test registry listens on 127.0.0.1 in the root namespace; inside a namespace 127.0.0.1 is the host's
 own loopback, so two relays (tests/relay.py) carry 127.0.0.1:REGISTRY_PORT inside each namespace to the
@@ -30,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RELAY = Path(__file__).with_name("relay.py")
-AGENT = str(Path(sys.executable).parent / "conveyor-host-agent")
 PREFIX = "cvh"
 ROOT_PREFIX = "cvf-"  # the fleet's directory in the temp dir
 
@@ -125,7 +125,8 @@ class FleetHost:
 
     def start(self) -> None:
         """sshd and the registry relays (again, after kill())."""
-        environment = {**self.engine_env(), "CONVEYOR_HOME": str(self.home)}
+        self.home.mkdir(parents=True, exist_ok=True)
+        environment = {**self.engine_env(), "HOME": str(self.home)}
         options = ",".join(f'environment="{key}={value}"' for key, value in environment.items())
         (self.root / "authorized_keys").write_text(f"{options} {self.client_public_key}")
         config = self.root / "sshd_config"
@@ -149,6 +150,18 @@ class FleetHost:
         ]
         wait_until_listening(self.address, 22)
         wait_until_listening(self.gateway, self.registry_port)
+
+    def relay(self, port: int) -> None:
+        """Carry 127.0.0.1:port inside the namespace to this machine's 127.0.0.1:port (another registry),
+        until the host is reset or killed."""
+        in_ns = ["nsenter", f"--net=/run/netns/{self.netns}", "--"]
+        self.processes += [
+            subprocess.Popen([sys.executable, str(RELAY), self.gateway, str(port), "127.0.0.1", str(port)],
+                             stdout=subprocess.DEVNULL),
+            subprocess.Popen([*in_ns, sys.executable, str(RELAY), "127.0.0.1", str(port), self.gateway, str(port)],
+                             stdout=subprocess.DEVNULL),
+        ]
+        wait_until_listening(self.gateway, port)
 
     def kill(self) -> None:
         """The host dies: every process in its namespace, and its relays, at once."""

@@ -15,8 +15,11 @@ from typing import Any
 
 import pytest
 
-from tests.e2e import App
-from tests.fleet import AGENT, Fleet, FleetHost, cleanup_leftovers
+from conveyor.targets.ssh_hosts.machine import SSHMachine
+from conveyor.targets.ssh_hosts.transport import HostAddress, SSHRunner
+from tests.e2e import CONVEYOR, App
+from tests.fakes.registries import AuthRegistry
+from tests.fleet import Fleet, FleetHost, cleanup_leftovers
 from tests.test_container_host import Traffic, version_of
 
 PORT = 8080  # every host's own HAProxy serves here, each in its own namespace
@@ -46,7 +49,9 @@ def fleet(registry: Any, engine_env: dict[str, str]) -> Iterator[Fleet]:
 
 
 def fleet_config(app: App, fleet: Fleet, *, parallel: str = "1", known_hosts: Path | None = None,
-                 hosts: list[FleetHost] | None = None, engine: str = "auto", min_free_mb: int = 10) -> str:
+                 hosts: list[FleetHost] | None = None, engine: str = "auto", min_free_mb: int = 10,
+                 extra: str = "", more: str = "") -> str:
+    """The fleet environment's config; `extra` is added to its section, `more` after it (another env)."""
     image = next(line for line in (app.repo / "conveyor.yml").read_text().splitlines() if line.startswith("image:"))
     listed = ", ".join(host.ssh for host in (hosts or fleet.hosts))
     return f"""app: hello
@@ -63,7 +68,6 @@ environments:
       hosts: [{listed}]
       known_hosts: {known_hosts or fleet.known_hosts}
       identity_env: FLEET_SSH_KEY
-      agent: {AGENT}
       port: {PORT}
       parallel: "{parallel}"
       drain_seconds: 0
@@ -75,7 +79,7 @@ environments:
       timeout: 60
     env:
       APP_VERSION: fleet
-"""
+{extra}{more}"""
 
 
 def commit_version(app: App, config: str, version: str, *, build: bool = True) -> str:
@@ -309,8 +313,6 @@ def test_run_uses_the_first_host_or_the_one_named(fleet_app: App, fleet: Fleet) 
 
 
 def test_one_connection_per_host_carries_every_command_and_the_argv_arrives_as_it_was(fleet: Fleet) -> None:
-    from conveyor.targets.ssh_hosts.transport import HostAddress, SSHRunner
-
     host = fleet.hosts[0]
     log = host.root / "sshd.log"
     before = log.read_text().count("Accepted publickey")
@@ -361,3 +363,124 @@ def test_parallel_hosts_deploy_at_once(fleet_app: App, fleet: Fleet) -> None:
     _, err = deploy.communicate(timeout=120)
     assert deploy.returncode == 0, err
     assert [serves(host) for host in fleet.hosts] == ["v2", "v2", "v2"]
+
+
+SECRET = "fleet-secret-value-81f3"
+
+
+def test_a_host_needs_no_conveyor_and_gets_the_environments_login_secrets_and_terminal(
+        fleet_app: App, fleet: Fleet, tmp_path: Path) -> None:
+    """Every host runs the container-host algorithm over SSH with nothing of conveyor installed: the
+    environment's own registry login reaches it as a private auth file for the pull, a secret as a podman
+    secret (on stdin), and `run -i` the caller's input."""
+    app = fleet_app
+    with machine_on(fleet, fleet.hosts[0]) as machine:
+        assert machine.which("conveyor") is None and machine.which("python3") is not None
+    login = AuthRegistry(tmp_path / "env-registry", "basic", {"deployer": "pull-pass-9c2"}).start()
+    try:
+        for host in fleet.hosts:
+            host.relay(login.port)
+        app.extra_env.update(ENV_USER="deployer", ENV_PASSWORD="pull-pass-9c2", FLEET_SECRET=SECRET)
+        own = (f"    registry:\n      image: {login.host}/hello-fleet\n      insecure: true\n"
+               "      username_env: ENV_USER\n      password_env: ENV_PASSWORD\n    secrets: [FLEET_SECRET]\n")
+        deployed = app.ok("deploy", ENV, commit_version(app, fleet_config(app, fleet, extra=own), "v1"))
+    finally:
+        login.stop()
+    assert [serves(host) for host in fleet.hosts] == ["v1", "v1", "v1"]
+    assert deployed.err.count(f"pulled {login.host}/hello-fleet@") == 3  # each host, from the login registry
+    for text in (deployed.err, deployed.out):
+        assert "pull-pass-9c2" not in text and SECRET not in text
+    check = ["/bin/busybox", "sh", "-c", f'test "$FLEET_SECRET" = {SECRET}']
+    assert app.run("run", ENV, "--host", fleet.hosts[1].ssh, "--", *check).code == 0
+    typed = subprocess.run([CONVEYOR, "run", "-i", ENV, "--", "/bin/busybox", "tr", "a-z", "A-Z"], cwd=app.repo,
+                           env=app.env(), input="typed on the terminal\n", capture_output=True, text=True,
+                           timeout=120)
+    assert typed.returncode == 0, typed.stderr
+    assert "TYPED ON THE TERMINAL" in typed.stdout
+
+
+def test_docker_with_secrets_is_refused_on_a_fleet_before_anything_changes(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    app.extra_env["FLEET_SECRET"] = SECRET
+    config = fleet_config(app, fleet, engine="docker", extra="    secrets: [FLEET_SECRET]\n")
+    commit_version(app, config, "v1", build=False)
+    check = app.run("hosts", "check", ENV)
+    assert check.code == 2, check.err
+    assert "docker" in check.err and "Traceback" not in check.err
+
+
+def test_retire_removes_the_environment_from_every_host(fleet_app: App, fleet: Fleet) -> None:
+    app = fleet_app
+    two = ", ".join(host.ssh for host in fleet.hosts[:2])
+    gone = f"""  - name: gone
+    target:
+      type: ssh-hosts
+      hosts: [{two}]
+      known_hosts: {fleet.known_hosts}
+      identity_env: FLEET_SSH_KEY
+      port: 8081
+      drain_seconds: 0
+      stop_timeout: 2
+      min_free_mb: 10
+    health:
+      path: /cgi-bin/health
+"""
+    v1 = commit_version(app, fleet_config(app, fleet, more=gone), "v1")
+    app.ok("deploy", ENV, v1)
+    app.ok("deploy", "gone", v1)
+    assert [len(host.containers("--filter", "label=conveyor.env=gone")) for host in fleet.hosts] == [1, 1, 0]
+    commit_version(app, fleet_config(app, fleet), "v1b", build=False)
+    retired = app.ok("retire", "gone", "--reason", "folded into fleet")
+    assert f"{fleet.hosts[0].ssh}: HAProxy no longer listens for hello/gone" in retired.err
+    assert [host.containers("-a", "--filter", "label=conveyor.env=gone") for host in fleet.hosts] == [[], [], []]
+    for host in fleet.hosts[:2]:
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://{host.address}:8081/", timeout=5)
+        assert serves(host) == "v1"  # the other environment on the same hosts is untouched
+        assert not (host.home / ".conveyor" / "proxy" / "deployed" / "hello-gone.json").exists()
+
+
+def test_a_host_lock_is_exclusive_and_goes_with_a_killed_holder(fleet: Fleet) -> None:
+    """HAProxy's lock on a host (proxy.lock, flock there): a second holder waits, and a holder killed with
+    SIGKILL (its ssh process) leaves no stale lock."""
+    from conveyor.errors import TargetError
+
+    host = fleet.hosts[0]
+    lock = host.root / "locks" / "proxy.lock"
+    with machine_on(fleet, host) as first, machine_on(fleet, host) as second:
+        with first.locked(lock, timeout=30):
+            refused = pytest.raises(TargetError, match="another conveyor process held")
+            with refused, second.locked(lock, timeout=1):
+                pass
+        with second.locked(lock, timeout=30):  # released at the end of the first block
+            pass
+        holder = first.runner.open(["flock", "--", str(lock), "sh", "-c", "echo held; exec cat >/dev/null"])
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        holder.kill()
+        holder.wait()
+        with second.locked(lock, timeout=60):  # the killed holder's lock went with its connection
+            pass
+
+
+def test_files_on_a_host_are_written_whole_private_when_asked_and_read_back(fleet: Fleet) -> None:
+    host = fleet.hosts[0]
+    path = host.root / "files" / "deep" / "state.json"
+    with machine_on(fleet, host) as machine:
+        assert machine.read_text(path) is None
+        machine.write_text(path, "it's $HOME; `x`\n", private=True)
+        assert machine.read_text(path) == "it's $HOME; `x`\n"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        machine.write_text(path, "public\n")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644 and path.read_text() == "public\n"
+        assert list(path.parent.glob("state.json.*")) == []  # no temporary file left behind
+        machine.remove(path.parent)
+        assert not path.parent.exists()
+
+
+@contextmanager
+def machine_on(fleet: Fleet, host: FleetHost) -> Iterator[SSHMachine]:
+    machine = SSHMachine(SSHRunner(HostAddress.parse(host.ssh), fleet.known_hosts, identity=fleet.client_key))
+    try:
+        yield machine
+    finally:
+        machine.close()

@@ -106,3 +106,14 @@ def test_a_silent_host_times_out_as_unreachable(tmp_path: Path) -> None:
     assert caught.value.exit_code == 2
     assert f"host {address.text} does not answer over ssh" in caught.value.message
     assert "timed out" in caught.value.message
+
+
+def test_the_old_host_agent_setting_is_refused_and_state_dir_defaults_to_the_login_home() -> None:
+    """Nothing of conveyor runs on a host any more: a config still naming the agent is told so (exit 2)."""
+    with pytest.raises(BadInput) as caught:
+        parse_config(fleet_yaml() + "      agent: conveyor-host-agent\n", "conveyor.yml")
+    assert caught.value.exit_code == 2 and "agent" in caught.value.message
+    assert parse_config(fleet_yaml()).environment("production").target.state_dir == ".conveyor"
+    with pytest.raises(BadInput) as caught:
+        parse_config(fleet_yaml() + "      state_dir: 'my dir'\n", "conveyor.yml")
+    assert "state_dir" in caught.value.message

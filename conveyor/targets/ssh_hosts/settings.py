@@ -25,7 +25,9 @@ class SSHHostsTarget(TargetSettings):
                                      description="Env var holding the private key; else the ssh agent.")
     parallel: str = Field("1", description="Hosts deployed at once: a number, or a percentage of the hosts.")
     connect_timeout: float = Field(10, gt=0, description="Seconds a host has to answer before it is down.")
-    agent: str = Field("conveyor-host-agent", description="conveyor's host agent command on every host.")
+    state_dir: str = Field(".conveyor", min_length=1, pattern=r"^[^\s,'\\]+$",
+                           description="Where each host keeps its HAProxy and deploy records (relative to the "
+                                       "login's home, or absolute).")
     engine: Literal["auto", "podman", "docker"] = "auto"
     port: int = Field(ge=1, le=65535, description="The port every host's proxy serves on.")
     bind: str = "0.0.0.0"

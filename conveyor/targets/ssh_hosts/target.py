@@ -1,10 +1,11 @@
 """The ssh-hosts target: an environment served by a fleet of hosts, each running the container-host target.
 
-Every host is reached over SSH (transport.py) and runs conveyor's host agent (agent.py), which applies a
-container-host spec there: pull by digest, start, health check, switch that host's HAProxy, drain, retire.
-This module rolls that across the fleet in batches of `parallel` and stops at the first host that fails;
-the pipeline then re-applies the previous release's stored spec, which changes only the hosts that no
-longer serve it (the agent leaves a host alone that already serves exactly that release).
+Every host is reached over one SSH connection (transport.py) as a Machine (machine.py): the container-host
+algorithm itself (pull by digest, start, health check, switch that host's HAProxy, drain, retire) runs
+there through it, command by command; nothing of conveyor is installed on a host. This module rolls that
+across the fleet in batches of `parallel` and stops at the first host that fails; the pipeline then
+re-applies the previous release's stored spec, which changes only the hosts that no longer serve it
+(host.py leaves a host alone that already serves exactly that release).
 
 A fleet spec holds the container-host spec every host applies (`host_spec`), the host list and how to
 reach them, so a rollback re-applies exactly what ran, on the hosts it ran on.
@@ -12,9 +13,7 @@ reach them, so a rollback re-applies exactly what ran, on the hosts it ran on.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import queue
 import shutil
 import tempfile
@@ -35,66 +34,11 @@ from conveyor.targets.ssh_hosts.transport import (
 
 if TYPE_CHECKING:
     from conveyor.config.models import AppConfig, Environment
+    from conveyor.targets.ssh_hosts.host import FleetHost
 
 TARGET_TYPE = "ssh-hosts"
-AGENT_MISSING = 127  # the shell's "command not found"
 LOG_LINES = 20
-HostWork = Callable[["HostAgent", Reporter], Any]
-
-
-class HostAgent:
-    """conveyor's host agent on one host, over one shared SSH connection."""
-
-    def __init__(self, runner: SSHRunner, agent: str) -> None:
-        self.runner = runner
-        self.agent = agent
-        self.name = runner.address.text
-
-    def call(self, op: str, report: Reporter, **request: Any) -> Any:
-        """Run one agent operation; its progress lines go to report; returns its result or raises its error."""
-        stream = self.runner.stream([self.agent], input=json.dumps({"op": op, **request}))
-        answer: dict[str, Any] | None = None
-        other: list[str] = []  # ssh's own messages, or anything the agent printed that is not its protocol
-        for line in stream.lines():
-            message = _message(line)
-            if message is None:
-                other.append(line)
-            elif "report" in message:
-                step, text = message["report"]
-                report(str(step), str(text))
-            else:
-                answer = message
-        code = stream.wait()
-        if answer is None:
-            self._no_answer(code, other)
-        assert answer is not None
-        if "error" in answer:
-            raise _agent_error(self.name, answer["error"])
-        return answer.get("result")
-
-    def _no_answer(self, code: int, other: list[str]) -> None:
-        self.runner.raise_for_connection(code, "\n".join(other))
-        last = other[-1] if other else "no output"
-        if code == AGENT_MISSING:
-            raise InfrastructureMissing(f"host {self.name}: conveyor's host agent '{self.agent}' is not "
-                                        f"installed there ({last})")
-        raise TargetError(f"host {self.name}: the host agent exited with {code} without an answer: {last}")
-
-
-def _message(line: str) -> dict[str, Any] | None:
-    try:
-        message = json.loads(line)
-    except ValueError:
-        return None
-    return message if isinstance(message, dict) else None
-
-
-def _agent_error(host: str, error: dict[str, Any]) -> ConveyorError:
-    message = f"host {host}: {error.get('message')}"
-    kind = error.get("kind")
-    if kind in ("BadInput", "InfrastructureMissing"):
-        return InfrastructureMissing(message) if kind == "InfrastructureMissing" else BadInput(message)
-    return TargetError(message, logs=list(error.get("logs") or []))
+HostWork = Callable[["FleetHost", Reporter], Any]
 
 
 class SSHHosts:
@@ -104,13 +48,14 @@ class SSHHosts:
 
     def __init__(self, state_dir: Path, repo_dir: Path) -> None:
         self.repo_dir = Path(repo_dir)
-        self._agents: dict[str, HostAgent] = {}
+        self._hosts: dict[str, FleetHost] = {}
         self._keys_dir: Path | None = None
+        self._identity_file: Path | None = None
 
     def close(self) -> None:
-        for agent in self._agents.values():
-            agent.runner.close()
-        self._agents.clear()
+        for host in self._hosts.values():
+            host.close()
+        self._hosts.clear()
         if self._keys_dir is not None:
             shutil.rmtree(self._keys_dir, ignore_errors=True)
 
@@ -129,7 +74,7 @@ class SSHHosts:
             "known_hosts": str(known_hosts if known_hosts.is_absolute() else self.repo_dir / known_hosts),
             "identity_env": target.identity_env,
             "connect_timeout": target.connect_timeout,
-            "agent": target.agent,
+            "state_dir": target.state_dir,
             "parallel": target.parallel,
             "min_free_mb": target.min_free_mb,
             "registry_insecure": bool(app.registry.insecure),
@@ -144,9 +89,9 @@ class SSHHosts:
         """Every host answers over SSH with a known key, and has an engine, HAProxy, the port, the registry
         and room: checked on all hosts at once, before anything changes. A failing host is named with why."""
         _check_spec(spec)
-        request = {"spec": spec["host_spec"], "insecure": spec["registry_insecure"],
-                   "min_free_mb": spec["min_free_mb"], "secrets": _secrets(spec)}
-        results = self._each(spec, spec["hosts"], lambda agent, report: agent.call("check", report, **request),
+        host_spec, insecure, room = spec["host_spec"], bool(spec["registry_insecure"]), int(spec["min_free_mb"])
+        results = self._each(spec, spec["hosts"],
+                             lambda host, report: host.check(host_spec, insecure=insecure, min_free_mb=room),
                              _ignore)
         problems = [value for value in results.values() if isinstance(value, BaseException)]
         if problems:
@@ -158,42 +103,43 @@ class SSHHosts:
     def run_task(self, spec: dict[str, Any], task: dict[str, Any], report: Reporter) -> None:
         """Pre-deploy tasks run once for the fleet, on its first host, with the new image."""
         _check_spec(spec)
-        agent = self._agent(spec, spec["hosts"][0])
-        agent.call("run_task", _prefixed(agent.name, report), spec=spec["host_spec"], task=task,
-                   secrets=_secrets(spec))
+        first = spec["hosts"][0]
+        self._on(spec, first, lambda host: host.target.run_task(spec["host_spec"], task, _prefixed(first, report)))
 
     def run_command(self, spec: dict[str, Any], command: list[str], report: Reporter, *,
                     stdin: bool = False, tty: bool = False, host: str | None = None) -> int:
         """`conveyor run`: on one host (the first unless `host` names another)."""
         _check_spec(spec)
-        if stdin or tty:
-            raise BadInput("run -i/-t is not available on an ssh-hosts target yet: run the command without them")
         chosen = host or spec["hosts"][0]
         if chosen not in spec["hosts"]:
             raise BadInput(f"--host {chosen}: not one of this environment's hosts ({', '.join(spec['hosts'])})")
-        agent = self._agent(spec, chosen)
-        return int(agent.call("run_command", report, spec=spec["host_spec"], command=command,
-                              secrets=_secrets(spec)))
+        return int(self._on(spec, chosen, lambda fleet_host: fleet_host.target.run_command(
+            spec["host_spec"], command, report, stdin=stdin, tty=tty)))
 
     # -- deploy, restore ------------------------------------------------------------------------------
 
     def deploy(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
         """Roll the release across the fleet, `parallel` hosts at a time; stop at the first host that fails."""
-        return self._roll(spec, release_label, report, "apply")
+        return self._roll(spec, release_label, report, restore=False)
 
     def restore(self, spec: dict[str, Any], release_label: str, report: Reporter) -> Outcome:
         """`conveyor up`: every host serves the live release again (a host serving another one, or none,
         gets its stored spec; one that serves it gets its proxy restarted if that is down)."""
-        return self._roll(spec, release_label, report, "restore")
+        return self._roll(spec, release_label, report, restore=True)
 
-    def _roll(self, spec: dict[str, Any], label: str, report: Reporter, op: str) -> Outcome:
+    def _roll(self, spec: dict[str, Any], label: str, report: Reporter, *, restore: bool) -> Outcome:
         _check_spec(spec)
         hosts: list[str] = list(spec["hosts"])
-        request = {"spec": spec["host_spec"], "label": label, "secrets": _secrets(spec)}
+        host_spec = spec["host_spec"]
+
+        def work(host: FleetHost, host_report: Reporter) -> Any:
+            applied = (host.restore if restore else host.apply)(host_spec, label, host_report)
+            return {"succeeded": applied.outcome.succeeded, "unchanged": applied.unchanged,
+                    "reason": applied.outcome.reason, "logs": list(applied.outcome.logs)}
+
         records: dict[str, dict[str, Any]] = {}
         for batch in _batches(hosts, str(spec["parallel"])):
-            results = self._each(spec, batch, lambda agent, host_report: agent.call(op, host_report, **request),
-                                 report)
+            results = self._each(spec, batch, work, report)
             for host in batch:
                 records[host] = _host_record(host, results[host], label, spec["image"])
             failed = [host for host in batch if records[host]["outcome"] in ("failed", "lost")]
@@ -228,7 +174,8 @@ class SSHHosts:
         """What every host serves (the ledger's live spec says which hosts there are)."""
         if spec is None or spec.get("target") != TARGET_TYPE:
             return None
-        results = self._ask_all(spec, "live")
+        app_name, env_name = spec["app"], spec["env"]
+        results = self._ask_all(spec, lambda host: _state(host.target.live(app_name, env_name)))
         hosts = [_serving_record(host, results[host]) for host in spec["hosts"]]
         images = {record.get("image") for record in hosts}
         labels = {record.get("release") for record in hosts}
@@ -242,43 +189,66 @@ class SSHHosts:
 
     def probe(self, spec: dict[str, Any]) -> str | None:
         _check_spec(spec)
-        results = self._ask_all(spec, "probe")
+        results = self._ask_all(spec, lambda host: host.target.probe(spec["host_spec"]))
         outages = [f"{host}: {value.message if isinstance(value, ConveyorError) else value}"
                    for host, value in results.items() if value is not None]
         return "; ".join(outages) or None
 
     def retire(self, app: str, env: str, report: Reporter, spec: dict[str, Any] | None = None) -> None:
-        raise BadInput("retire is not available on an ssh-hosts target yet: remove the containers on each host")
+        """Every host stops serving app+env: its listener, its containers and its deploy record go. The
+        ledger's live spec says which hosts there are; a host that cannot be reached is named and fails it."""
+        if spec is None or spec.get("target") != TARGET_TYPE:
+            raise BadInput(f"{app}/{env} has no recorded ssh-hosts release: its hosts are not known")
+        results = self._each(spec, spec["hosts"], lambda host, host_report: host.target.retire(app, env, host_report),
+                             report)
+        problems = [value for value in results.values() if isinstance(value, BaseException)]
+        if problems:
+            raise _worst(problems)
 
     # -- hosts ----------------------------------------------------------------------------------------
 
-    def _agent(self, spec: dict[str, Any], host: str) -> HostAgent:
-        """The host's agent over its one connection for this operation (opened on first use)."""
-        if host not in self._agents:
+    def _host(self, spec: dict[str, Any], name: str) -> FleetHost:
+        """The host over its one connection for this operation (opened on first use)."""
+        from conveyor.targets.ssh_hosts.host import FleetHost
+        from conveyor.targets.ssh_hosts.machine import SSHMachine
+
+        if name not in self._hosts:
             known_hosts = Path(spec["known_hosts"])
             if not known_hosts.is_file():
                 raise BadInput(f"target.known_hosts: {known_hosts} does not exist; it must list every host's key")
-            runner = SSHRunner(HostAddress.parse(host), known_hosts, identity=self._identity(spec),
+            runner = SSHRunner(HostAddress.parse(name), known_hosts, identity=self._identity(spec),
                                connect_timeout=float(spec["connect_timeout"]))
-            self._agents[host] = HostAgent(runner, str(spec["agent"]))
-        return self._agents[host]
+            try:
+                self._hosts[name] = FleetHost(SSHMachine(runner), str(spec.get("state_dir") or ".conveyor"))
+            except BaseException:
+                runner.close()
+                raise
+        return self._hosts[name]
+
+    def _on(self, spec: dict[str, Any], name: str, work: Callable[[FleetHost], Any]) -> Any:
+        """work(host) on one host, in this thread; its errors name the host."""
+        try:
+            return work(self._host(spec, name))
+        except ConveyorError as exc:
+            raise _named(name, exc) from None
 
     def _identity(self, spec: dict[str, Any]) -> Path | None:
         if not spec.get("identity_env"):
             return None
-        if self._keys_dir is None:
-            self._keys_dir = Path(tempfile.mkdtemp(prefix="cv-key-"))
-        return identity_file(spec["identity_env"], self._keys_dir)
+        if self._keys_dir is None:  # written once: ssh processes of other hosts may be reading it
+            keys_dir = Path(tempfile.mkdtemp(prefix="cv-key-"))
+            self._identity_file = identity_file(spec["identity_env"], keys_dir)
+            self._keys_dir = keys_dir
+        return self._identity_file
 
-    def _ask_all(self, spec: dict[str, Any], op: str) -> dict[str, Any]:
-        """A read-only agent operation on every host at once."""
-        return self._each(spec, spec["hosts"], lambda agent, report: agent.call(op, report, spec=spec["host_spec"]),
-                          _ignore)
+    def _ask_all(self, spec: dict[str, Any], question: Callable[[FleetHost], Any]) -> dict[str, Any]:
+        """A read-only question to every host at once."""
+        return self._each(spec, spec["hosts"], lambda host, report: question(host), _ignore)
 
     def _each(self, spec: dict[str, Any], hosts: list[str], work: HostWork, report: Reporter) -> dict[str, Any]:
-        """work(agent, report) on every host at once; {host: its result, or the exception it raised}. Progress
+        """work(host, report) on every host at once; {host: its result, or the exception it raised}. Progress
         lines reach `report` from this (the caller's) thread only, each prefixed with its host."""
-        agents = {host: self._agent(spec, host) for host in hosts}
+        self._identity(spec)  # once, before the threads: they share the key's file
         events: queue.Queue[tuple[str, str, Any]] = queue.Queue()
 
         def on(host: str) -> None:
@@ -286,8 +256,10 @@ class SSHHosts:
                 events.put(("report", host, (step, message)))
 
             try:
-                value: Any = work(agents[host], host_report)
-            except Exception as exc:  # handed to the caller, which names the host
+                value: Any = work(self._host(spec, host), host_report)
+            except ConveyorError as exc:  # handed to the caller
+                value = _named(host, exc)
+            except Exception as exc:
                 value = exc
             events.put(("done", host, value))
 
@@ -313,13 +285,17 @@ def _prefixed(host: str, report: Reporter) -> Reporter:
     return lambda step, message: report(step, f"{host}: {message}")
 
 
-def _secrets(spec: dict[str, Any]) -> dict[str, str]:
-    """The values of the secrets the spec names, for the host agent's stdin (never a command line)."""
-    missing = [name for name in spec.get("secrets", []) if not os.environ.get(name)]
-    if missing:
-        raise BadInput(f"secret(s) {', '.join(missing)} not set (or empty) in the environment (needed by "
-                       f"{spec['app']} in {spec['env']})")
-    return {name: os.environ[name] for name in spec.get("secrets", [])}
+def _named(host: str, exc: ConveyorError) -> ConveyorError:
+    """The error, its message starting with the host it happened on."""
+    if not exc.message.startswith(f"host {host}"):
+        exc.message = f"host {host}: {exc.message}"
+        exc.args = (exc.message,)
+    return exc
+
+
+def _state(state: LiveState | None) -> dict[str, Any] | None:
+    return None if state is None else {"image": state.image, "release_label": state.release_label,
+                                       "detail": state.detail}
 
 
 def _batches(hosts: list[str], parallel: str) -> list[list[str]]:

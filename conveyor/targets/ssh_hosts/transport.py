@@ -13,6 +13,9 @@ A silent host is timed out by ConnectTimeout (connecting) and ServerAliveInterva
 
 The remote side receives one command line, which OpenSSH hands to the host's shell: every argument is
 quoted with shlex.join, so the argv arrives as it was, whatever it holds.
+
+Sockets on the host (HAProxy's CLI, a container's port for its health check) are reached through the same
+connection: `ssh -O forward` asks the running ControlMaster to forward a local unix socket to them.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class SSHRunner:
         # A short path: a unix socket path holds at most 107 bytes, and %C alone is 40.
         self._control_dir = Path(tempfile.mkdtemp(prefix="cv-ssh-", dir="/tmp"))
         self._local = LocalRunner()
+        self._connected = False
 
     # -- the ssh command line -------------------------------------------------------------------------
 
@@ -92,6 +96,7 @@ class SSHRunner:
             "ConnectTimeout": f"{max(1, round(self.connect_timeout))}",
             "ServerAliveInterval": str(ALIVE_INTERVAL),
             "ServerAliveCountMax": "3",
+            "StreamLocalBindUnlink": "yes",  # a forwarded socket's path may be reused within the operation
             "LogLevel": "ERROR",
         }
         args = [f"-o{key}={value}" for key, value in options.items()]
@@ -107,11 +112,26 @@ class SSHRunner:
 
     # -- Runner ---------------------------------------------------------------------------------------
 
+    @property
+    def control_dir(self) -> Path:
+        """A directory only this process uses (0700), for the connection's socket and forwarded ones."""
+        return self._control_dir
+
     def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None,
             merge_stderr: bool = False) -> Completed:
         done = self._local.run(self.command(argv), timeout=timeout, input=input, merge_stderr=merge_stderr)
         self.raise_for_connection(done.returncode, done.stderr if not merge_stderr else done.stdout)
+        self._connected = True
         return Completed(tuple(argv), done.returncode, done.stdout, done.stderr)
+
+    def open(self, argv: Sequence[str]) -> subprocess.Popen[str]:
+        """argv on the host with pipes for stdin, stdout and stderr, for a caller that talks to it while it
+        runs (a lock held for as long as its stdin stays open)."""
+        try:
+            return subprocess.Popen(self.command(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True, errors="replace")
+        except OSError as exc:
+            raise InfrastructureMissing(f"cannot run ssh: {exc}") from None
 
     def stream(self, argv: Sequence[str], *, input: str | None = None) -> Stream:
         """Start argv on the host, its stdout and stderr merged; `input` is written to its stdin (kept off
@@ -128,11 +148,45 @@ class SSHRunner:
             process.stdin.close()
         return _LocalStream(command, process)
 
-    def attached(self, argv: Sequence[str]) -> int:
-        return self._local.attached(self.command(argv, tty=True))
+    def attached(self, argv: Sequence[str], *, tty: bool = False) -> int:
+        code = self._local.attached(self.command(argv, tty=tty))
+        self.raise_for_connection(code, "")
+        return code
 
     def detach(self, argv: Sequence[str], *, env: Mapping[str, str], log: str) -> int:
-        raise NotImplementedError("a daemon on a host is started by the host agent, not over the connection")
+        """Start a daemon on the host in its own session (setsid: the connection's end does not hang it up),
+        with only `env`, stdin from /dev/null and its output appended to `log`; returns its pid there."""
+        # A background job of a non-interactive shell leads no process group, so setsid(1) does not fork:
+        # $! is the daemon's own pid once env and setsid have exec'd into it.
+        script = 'log=$1; shift; "$@" </dev/null >>"$log" 2>&1 & echo $!'
+        variables = [f"{key}={value}" for key, value in env.items()]
+        done = self.run(["sh", "-c", script, "sh", log, "env", "-i", *variables, "setsid", *argv], timeout=30)
+        pid = done.stdout.strip()
+        if done.returncode != 0 or not pid.isdigit():
+            raise InfrastructureMissing(f"host {self.address.text}: could not start {argv[0]}: "
+                                        f"{done.stderr.strip() or done.stdout.strip() or 'no answer'}")
+        return int(pid)
+
+    # -- forwarding -----------------------------------------------------------------------------------
+
+    def forward(self, local: Path, remote: str) -> None:
+        """Connections to the unix socket `local` reach `remote` (a unix socket path, or host:port) as the
+        host dials it, through the open connection."""
+        self._control("forward", f"{local}:{remote}")
+
+    def cancel(self, local: Path, remote: str) -> None:
+        with contextlib.suppress(HostUnreachable):
+            self._control("cancel", f"{local}:{remote}")
+        local.unlink(missing_ok=True)
+
+    def _control(self, operation: str, spec: str) -> None:
+        if not self._connected:
+            self.run(["true"], timeout=max(30.0, self.connect_timeout * 2))  # opens the ControlMaster
+        done = self._local.run(["ssh", *self.options(), "-O", operation, "-L", spec, "--", self.address.host],
+                               timeout=30)
+        if done.returncode != 0:
+            raise HostUnreachable(f"host {self.address.text}: ssh could not {operation} a socket: "
+                                  f"{done.stderr.strip() or 'no answer'}")
 
     # -- connection -----------------------------------------------------------------------------------
 
