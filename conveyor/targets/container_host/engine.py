@@ -349,14 +349,17 @@ class Engine:
     def stop(self, ref: str, timeout: int) -> None:
         self._run(["stop", "-t", str(timeout), ref], f"could not stop container {ref}", timeout=timeout + 30)
 
-    def remove(self, ref: str) -> None:
-        """Kill and remove at once, with the podman secrets made for it; a container already gone is fine."""
-        doomed = self.inspect(ref) if self.name == "podman" else None
+    def remove(self, ref: str, *, name: str | None = None) -> None:
+        """Kill and remove at once, with the podman secrets made for it; a container already gone is fine.
+        `name`: the container's name when the caller knows it (podman's secrets are labelled with it)."""
+        if name is None and self.name == "podman":
+            doomed = self.inspect(ref)
+            name = doomed.name if doomed is not None else None
         done = self._call(["rm", "-f", ref])
         if done.returncode != 0 and "no such" not in done.stderr.lower():
             raise TargetError(f"could not remove container {ref}: {summarise(done.stderr)}")
-        if doomed is not None:
-            self._remove_secrets([s for s, owner in self._conveyor_secrets().items() if owner == doomed.name])
+        if name is not None and self.name == "podman":
+            self._remove_secrets([s for s, owner in self._conveyor_secrets().items() if owner == name])
 
     def list(self, labels: Mapping[str, str]) -> list[Container]:
         """Every container (running or not) carrying all these labels."""

@@ -244,10 +244,13 @@ class ContainerHost:
 
         # Containers left by an earlier run that crashed mid-deploy; the serving one is never touched.
         serving_port = _port_of(proxy.upstream(app, env))
-        for leftover in engine.list(own):
-            if leftover.labels.get(L_PORT) != serving_port:
-                engine.remove(leftover.id)
-                report("cleanup", f"removed leftover container {leftover.name} ({leftover.status})")
+        previous: list[Container] = []  # what serves now: retired once the new container serves
+        for existing in engine.list(own):
+            if existing.labels.get(L_PORT) == serving_port:
+                previous.append(existing)
+            else:
+                engine.remove(existing.id, name=existing.name)
+                report("cleanup", f"removed leftover container {existing.name} ({existing.status})")
 
         pull_started = time.monotonic()
         if engine.ensure_image(image, _pull_login(spec), insecure=_pulls_insecure(spec)):
@@ -307,7 +310,6 @@ class ContainerHost:
             raise
         self._write_record(spec, engine, upstream, name, release_label)
         report(SWITCHED, f"{stable} now proxies to {name} ({upstream})")
-        previous = [old for old in engine.list(own) if old.name != name]
         try:
             self._drain(proxy, spec, bool(previous), report)
         finally:
@@ -368,7 +370,7 @@ class ContainerHost:
         try:
             if container.running:
                 engine.stop(container.id, stop_timeout)
-            engine.remove(container.id)
+            engine.remove(container.id, name=container.name)
             report("retire", f"stopped and removed {container.name}")
         except TargetError as exc:
             report("warning", f"could not retire {container.name}: {exc.message}")
@@ -458,7 +460,7 @@ class ContainerHost:
         if engine is None:
             return
         for container in engine.list({L_APP: app, L_ENV: env}):
-            engine.remove(container.id)
+            engine.remove(container.id, name=container.name)
             report("retire", f"removed {container.name}")
         self.machine.remove(self._record_path(app, env))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import secrets as random_tokens
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,7 +47,7 @@ class SSHMachine:
     def __init__(self, runner: SSHRunner) -> None:
         self.runner = runner
         self.name = runner.address.text
-        self._sockets: dict[str, str] = {}  # remote unix socket -> the local one forwarded to it
+        self._sockets: dict[str, str] = {}  # remote socket (path, or host:port) -> the local one forwarded to it
         self._programs: dict[str, str | None] = {}
 
     def home(self) -> str:
@@ -123,25 +122,25 @@ class SSHMachine:
     # -- sockets ------------------------------------------------------------------------------------
 
     def unix_socket(self, path: Path) -> str:
-        remote = str(path)
-        if remote not in self._sockets:
-            local = self.runner.control_dir / f"u{len(self._sockets)}.sock"
-            self.runner.forward(local, remote)
-            self._sockets[remote] = str(local)
-        return self._sockets[remote]
+        return self._forwarded(str(path))
 
     @contextlib.contextmanager
     def http(self, host: str, port: int) -> Iterator[httpx.Client]:
         import httpx
 
-        local = self.runner.control_dir / f"h{random_tokens.token_hex(4)}.sock"
         remote = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
-        self.runner.forward(local, remote)
-        try:
-            with httpx.Client(transport=httpx.HTTPTransport(uds=str(local)), base_url=f"http://{remote}") as client:
-                yield client
-        finally:
-            self.runner.cancel(local, remote)
+        local = self._forwarded(remote)
+        with httpx.Client(transport=httpx.HTTPTransport(uds=local), base_url=f"http://{remote}") as client:
+            yield client
+
+    def _forwarded(self, remote: str) -> str:
+        """The local unix socket forwarded to `remote` (a unix socket path, or host:port, on the host); made
+        on first use and kept for the operation (the connection's end takes every forward with it)."""
+        if remote not in self._sockets:
+            local = self.runner.control_dir / f"f{len(self._sockets)}.sock"
+            self.runner.forward(local, remote)
+            self._sockets[remote] = str(local)
+        return self._sockets[remote]
 
     def accepts(self, host: str, port: int) -> bool:
         return self.runner.run(["timeout", "5", "bash", "-c", CONNECTS, "bash", host, str(port)],

@@ -174,11 +174,6 @@ class SSHRunner:
         host dials it, through the open connection."""
         self._control("forward", f"{local}:{remote}")
 
-    def cancel(self, local: Path, remote: str) -> None:
-        with contextlib.suppress(HostUnreachable):
-            self._control("cancel", f"{local}:{remote}")
-        local.unlink(missing_ok=True)
-
     def _control(self, operation: str, spec: str) -> None:
         if not self._connected:
             self.run(["true"], timeout=max(30.0, self.connect_timeout * 2))  # opens the ControlMaster
