@@ -6,7 +6,10 @@ Real hosts as the tests make them (tests/fleet.py: network namespaces with their
 settings and HAProxy), the real registry, the real CLI. Per deploy, from the ledger: the deploy step's
 time and the container's start + health wait (the target's `health` event); conveyor's own time is the
 difference, so the app's start-up (the same image either way) cancels out. Local container-host deploys
-and one-host fleet deploys are interleaved so machine load hits both alike. Needs root (namespaces).
+and one-host fleet deploys are interleaved so machine load hits both alike. Rollouts run twice: with no
+drain (conveyor's and the hosts' own work only), and with the default one-second drain. Every "host" is a
+namespace of this machine, so the hosts' podman and sshd share its cores with conveyor: each rollout prints
+how busy the cores were and how much of that was conveyor's own CPU. Needs root (namespaces).
 
     .venv/bin/python bench/fleet_overhead.py [--runs N] [--rollouts N]
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -30,14 +34,18 @@ from devstack import Registry, commit_sample_version, engine_environment, free_p
 from tests.fleet import Fleet, cleanup_leftovers  # noqa: E402
 
 CONVEYOR = str(Path(sys.executable).parent / "conveyor")
-FLEETS = {"one": (1, "1", 8081), "six-p1": (6, "1", 8082), "six-p2": (6, "2", 8083), "six-p3": (6, "3", 8084)}
+# name: (hosts, parallel, port, drain_seconds). The drain-1 fleets keep the default drain (one second for
+# requests to the previous container to finish), the wait a real host spends most of its deploy in.
+FLEETS = {"one": (1, "1", 8081, 0), "six-p1": (6, "1", 8082, 0), "six-p2": (6, "2", 8083, 0),
+          "six-p3": (6, "3", 8084, 0), "drain-p1": (6, "1", 8085, 1), "drain-p2": (6, "2", 8086, 1),
+          "drain-p3": (6, "3", 8087, 1)}
 
 
 def config(registry: str, local_port: int, fleet: Fleet) -> str:
     envs = [f"""  - name: local
     target: {{type: container-host, port: {local_port}, drain_seconds: 0}}
 """]
-    for name, (count, parallel, port) in FLEETS.items():
+    for name, (count, parallel, port, drain) in FLEETS.items():
         hosts = ", ".join(host.ssh for host in fleet.hosts[:count])
         envs.append(f"""  - name: {name}
     target:
@@ -47,7 +55,7 @@ def config(registry: str, local_port: int, fleet: Fleet) -> str:
       identity_env: FLEET_SSH_KEY
       port: {port}
       parallel: "{parallel}"
-      drain_seconds: 0
+      drain_seconds: {drain}
       min_free_mb: 10
 """)
     return f"app: hello\nimage: {registry}/hello\nregistry:\n  insecure: true\nenvironments:\n" + "".join(envs)
@@ -76,6 +84,12 @@ def cpu_ticks() -> tuple[int, int]:
         fields = [int(value) for value in stat.readline().split()[1:]]
     idle = fields[3] + fields[4]  # idle + iowait
     return sum(fields) - idle, sum(fields)
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children and theirs: the CLI, its ssh clients."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
 
 
 def share_busy(before: tuple[int, int], after: tuple[int, int]) -> float:
@@ -121,17 +135,21 @@ def main() -> None:
         print(f"per-host overhead of the SSH path: median {remote - local:+.2f}s "
               f"(conveyor's own time: one-host fleet {remote:.2f}s, local container host {local:.2f}s)")
 
-        for name in ("six-p1", "six-p2", "six-p3"):
-            times, busy = [], []
+        for name in ("six-p1", "six-p2", "six-p3", "drain-p1", "drain-p2", "drain-p3"):
+            times, busy, own_cpu = [], [], []
             for index in range(args.rollouts):
-                before = cpu_ticks()
+                before, spent = cpu_ticks(), children_cpu()
                 times.append(deploy(repo, name, shas[index % 2])[0])
                 busy.append(share_busy(before, cpu_ticks()))
+                own_cpu.append(children_cpu() - spent)
             # The six "hosts" are namespaces of this one machine: their podman, conmon and sshd share its
             # cores, so a rollout cannot run faster than those cores allow, however many hosts go at once.
-            print(f"rollout of 6 hosts at parallel {FLEETS[name][1]}: median {statistics.median(times):.2f}s "
+            # conveyor's own CPU (the CLI and its ssh clients) is what a real fleet leaves on this machine.
+            _, parallel, _, drain = FLEETS[name]
+            print(f"rollout of 6 hosts at parallel {parallel}, drain {drain}s: median {statistics.median(times):.2f}s "
                   f"({', '.join(f'{t:.2f}s' for t in times)}); this machine's {os.cpu_count()} cores "
-                  f"{statistics.median(busy):.0%} busy meanwhile")
+                  f"{statistics.median(busy):.0%} busy meanwhile, {statistics.median(own_cpu):.2f}s of it "
+                  "conveyor's own CPU (CLI and ssh clients)")
     finally:
         fleet.destroy()
         ids = subprocess.run(["podman", "ps", "-aq", "--filter", "label=conveyor.app=hello"], capture_output=True,

@@ -484,3 +484,49 @@ def machine_on(fleet: Fleet, host: FleetHost) -> Iterator[SSHMachine]:
         yield machine
     finally:
         machine.close()
+
+
+def test_a_forwarded_socket_is_made_again_when_its_connection_ended(fleet: Fleet) -> None:
+    """The server's live checks keep a host for minutes: when its connection ends (a host restart, an idle
+    timeout) the next command opens another, and sockets forwarded by the old one are forwarded anew."""
+    import socket
+    import threading
+
+    host = fleet.hosts[0]
+    path = host.root / "pong.sock"  # unix sockets live in the file system, which the namespaces share
+    path.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(8)
+
+    def answer() -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return  # closed: the test is over
+            with client:
+                client.sendall(b"pong")
+
+    threading.Thread(target=answer, daemon=True).start()
+
+    def ask(local: str) -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(local)
+            return sock.recv(16)
+
+    try:
+        with machine_on(fleet, host) as machine:
+            first = machine.unix_socket(path)
+            assert ask(first) == b"pong" and machine.unix_socket(path) == first  # one forward, reused
+            runner = machine.runner
+            ended = subprocess.run(["ssh", *runner.options(), "-O", "exit", "--", runner.address.host],
+                                   capture_output=True, text=True, timeout=30)
+            assert ended.returncode == 0, ended.stderr
+            assert machine.read_text(path.with_name("missing")) is None  # a command: a new connection
+            again = machine.unix_socket(path)
+            assert again != first and ask(again) == b"pong"
+    finally:
+        server.close()
+        path.unlink(missing_ok=True)

@@ -47,8 +47,10 @@ class SSHMachine:
     def __init__(self, runner: SSHRunner) -> None:
         self.runner = runner
         self.name = runner.address.text
-        self._sockets: dict[str, str] = {}  # remote socket (path, or host:port) -> the local one forwarded to it
+        # remote socket (path, or host:port) -> the local one forwarded to it, and by which connection
+        self._sockets: dict[str, tuple[str, tuple[int, int] | None]] = {}
         self._programs: dict[str, str | None] = {}
+        self._forwards = 0
 
     def home(self) -> str:
         """The login's home directory on the host (also opens the connection)."""
@@ -136,11 +138,16 @@ class SSHMachine:
     def _forwarded(self, remote: str) -> str:
         """The local unix socket forwarded to `remote` (a unix socket path, or host:port, on the host); made
         on first use and kept for the operation (the connection's end takes every forward with it)."""
-        if remote not in self._sockets:
-            local = self.runner.control_dir / f"f{len(self._sockets)}.sock"
-            self.runner.forward(local, remote)
-            self._sockets[remote] = str(local)
-        return self._sockets[remote]
+        known = self._sockets.get(remote)
+        if known is not None and known[1] == self.runner.master_id():
+            return known[0]
+        # New, or forwarded by a connection that has ended since (a long-lived server's checks outlive
+        # connections; the next command opened another): forward anew.
+        self._forwards += 1
+        local = self.runner.control_dir / f"f{self._forwards}.sock"
+        self.runner.forward(local, remote)
+        self._sockets[remote] = (str(local), self.runner.master_id())
+        return str(local)
 
     def accepts(self, host: str, port: int) -> bool:
         return self.runner.run(["timeout", "5", "bash", "-c", CONNECTS, "bash", host, str(port)],

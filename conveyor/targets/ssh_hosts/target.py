@@ -190,7 +190,8 @@ class SSHHosts:
     def probe(self, spec: dict[str, Any]) -> str | None:
         _check_spec(spec)
         results = self._ask_all(spec, lambda host: host.target.probe(spec["host_spec"]))
-        outages = [f"{host}: {value.message if isinstance(value, ConveyorError) else value}"
+        # An error already names its host (see _each); a probe's answer does not.
+        outages = [value.message if isinstance(value, ConveyorError) else f"{host}: {value}"
                    for host, value in results.items() if value is not None]
         return "; ".join(outages) or None
 

@@ -91,7 +91,7 @@ class SSHRunner:
             "UserKnownHostsFile": str(self.known_hosts),
             "GlobalKnownHostsFile": "/dev/null",
             "ControlMaster": "auto",
-            "ControlPath": str(self._control_dir / "%C"),
+            "ControlPath": str(self._control_dir / "master"),  # the directory is this runner's alone
             "ControlPersist": "300",
             "ConnectTimeout": f"{max(1, round(self.connect_timeout))}",
             "ServerAliveInterval": str(ALIVE_INTERVAL),
@@ -116,6 +116,16 @@ class SSHRunner:
     def control_dir(self) -> Path:
         """A directory only this process uses (0700), for the connection's socket and forwarded ones."""
         return self._control_dir
+
+    def master_id(self) -> tuple[int, int] | None:
+        """Which ControlMaster serves this runner now (its socket's inode and birth: a file system may give
+        a new socket the inode of one just removed), None when none does. A master that ends takes its
+        forwards with it, and the next command starts another."""
+        try:
+            found = (self._control_dir / "master").stat()
+        except OSError:
+            return None
+        return found.st_ino, found.st_mtime_ns
 
     def run(self, argv: Sequence[str], *, timeout: float | None = None, input: str | None = None,
             merge_stderr: bool = False) -> Completed:
@@ -175,10 +185,13 @@ class SSHRunner:
         self._control("forward", f"{local}:{remote}")
 
     def _control(self, operation: str, spec: str) -> None:
-        if not self._connected:
-            self.run(["true"], timeout=max(30.0, self.connect_timeout * 2))  # opens the ControlMaster
-        done = self._local.run(["ssh", *self.options(), "-O", operation, "-L", spec, "--", self.address.host],
-                               timeout=30)
+        command = ["ssh", *self.options(), "-O", operation, "-L", spec, "--", self.address.host]
+        done = self._local.run(command, timeout=30) if self._connected else None
+        if done is None or done.returncode != 0:
+            # No ControlMaster yet, or it ended (the host restarted, a long-lived server's connection went
+            # idle): a command opens a new one, then the request goes to it.
+            self.run(["true"], timeout=max(30.0, self.connect_timeout * 2))
+            done = self._local.run(command, timeout=30)
         if done.returncode != 0:
             raise HostUnreachable(f"host {self.address.text}: ssh could not {operation} a socket: "
                                   f"{done.stderr.strip() or 'no answer'}")
