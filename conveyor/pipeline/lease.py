@@ -88,6 +88,17 @@ class LeaseKeeper:
     def lost(self) -> bool:
         return self._heartbeat is not None and self._heartbeat.lost
 
+    def confirm(self) -> bool:
+        """Whether this keeper still holds the lease, asked of the ledger now (a renewal), not read from the
+        heartbeat's last answer: a decision to change the target must not rest on a beat up to a third of a
+        TTL old, when `recover --force` may have taken the lease since."""
+        if self.lost:
+            return False
+        try:
+            return self._beat()
+        except Exception:  # the ledger did not answer this once: the heartbeat's own verdict stands
+            return not self.lost
+
     def __enter__(self) -> LeaseKeeper:
         if self.wait:
             self._acquire_in_turn()

@@ -403,8 +403,9 @@ def _record_hosts(recorder: _Recorder, step: str, outcome: Outcome) -> None:
 
 
 def _check_lease(lease: LeaseKeeper) -> None:
-    if lease.lost:
-        raise OperationFailed("lost the lease (heartbeats stopped reaching the ledger); stopped before changing more")
+    if not lease.confirm():
+        raise OperationFailed("lost the lease (heartbeats stopped reaching the ledger, or it was taken over); "
+                              "stopped before changing more")
 
 
 class _Recorder:
