@@ -399,16 +399,6 @@ def test_a_host_needs_no_conveyor_and_gets_the_environments_login_secrets_and_te
     assert "TYPED ON THE TERMINAL" in typed.stdout
 
 
-def test_docker_with_secrets_is_refused_on_a_fleet_before_anything_changes(fleet_app: App, fleet: Fleet) -> None:
-    app = fleet_app
-    app.extra_env["FLEET_SECRET"] = SECRET
-    config = fleet_config(app, fleet, engine="docker", extra="    secrets: [FLEET_SECRET]\n")
-    commit_version(app, config, "v1", build=False)
-    check = app.run("hosts", "check", ENV)
-    assert check.code == 2, check.err
-    assert "docker" in check.err and "Traceback" not in check.err
-
-
 def test_retire_removes_the_environment_from_every_host(fleet_app: App, fleet: Fleet) -> None:
     app = fleet_app
     two = ", ".join(host.ssh for host in fleet.hosts[:2])

@@ -117,3 +117,27 @@ def test_the_old_host_agent_setting_is_refused_and_state_dir_defaults_to_the_log
     with pytest.raises(BadInput) as caught:
         parse_config(fleet_yaml() + "      state_dir: 'my dir'\n", "conveyor.yml")
     assert "state_dir" in caught.value.message
+
+
+def test_docker_with_secrets_is_refused_on_a_remote_host_and_podman_is_not() -> None:
+    """docker's `-e NAME` reads the value from the environment of the process starting the container, which
+    a fleet host does not share: refused (exit 2) before a container starts; podman takes them on stdin."""
+    from conveyor.runner import RecordingRunner
+    from conveyor.targets.container_host.engine import Engine
+    from conveyor.targets.container_host.machine import LocalMachine
+
+    class RemoteHost(LocalMachine):
+        name = "deploy@10.0.0.1"
+        shares_environment = False
+
+    runner = RecordingRunner()
+    docker = Engine("docker", "/usr/bin/docker", machine=RemoteHost(runner))
+    with pytest.raises(BadInput) as caught:
+        docker.check_secrets_reach(["TOKEN"])
+    assert caught.value.exit_code == 2 and "host deploy@10.0.0.1: docker" in caught.value.message
+    with pytest.raises(BadInput), docker.secrets_for("c1", ["TOKEN"], outlive=False):
+        pass
+    docker.check_secrets_reach([])  # no secrets: docker is fine there
+    Engine("podman", "/usr/bin/podman", machine=RemoteHost(runner)).check_secrets_reach(["TOKEN"])
+    Engine("docker", "/usr/bin/docker", machine=LocalMachine(runner)).check_secrets_reach(["TOKEN"])  # local
+    assert runner.calls == []  # nothing was started to find out
