@@ -175,7 +175,7 @@ class SSHHosts:
         if spec is None or spec.get("target") != TARGET_TYPE:
             return None
         app_name, env_name = spec["app"], spec["env"]
-        results = self._ask_all(spec, lambda host: _state(host.target.live(app_name, env_name)))
+        results = self._ask_all(spec, lambda host: host.target.live(app_name, env_name))
         hosts = [_serving_record(host, results[host]) for host in spec["hosts"]]
         images = {record.get("image") for record in hosts}
         labels = {record.get("release") for record in hosts}
@@ -294,11 +294,6 @@ def _named(host: str, exc: ConveyorError) -> ConveyorError:
     return exc
 
 
-def _state(state: LiveState | None) -> dict[str, Any] | None:
-    return None if state is None else {"image": state.image, "release_label": state.release_label,
-                                       "detail": state.detail}
-
-
 def _batches(hosts: list[str], parallel: str) -> list[list[str]]:
     size = math.ceil(len(hosts) * int(parallel[:-1]) / 100) if parallel.endswith("%") else int(parallel)
     size = max(1, min(size, len(hosts)))
@@ -327,8 +322,9 @@ def _serving_record(host: str, result: Any) -> dict[str, Any]:
         return {"host": host, "state": "unreachable", "image": None, "release": None, "detail": reason}
     if result is None:
         return {"host": host, "state": "nothing", "image": None, "release": None, "detail": "serves nothing"}
-    return {"host": host, "state": "serving", "image": result["image"], "release": result["release_label"],
-            "detail": f"{result['release_label']} ({result['detail']})"}
+    assert isinstance(result, LiveState)
+    return {"host": host, "state": "serving", "image": result.image, "release": result.release_label,
+            "detail": f"{result.release_label} ({result.detail})"}
 
 
 def _worst(problems: list[BaseException]) -> BaseException:
